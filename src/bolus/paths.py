@@ -1,0 +1,116 @@
+"""The one builder of every output path (BIDS-derivatives names).
+
+Every rule, script and test asks this module for a path; no path pattern is
+written anywhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MAPS = ("cbf", "cbv", "mtt", "tmax", "ttp")
+SVD_METHODS = ("ssvd", "csvd", "osvd")
+
+
+def bids(
+    root: str | Path,
+    subject: str,
+    suffix: str,
+    *,
+    desc: str | None = None,
+    extension: str = ".nii.gz",
+    datatype: str = "perf",
+) -> str:
+    """``<root>/sub-<label>/<datatype>/sub-<label>[_desc-<desc>]_<suffix><extension>``.
+
+    ``subject`` is a ``participant_id`` (``sub-`` prefix added when missing) or a
+    Snakemake wildcard such as ``{subject}`` holding the whole ``participant_id``.
+    """
+    sub = subject if subject.startswith(("sub-", "{")) else f"sub-{subject}"
+    name = sub
+    if desc:
+        name += f"_desc-{desc}"
+    name += f"_{suffix}{extension}"
+    return str(Path(root) / sub / datatype / name)
+
+
+class SubjectPaths:
+    """Every per-subject output of DESIGN.md for one ``participant_id``."""
+
+    def __init__(self, output_dir: str | Path, participant_id: str):
+        self.root = Path(output_dir)
+        self.pid = participant_id
+
+    def _p(self, suffix: str, desc: str | None = None, extension: str = ".nii.gz") -> Path:
+        return Path(bids(self.root, self.pid, suffix, desc=desc, extension=extension))
+
+    @property
+    def dsc(self) -> Path:
+        return self._p("dsc")
+
+    @property
+    def dsc_json(self) -> Path:
+        return self._p("dsc", extension=".json")
+
+    @property
+    def mc_dsc(self) -> Path:
+        return self._p("dsc", desc="mc")
+
+    @property
+    def motion_tsv(self) -> Path:
+        return self._p("motion", extension=".tsv")
+
+    @property
+    def brain_mask(self) -> Path:
+        return self._p("mask", desc="brain")
+
+    @property
+    def conc(self) -> Path:
+        return self._p("dsc", desc="conc")
+
+    @property
+    def aif_tsv(self) -> Path:
+        return self._p("aif", extension=".tsv")
+
+    @property
+    def aif_mask(self) -> Path:
+        return self._p("mask", desc="aif")
+
+    def map(self, method: str, name: str) -> Path:
+        return self._p(name, desc=method)
+
+    def maps(self, method: str) -> dict[str, Path]:
+        return {name: self.map(method, name) for name in MAPS}
+
+    @property
+    def metrics_tsv(self) -> Path:
+        return self._p("metrics", extension=".tsv")
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "logs" / self.pid
+
+
+def map_prefix(prefix: str | Path, method: str, name: str) -> Path:
+    """``OUT_PREFIX_desc-<method>_<map>.nii.gz`` as written by ``bolus maps``."""
+    return Path(f"{prefix}_desc-{method}_{name}.nii.gz")
+
+
+def metrics_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "metrics"
+
+
+def subjects_table(output_dir: str | Path) -> Path:
+    return metrics_dir(output_dir) / "subjects.tsv"
+
+
+def study_table(output_dir: str | Path) -> Path:
+    return metrics_dir(output_dir) / "study.tsv"
+
+
+def study_markdown(output_dir: str | Path) -> Path:
+    return metrics_dir(output_dir) / "study.md"
+
+
+def qc_table(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "qc.tsv"
