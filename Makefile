@@ -1,0 +1,53 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= demo
+DEMO_SUBJECTS ?= 4
+DEMO_SEED ?= 2026
+CORES ?= all
+
+.PHONY: install demo test test-fast lint format install-profile clean
+
+$(BIN)/activate:
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "bolus needs Python >= 3.11 (found $$($(PYTHON) --version))"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml $(BIN)/activate
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[workflow,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+$(DEMO_DIR)/participants.tsv: | $(VENV)/.installed
+	$(BIN)/bolus simulate $(DEMO_DIR) --subjects $(DEMO_SUBJECTS) --seed $(DEMO_SEED)
+
+demo: $(VENV)/.installed $(DEMO_DIR)/participants.tsv
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --profile profiles/local
+	@echo "study table: $$(pwd)/results/metrics/study.tsv"
+
+test: $(VENV)/.installed
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest
+
+test-fast: $(VENV)/.installed
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -m "not slow"
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/snakefmt --check Snakefile rules
+
+format: $(VENV)/.installed
+	$(BIN)/ruff check --fix src tests benchmarks scripts
+	$(BIN)/ruff format src tests benchmarks scripts
+	$(BIN)/snakefmt Snakefile rules
+
+install-profile:
+	mkdir -p $(HOME)/.config/snakemake/slurm
+	cp profiles/slurm/config.yaml $(HOME)/.config/snakemake/slurm/config.yaml
+	@echo "installed: snakemake --profile slurm now uses $(HOME)/.config/snakemake/slurm"
+
+clean:
+	rm -rf results .snakemake $(DEMO_DIR)

@@ -1,0 +1,21 @@
+# bolus: a perfusion-imaging cohort, from DICOM to study tables.
+# This file only loads the configuration and includes the rule files.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/convert.smk"
+include: "rules/preprocess.smk"
+include: "rules/perfusion.smk"
+include: "rules/metrics.smk"
+
+
+rule all:
+    input:
+        study_outputs(),
+    default_target: True

@@ -1,0 +1,67 @@
+# Configuration and sample sheet, validated before any job runs; path helpers.
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the library, even when not installed
+
+from bolus import paths  # noqa: E402
+from bolus.config import validate_config  # noqa: E402
+from bolus.participants import read_participants  # noqa: E402
+
+validate(config, schema="../schemas/config.schema.yaml")
+config.update(validate_config(config))
+
+OUT = config["output_dir"]
+PARTICIPANTS = read_participants(config["participants"], seed=config["seed"])
+SUBJECTS = list(PARTICIPANTS["participant_id"])
+
+
+wildcard_constraints:
+    subject="sub-[A-Za-z0-9]+",
+    method="|".join(config["svd"]["methods"]),
+
+
+def row(wildcards):
+    """The subject's participants.tsv row, paths resolved, as a plain dict."""
+    return {k: v for k, v in PARTICIPANTS.loc[wildcards.subject].items()}
+
+
+def sp(subject, attribute):
+    """One per-subject output path (see bolus.paths.SubjectPaths)."""
+    return str(getattr(paths.SubjectPaths(OUT, subject), attribute))
+
+
+def subject_maps(subject, methods):
+    return [
+        str(paths.SubjectPaths(OUT, subject).map(m, name)) for m in methods for name in paths.MAPS
+    ]
+
+
+def inspection(subject):
+    return f"{OUT}/qc/{subject}_inspect.json"
+
+
+def logfile(subject, stage):
+    return f"{OUT}/logs/{subject}/{stage}.log"
+
+
+def usable_subjects():
+    """Subjects whose input passed inspection (evaluated after the inspect checkpoints)."""
+    from bolus.stages import read_inspection
+
+    return [
+        s
+        for s in SUBJECTS
+        if read_inspection(checkpoints.inspect.get(subject=s).output[0])["status"] == "ok"
+    ]
+
+
+def study_outputs():
+    return [
+        str(paths.subjects_table(OUT)),
+        str(paths.study_table(OUT)),
+        str(paths.study_markdown(OUT)),
+        str(paths.qc_table(OUT)),
+    ]

@@ -1,0 +1,32 @@
+# DICOM folder (or user NIfTI) → 4D NIfTI + de-identified JSON sidecar.
+
+
+checkpoint inspect:
+    output:
+        inspection("{subject}"),
+    params:
+        row=row,
+        series=config["dicom"]["series"],
+    log:
+        logfile("{subject}", "inspect"),
+    conda:
+        "../envs/convert.yaml"
+    script:
+        "../scripts/inspect.py"
+
+
+rule convert:
+    input:
+        inspection("{subject}"),
+    output:
+        nifti=sp("{subject}", "dsc"),
+        json=sp("{subject}", "dsc_json"),
+    params:
+        row=row,
+        series=config["dicom"]["series"],
+    log:
+        logfile("{subject}", "convert"),
+    conda:
+        "../envs/convert.yaml"
+    script:
+        "../scripts/convert.py"

@@ -1,0 +1,41 @@
+# Every method against the reference, per subject; then the study tables and qc.tsv.
+
+
+rule subject_metrics:
+    input:
+        maps=subject_maps("{subject}", config["svd"]["methods"]),
+        mask=sp("{subject}", "brain_mask"),
+    output:
+        sp("{subject}", "metrics_tsv"),
+    params:
+        row=row,
+        prefix=lambda wc: str(Path(OUT) / wc.subject / "perf" / wc.subject),
+        methods=config["svd"]["methods"],
+        config=config,
+    log:
+        logfile("{subject}", "metrics"),
+    conda:
+        "../envs/metrics.yaml"
+    script:
+        "../scripts/subject_metrics.py"
+
+
+rule study:
+    input:
+        inspections=[inspection(s) for s in SUBJECTS],
+        metrics=lambda wc: [sp(s, "metrics_tsv") for s in usable_subjects()],
+    output:
+        subjects=str(paths.subjects_table(OUT)),
+        study=str(paths.study_table(OUT)),
+        markdown=str(paths.study_markdown(OUT)),
+        qc=str(paths.qc_table(OUT)),
+    params:
+        participants=config["participants"],
+        seed=config["seed"],
+        output_dir=OUT,
+    log:
+        f"{OUT}/logs/study.log",
+    conda:
+        "../envs/metrics.yaml"
+    script:
+        "../scripts/study.py"

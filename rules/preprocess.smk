@@ -1,0 +1,19 @@
+# Motion correction (ANTs rigid) and brain mask (template propagation, refined on the data).
+
+
+rule preprocess:
+    input:
+        sp("{subject}", "dsc"),
+    output:
+        mc=sp("{subject}", "mc_dsc"),
+        motion=sp("{subject}", "motion_tsv"),
+        mask=sp("{subject}", "brain_mask"),
+    params:
+        motion=config["motion"]["enabled"],
+        transform=config["motion"]["transform"],
+    log:
+        logfile("{subject}", "preprocess"),
+    conda:
+        "../envs/preprocess.yaml"
+    script:
+        "../scripts/preprocess.py"

@@ -1,0 +1,146 @@
+"""The ``bolus`` command: one subcommand per stage, over the library (no Snakemake needed)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def _config(path: str | None) -> dict:
+    from bolus.config import validate_config
+
+    if not path:
+        return validate_config({"participants": ""})
+    with open(path) as fh:
+        return validate_config(yaml.safe_load(fh) or {})
+
+
+def cmd_simulate(args) -> int:
+    from bolus.simulate.cohort import simulate_cohort
+
+    participants = simulate_cohort(
+        args.out,
+        args.subjects,
+        args.seed,
+        matrix=tuple(args.matrix),
+        n_timepoints=args.timepoints,
+        tr_s=args.tr,
+        te_s=args.te,
+        snr=args.snr,
+        motion_mm=args.motion_mm,
+    )
+    print(participants)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from bolus.stages import convert_subject
+
+    source = Path(args.source)
+    row = {"participant_id": args.subject}
+    row["dicom_dir" if source.is_dir() else "dsc_nifti"] = str(source)
+    prefix = Path(args.out_prefix)
+    convert_subject(row, f"{prefix}_dsc.nii.gz", f"{prefix}_dsc.json", series_rule=args.series)
+    return 0
+
+
+def cmd_preprocess(args) -> int:
+    from bolus.stages import preprocess_subject
+
+    prefix = args.out_prefix
+    preprocess_subject(
+        args.dsc,
+        f"{prefix}_desc-mc_dsc.nii.gz",
+        f"{prefix}_motion.tsv",
+        f"{prefix}_desc-brain_mask.nii.gz",
+        motion=not args.no_motion,
+    )
+    return 0
+
+
+def cmd_perfusion(args) -> int:
+    from bolus.stages import perfusion_subject
+
+    prefix = args.out_prefix
+    perfusion_subject(
+        args.dsc,
+        args.json,
+        args.mask,
+        f"{prefix}_desc-conc_dsc.nii.gz",
+        f"{prefix}_aif.tsv",
+        f"{prefix}_desc-aif_mask.nii.gz",
+        prefix,
+        config=_config(args.config),
+    )
+    return 0
+
+
+def cmd_maps(args) -> int:
+    from bolus.stages import maps_from_files
+
+    for path in maps_from_files(
+        args.conc, args.aif, args.out_prefix, args.method, args.mask, config=_config(args.config)
+    ):
+        print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bolus", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("simulate", help="simulated DICOM cohort + truth + participants.tsv")
+    p.add_argument("out")
+    p.add_argument("--subjects", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--matrix", type=int, nargs=3, default=[64, 64, 12], metavar=("X", "Y", "Z"))
+    p.add_argument("--timepoints", type=int, default=60)
+    p.add_argument("--tr", type=float, default=1.5, help="repetition time (s)")
+    p.add_argument("--te", type=float, default=0.03, help="echo time (s)")
+    p.add_argument("--snr", type=float, default=60.0, help="baseline grey-matter SNR")
+    p.add_argument("--motion-mm", type=float, default=0.0, help="peak rigid head motion (mm)")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("convert", help="DICOM folder or 4D NIfTI → <prefix>_dsc.nii.gz + .json")
+    p.add_argument("source", help="DICOM folder, or a 4D NIfTI with a JSON sidecar beside it")
+    p.add_argument("out_prefix", help="e.g. results/sub-01/perf/sub-01")
+    p.add_argument("--subject", required=True, help="participant_id, for messages")
+    p.add_argument("--series", default="most_timepoints", help="series choice (dicom.series)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("preprocess", help="motion correction + brain mask")
+    p.add_argument("dsc")
+    p.add_argument("out_prefix")
+    p.add_argument("--no-motion", action="store_true")
+    p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("perfusion", help="concentration, AIF and SVD maps")
+    p.add_argument("dsc", help="motion-corrected 4D series")
+    p.add_argument("json", help="sidecar with EchoTime and VolumeTiming")
+    p.add_argument("mask", help="brain mask")
+    p.add_argument("out_prefix")
+    p.add_argument("--config", help="config.yaml (defaults from the schema)")
+    p.set_defaults(func=cmd_perfusion)
+
+    p = sub.add_parser("maps", help="SVD maps from a concentration series and AIF.tsv")
+    p.add_argument("conc")
+    p.add_argument("aif", help="TSV with columns time (s) and concentration")
+    p.add_argument("out_prefix")
+    p.add_argument("--method", required=True, choices=["ssvd", "csvd", "osvd"])
+    p.add_argument("--mask")
+    p.add_argument("--config", help="config.yaml (defaults from the schema)")
+    p.set_defaults(func=cmd_maps)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"bolus {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""DICOM: series discovery and selection, conversion with dcm2niix, de-identification.
+
+A subject's folder may hold any number of series under any file names. We read the
+headers (never the pixels) with pydicom, group files by SeriesInstanceUID, pick the
+perfusion series, hand *only its files* to dcm2niix, then check what dcm2niix wrote:
+it exits 0 even when it splits, scrambles or drops data.
+
+No patient identifier survives: the sidecar JSON keeps only acquisition parameters,
+and every identifier value read from the DICOM headers is searched for in what we write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bolus.io.errors import SubjectError
+
+# Header fields that identify a person, a place or a device. Their values are collected from
+# the input so we can prove none of them reaches an output.
+IDENTIFYING_TAGS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "OtherPatientIDs",
+    "PatientAddress",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "AccessionNumber",
+    "StationName",
+    "DeviceSerialNumber",
+    "StudyID",
+)
+
+# Sidecar keys dcm2niix may write that identify a person, site or device, or date the exam.
+_SIDECAR_DROP = re.compile(
+    r"(Patient(?!Position|Orientation)|Institution|Physician|Operator|Accession|StationName|SerialNumber"
+    r"|Date|StudyID|StudyDescription|StudyInstanceUID|SeriesInstanceUID|ProcedureStep|ProtocolName|BidsGuess)",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class SeriesInfo:
+    """What the headers say about one series in a folder."""
+
+    uid: str
+    number: int | None
+    description: str
+    modality: str
+    files: list[Path] = field(default_factory=list)
+    positions: set = field(default_factory=set)
+    acquisition_times: dict = field(default_factory=dict)  # temporal index -> earliest time (s)
+    temporal_indices: set = field(default_factory=set)
+    mosaic: bool = False
+    echo_time_ms: float | None = None
+    repetition_time_ms: float | None = None
+
+    @property
+    def n_files(self) -> int:
+        return len(self.files)
+
+    @property
+    def n_slices(self) -> int:
+        return max(len(self.positions), 1)
+
+    @property
+    def n_timepoints(self) -> int:
+        """Volumes in the series: files per slice position (mosaics: one file per volume)."""
+        if self.mosaic:
+            return self.n_files
+        by_files = self.n_files // self.n_slices
+        return max(by_files, len(self.temporal_indices) if len(self.temporal_indices) > 1 else 1)
+
+    @property
+    def is_dynamic(self) -> bool:
+        return self.n_timepoints > 1
+
+    def summary(self) -> str:
+        label = self.description or f"series {self.number}"
+        return f"{label} ({self.n_files} images, {self.n_timepoints} time points)"
+
+
+def _seconds_of_day(value) -> float | None:
+    """DICOM TM (HHMMSS.ffffff) → seconds since midnight, None if absent or malformed."""
+    text = str(value or "").strip()
+    if not text:
+        return None
+    match = re.fullmatch(r"(\d{2})(\d{2})?(\d{2})?(\.\d+)?", text.replace(":", ""))
+    if not match:
+        return None
+    hh, mm, ss, frac = match.groups()
+    return int(hh) * 3600 + int(mm or 0) * 60 + int(ss or 0) + float(frac or 0)
+
+
+def discover_series(folder: str | Path, subject: str = "") -> list[SeriesInfo]:
+    """Read every DICOM header under ``folder`` (recursively) and group by series.
+
+    Files that are not DICOM (READMEs, DICOMDIR, thumbnails) are ignored.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SubjectError(subject, folder, "DICOM folder does not exist")
+    series: dict[str, SeriesInfo] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError, EOFError):
+            continue
+        if "SeriesInstanceUID" not in ds or "Rows" not in ds:
+            continue  # DICOMDIR, presentation states, structured reports
+        uid = str(ds.SeriesInstanceUID)
+        info = series.get(uid)
+        if info is None:
+            info = series[uid] = SeriesInfo(
+                uid=uid,
+                number=int(ds.SeriesNumber) if ds.get("SeriesNumber") not in (None, "") else None,
+                description=str(ds.get("SeriesDescription", "")),
+                modality=str(ds.get("Modality", "")),
+                echo_time_ms=float(ds.EchoTime) if ds.get("EchoTime") not in (None, "") else None,
+                repetition_time_ms=(
+                    float(ds.RepetitionTime)
+                    if ds.get("RepetitionTime") not in (None, "")
+                    else None
+                ),
+            )
+        info.files.append(path)
+        position = ds.get("ImagePositionPatient")
+        if position is not None:
+            info.positions.add(tuple(round(float(v), 2) for v in position))
+        image_type = [str(v).upper() for v in ds.get("ImageType", [])]
+        info.mosaic = info.mosaic or "MOSAIC" in image_type
+        temporal = ds.get("TemporalPositionIdentifier") or ds.get("AcquisitionNumber")
+        if temporal not in (None, ""):
+            index = int(temporal)
+            info.temporal_indices.add(index)
+            seconds = _seconds_of_day(ds.get("AcquisitionTime"))
+            if seconds is not None:
+                previous = info.acquisition_times.get(index)
+                info.acquisition_times[index] = seconds if previous is None else min(previous, seconds)
+    return sorted(series.values(), key=lambda s: (s.number is None, s.number or 0, s.uid))
+
+
+def select_series(series: list[SeriesInfo], rule: str, subject: str, folder) -> SeriesInfo:
+    """Pick the perfusion series.
+
+    ``rule`` = ``most_timepoints``: the dynamic series with the most time points (ties: the
+    most images, then the lowest series number); anything else: a case-insensitive substring
+    of SeriesDescription, among dynamic series.
+    """
+    found = ", ".join(s.summary() for s in series) or "no DICOM images"
+    dynamic = [s for s in series if s.is_dynamic]
+    if not dynamic:
+        raise SubjectError(subject, folder, f"DICOM folder holds no dynamic series (found: {found})")
+    if rule != "most_timepoints":
+        dynamic = [s for s in dynamic if rule.lower() in s.description.lower()]
+        if not dynamic:
+            raise SubjectError(
+                subject, folder, f"no dynamic series matches dicom.series={rule!r} (found: {found})"
+            )
+    return max(dynamic, key=lambda s: (s.n_timepoints, s.n_files, -(s.number or 0)))
+
+
+def identifying_values(files: list[Path], limit: int = 5) -> set[str]:
+    """Identifier values (name, ID, birth date, institution, ...) in a few of ``files``."""
+    import pydicom
+
+    values: set[str] = set()
+    for path in files[:limit]:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for tag in IDENTIFYING_TAGS:
+            value = str(ds.get(tag, "") or "").strip()
+            if len(value) >= 4:  # shorter strings (e.g. "M", "1") would match by chance
+                values.add(value)
+                if tag == "PatientName":
+                    values.update(p for p in re.split(r"[\^ ]+", value) if len(p) >= 4)
+    return values
+
+
+def deidentified_sidecar(sidecar: dict) -> dict:
+    """The dcm2niix sidecar without keys that identify a person, site, device or exam date."""
+    return {k: v for k, v in sidecar.items() if not _SIDECAR_DROP.search(k)}
+
+
+def assert_no_identifiers(text: str, identifiers: set[str], subject: str, what) -> None:
+    leaked = sorted(
+        v for v in identifiers if re.search(rf"(?<!\w){re.escape(v)}(?!\w)", text, re.IGNORECASE)
+    )
+    if leaked:
+        raise SubjectError(
+            subject, what, f"patient identifiers would reach the output ({len(leaked)} field(s))"
+        )
+
+
+def dcm2niix_executable() -> str:
+    """dcm2niix from the active environment (the PyPI wheel ships it) or the PATH."""
+    beside = Path(sys.executable).with_name("dcm2niix")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("dcm2niix")
+    if found is None:
+        raise FileNotFoundError(
+            "dcm2niix not found: install it (pip install dcm2niix, or make install)"
+        )
+    return found
+
+
+def volume_times(info: SeriesInfo, n_volumes: int, tr_s: float) -> list[float]:
+    """Onset of each volume (s from the first): from AcquisitionTime when it varies over the
+    temporal positions (real timing, jitter included), else the nominal k·TR."""
+    times = [info.acquisition_times[k] for k in sorted(info.acquisition_times)]
+    if len(times) == n_volumes and len(set(times)) == n_volumes:
+        onsets = np.asarray(times) - times[0]
+        onsets[onsets < 0] += 86400.0  # acquisitions across midnight
+        if np.all(np.diff(onsets) > 0):
+            return [round(float(t), 6) for t in onsets]
+    return [round(k * tr_s, 6) for k in range(n_volumes)]
+
+
+def convert_dicom_series(
+    dicom_dir: str | Path,
+    out_nifti: str | Path,
+    out_json: str | Path,
+    *,
+    subject: str,
+    series_rule: str = "most_timepoints",
+) -> dict:
+    """Convert the subject's perfusion series to a 4D NIfTI + de-identified JSON sidecar.
+
+    Returns the sidecar written. Raises :class:`SubjectError` naming the subject, the folder
+    and what was wrong (no dynamic series, dcm2niix failure, a result that is not the series).
+    """
+    import nibabel as nib
+
+    dicom_dir = Path(dicom_dir)
+    info = select_series(discover_series(dicom_dir, subject), series_rule, subject, dicom_dir)
+    identifiers = identifying_values(info.files)
+    with tempfile.TemporaryDirectory(prefix="bolus-dcm2niix-") as tmp:
+        staged = Path(tmp) / "in"
+        staged.mkdir()
+        for i, path in enumerate(info.files):  # only this series' files; inputs untouched
+            os.symlink(path.resolve(), staged / f"{i:06d}.dcm")
+        converted = Path(tmp) / "out"
+        converted.mkdir()
+        cmd = [dcm2niix_executable(), "-z", "y", "-b", "y", "-ba", "y", "-f", "dsc"]
+        cmd += ["-o", str(converted), str(staged)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stdout.strip().splitlines()[-3:] + proc.stderr.strip().splitlines()[-3:])
+            raise SubjectError(subject, dicom_dir, f"dcm2niix failed (exit {proc.returncode}): {tail}")
+        niftis = sorted(converted.glob("*.nii*"))
+        if len(niftis) != 1:
+            names = ", ".join(p.name for p in niftis) or "nothing"
+            raise SubjectError(
+                subject,
+                dicom_dir,
+                f"dcm2niix wrote {len(niftis)} images from series '{info.description}' "
+                f"(expected one 4D series; wrote: {names})",
+            )
+        sidecar_path = niftis[0].with_name(niftis[0].name.split(".nii")[0] + ".json")
+        if not sidecar_path.exists():
+            raise SubjectError(subject, dicom_dir, "dcm2niix wrote no JSON sidecar")
+        sidecar = json.loads(sidecar_path.read_text())
+        image = nib.load(niftis[0])
+        shape = image.shape
+        if len(shape) != 4 or shape[3] < 2:
+            raise SubjectError(
+                subject, dicom_dir, f"converted series is not 4D (shape {shape}); expected time points"
+            )
+        if shape[3] != info.n_timepoints:
+            raise SubjectError(
+                subject,
+                dicom_dir,
+                f"dcm2niix wrote {shape[3]} time points but the DICOM series has "
+                f"{info.n_timepoints}: data were dropped or scrambled",
+            )
+        for key in ("EchoTime", "RepetitionTime"):
+            if not isinstance(sidecar.get(key), int | float) or sidecar[key] <= 0:
+                raise SubjectError(subject, dicom_dir, f"converted series has no valid {key}")
+        clean = deidentified_sidecar(sidecar)
+        clean["VolumeTiming"] = volume_times(info, shape[3], float(sidecar["RepetitionTime"]))
+        clean["SourceSeriesDescription"] = info.description
+        text = json.dumps(clean, indent=2)
+        assert_no_identifiers(text, identifiers, subject, "sidecar JSON")
+        header_text = bytes(image.header["descrip"]).decode(errors="ignore")
+        header_text += bytes(image.header["db_name"]).decode(errors="ignore")
+        assert_no_identifiers(header_text, identifiers, subject, "NIfTI header")
+        out_nifti, out_json = Path(out_nifti), Path(out_json)
+        out_nifti.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(image, out_nifti)
+        out_json.write_text(text + "\n")
+    return clean
+
+
+def import_nifti_series(
+    dsc_nifti: str | Path, out_nifti: str | Path, out_json: str | Path, *, subject: str
+) -> dict:
+    """Bring a user-supplied 4D NIfTI + BIDS sidecar into the layout, with the same checks."""
+    import nibabel as nib
+
+    dsc_nifti = Path(dsc_nifti)
+    if not dsc_nifti.exists():
+        raise SubjectError(subject, dsc_nifti, "DSC NIfTI does not exist")
+    sidecar_path = dsc_nifti.with_name(dsc_nifti.name.split(".nii")[0] + ".json")
+    if not sidecar_path.exists():
+        raise SubjectError(subject, dsc_nifti, f"no JSON sidecar beside it ({sidecar_path.name})")
+    try:
+        sidecar = json.loads(sidecar_path.read_text())
+        image = nib.load(dsc_nifti)
+        shape = image.shape
+    except (ValueError, OSError, nib.filebasedimages.ImageFileError) as exc:
+        raise SubjectError(subject, dsc_nifti, f"cannot read: {exc}") from exc
+    if len(shape) != 4 or shape[3] < 2:
+        raise SubjectError(subject, dsc_nifti, f"not a 4D series (shape {shape})")
+    for key in ("EchoTime", "RepetitionTime"):
+        if not isinstance(sidecar.get(key), int | float) or sidecar[key] <= 0:
+            raise SubjectError(subject, sidecar_path, f"sidecar has no valid {key}")
+    clean = deidentified_sidecar(sidecar)
+    timing = clean.get("VolumeTiming")
+    if not (isinstance(timing, list) and len(timing) == shape[3]):
+        clean["VolumeTiming"] = [round(k * float(sidecar["RepetitionTime"]), 6) for k in range(shape[3])]
+    out_nifti = Path(out_nifti)
+    out_nifti.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine, image.header), out_nifti)
+    Path(out_json).write_text(json.dumps(clean, indent=2) + "\n")
+    return clean

@@ -1,0 +1,317 @@
+"""The file layer: one function per workflow stage, from input paths to output paths.
+
+Each reads its inputs, calls the array-level science in ``bolus.io``, ``bolus.preprocess``,
+``bolus.perfusion`` and ``bolus.evaluate``, and writes its outputs. The Snakemake scripts
+and the ``bolus`` command are thin calls of these; tests call them directly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bolus import paths
+from bolus.config import PerfusionConstants, with_defaults
+from bolus.io.errors import SubjectError
+
+STAGES = ("inspect", "convert", "preprocess", "perfusion", "metrics")
+
+
+# ----------------------------------------------------------------------------- inspect
+def inspect_subject(row: dict, out_json: str | Path, series_rule: str = "most_timepoints") -> dict:
+    """Check that a subject's input can be converted; never raises for bad input.
+
+    Writes ``{"participant_id", "status": "ok"|"failed", "reason", "series"}``: the workflow
+    goes on with the subjects whose status is ok and reports the others in qc.tsv.
+    """
+    from bolus.io.dicom import discover_series, select_series
+
+    pid = row["participant_id"]
+    record = {"participant_id": pid, "stage": "inspect", "status": "ok", "reason": "", "series": ""}
+    try:
+        if row.get("dicom_dir"):
+            found = discover_series(row["dicom_dir"], pid)
+            chosen = select_series(found, series_rule, pid, row["dicom_dir"])
+            record["series"] = chosen.summary()
+        else:
+            source = Path(row["dsc_nifti"])
+            if not source.exists():
+                raise SubjectError(pid, source, "DSC NIfTI does not exist")
+            record["series"] = source.name
+    except SubjectError as exc:
+        record.update(status="failed", reason=str(exc))
+    Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_json).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def read_inspection(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+# ----------------------------------------------------------------------------- convert
+def convert_subject(row: dict, out_nifti, out_json, series_rule: str = "most_timepoints") -> dict:
+    """DICOM folder (dcm2niix) or user NIfTI → ``sub-<label>_dsc.nii.gz`` + JSON sidecar."""
+    from bolus.io.dicom import convert_dicom_series, import_nifti_series
+
+    pid = row["participant_id"]
+    if row.get("dicom_dir"):
+        return convert_dicom_series(
+            row["dicom_dir"], out_nifti, out_json, subject=pid, series_rule=series_rule
+        )
+    return import_nifti_series(row["dsc_nifti"], out_nifti, out_json, subject=pid)
+
+
+# ----------------------------------------------------------------------------- preprocess
+def preprocess_subject(
+    dsc, out_mc, out_motion_tsv, out_mask, *, motion: bool = True, transform: str = "Rigid"
+) -> None:
+    """Motion correction (ANTs rigid) then brain mask (template propagation + refinement)."""
+    from bolus.io.nifti import load_volume, save_like
+    from bolus.preprocess.mask import brain_mask
+    from bolus.preprocess.motion import MOTION_COLUMNS, motion_correct
+
+    series, affine = load_volume(dsc)
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if motion:
+        corrected, table = motion_correct(series, spacing, transform=transform)
+    else:
+        corrected = series.astype(np.float32)
+        table = pd.DataFrame(0.0, index=range(series.shape[-1]), columns=list(MOTION_COLUMNS))
+        table.insert(0, "volume", np.arange(series.shape[-1]))
+        table["framewise_displacement_mm"] = 0.0
+    save_like(corrected, affine, out_mc)
+    Path(out_motion_tsv).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_motion_tsv, sep="\t", index=False, float_format="%.6g")
+    save_like(brain_mask(corrected, affine).astype(np.uint8), affine, out_mask, dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------- perfusion
+def read_sidecar_timing(dsc_json) -> tuple[np.ndarray, float]:
+    """(volume onset times in s, echo time in s) from the converted series' sidecar."""
+    sidecar = json.loads(Path(dsc_json).read_text())
+    times = np.asarray(sidecar["VolumeTiming"], dtype=float)
+    return times, float(sidecar["EchoTime"])
+
+
+def write_aif_table(path, times_s: np.ndarray, curve: np.ndarray) -> None:
+    """AIF.tsv: header, columns ``time`` (s) and ``concentration`` (ΔR2* 1/s or HU)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame({"time": np.asarray(times_s, float), "concentration": np.asarray(curve, float)})
+    table.to_csv(path, sep="\t", index=False, float_format="%.8g")
+
+
+def read_aif_table(path) -> tuple[np.ndarray, np.ndarray]:
+    table = pd.read_csv(path, sep="\t")
+    missing = {"time", "concentration"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: AIF table lacks column(s) {', '.join(sorted(missing))}")
+    return table["time"].to_numpy(float), table["concentration"].to_numpy(float)
+
+
+def write_maps(maps: dict, affine, prefix, method: str) -> list[Path]:
+    from bolus.io.nifti import save_like
+
+    written = []
+    for name in paths.MAPS:
+        out = paths.map_prefix(prefix, method, name)
+        save_like(np.asarray(maps[name], dtype=np.float32), affine, out)
+        written.append(out)
+    return written
+
+
+def compute_maps(conc, times_s, aif_curve, methods, mask, config) -> dict[str, dict]:
+    """Every configured SVD method's maps for one subject: {method: {map: array}}."""
+    from bolus.perfusion.maps import perfusion_maps
+
+    config = with_defaults(config)
+    svd = config["svd"]
+    constants = PerfusionConstants.from_config(config)
+    thresholds = {
+        "ssvd": {"threshold": svd["ssvd_threshold"]},
+        "csvd": {"threshold": svd["csvd_threshold"]},
+        "osvd": {"oscillation_index": svd["osvd_oscillation_index"]},
+    }
+    return {
+        method: perfusion_maps(
+            conc, times_s, aif_curve, method, mask=mask, constants=constants, **thresholds[method]
+        )
+        for method in methods
+    }
+
+
+def perfusion_subject(
+    mc_dsc, dsc_json, mask_path, out_conc, out_aif_tsv, out_aif_mask, map_prefix, config=None
+) -> None:
+    """Signal → concentration → automatic AIF → SVD maps for every configured method."""
+    from bolus.io.nifti import load_volume, save_like
+    from bolus.perfusion.aif import select_aif
+    from bolus.perfusion.concentration import concentration_from_signal, ct_concentration
+
+    config = with_defaults(config)
+    series, affine = load_volume(mc_dsc)
+    mask = load_volume(mask_path)[0] > 0
+    times, te_s = read_sidecar_timing(dsc_json)
+    if config["modality"] == "ctp":
+        conc = ct_concentration(series, times)
+    else:
+        conc, _ = concentration_from_signal(series, te_s, times, mask=mask)
+    save_like(conc.astype(np.float32), affine, out_conc)
+    aif = select_aif(conc, times, mask, n_voxels=config["aif"]["n_voxels"])
+    write_aif_table(out_aif_tsv, aif.times_s, aif.curve)
+    save_like(aif.voxel_mask.astype(np.uint8), affine, out_aif_mask, dtype=np.uint8)
+    for method, maps in compute_maps(conc, times, aif.curve, config["svd"]["methods"], mask, config).items():
+        write_maps(maps, affine, map_prefix, method)
+
+
+def maps_from_files(conc_path, aif_tsv, out_prefix, method: str, mask_path=None, config=None):
+    """``bolus maps``: one method's maps from a concentration series and an AIF table."""
+    from bolus.io.nifti import load_volume
+
+    conc, affine = load_volume(conc_path)
+    times, curve = read_aif_table(aif_tsv)
+    if conc.ndim != 4 or conc.shape[-1] != times.size:
+        raise ValueError(
+            f"{conc_path}: {conc.shape[-1] if conc.ndim == 4 else 'no'} time points, "
+            f"but {aif_tsv} has {times.size}"
+        )
+    mask = load_volume(mask_path)[0] > 0 if mask_path else None
+    maps = compute_maps(conc, times, curve, [method], mask, config)[method]
+    return write_maps(maps, affine, out_prefix, method)
+
+
+# ----------------------------------------------------------------------------- metrics
+def load_reference_maps(reference_dir, target_shape, target_affine) -> dict[str, np.ndarray]:
+    """The reference maps present in ``reference_dir`` (``cbf.nii.gz`` …), resampled into
+    the subject's DSC grid by world coordinates (any grid or orientation of the same head)."""
+    from bolus.io.nifti import load_volume, resample_to_grid
+
+    found = {}
+    for name in paths.MAPS:
+        candidates = [Path(reference_dir) / f"{name}{ext}" for ext in (".nii.gz", ".nii")]
+        path = next((p for p in candidates if p.exists()), None)
+        if path is not None:
+            data, affine = load_volume(path)
+            found[name] = resample_to_grid(data, affine, target_shape, target_affine, order=1)
+    return found
+
+
+def subject_metrics_table(
+    participant_id: str,
+    map_prefix,
+    methods,
+    mask_path,
+    out_tsv,
+    *,
+    reference_dir=None,
+    lesion_mask=None,
+    config=None,
+) -> pd.DataFrame:
+    """Every method's maps against the reference → long table (participant_id, method,
+    map, region, metric, value)."""
+    from bolus.evaluate.aggregate import subject_metrics
+    from bolus.io.nifti import load_volume, resample_to_grid
+
+    config = with_defaults(config)
+    mask, affine = load_volume(mask_path)
+    mask = mask > 0
+    reference_name = config["reference"]
+    predictions = {
+        method: {name: load_volume(paths.map_prefix(map_prefix, method, name))[0] for name in paths.MAPS}
+        for method in methods
+    }
+    if reference_name == "reference_dir":
+        if not reference_dir:
+            raise SubjectError(participant_id, None, "config reference=reference_dir but no reference_dir")
+        reference = load_reference_maps(reference_dir, mask.shape, affine)
+        if not reference:
+            raise SubjectError(participant_id, reference_dir, "no reference maps (cbf.nii.gz, …)")
+    else:
+        reference = predictions.pop(reference_name)
+    lesion = None
+    if lesion_mask:
+        data, lesion_affine = load_volume(lesion_mask)
+        lesion = resample_to_grid(data, lesion_affine, mask.shape, affine, order=0) > 0
+    spacing = tuple(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+    table = subject_metrics(
+        participant_id,
+        predictions,
+        reference,
+        mask,
+        spacing,
+        config["lesion"]["tmax_threshold_s"],
+        lesion_mask=lesion,
+    )
+    Path(out_tsv).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_tsv, sep="\t", index=False, float_format="%.6g")
+    return table
+
+
+# ----------------------------------------------------------------------------- study
+def qc_table(participants: pd.DataFrame, inspections: list, output_dir) -> pd.DataFrame:
+    """participant_id, stage, status, reason: the last stage each subject reached."""
+    rows = []
+    by_subject = {}
+    for path in inspections:
+        record = read_inspection(path)
+        by_subject[record["participant_id"]] = record
+    for pid in participants["participant_id"]:
+        record = by_subject.get(pid)
+        if record is None:
+            rows.append((pid, "inspect", "missing", "not inspected"))
+            continue
+        if record["status"] != "ok":
+            rows.append((pid, record["stage"], record["status"], record["reason"]))
+            continue
+        sp = paths.SubjectPaths(output_dir, pid)
+        if sp.metrics_tsv.exists():
+            rows.append((pid, "metrics", "ok", ""))
+        else:
+            rows.append((pid, "metrics", "missing", "no metrics table (see logs)"))
+    return pd.DataFrame(rows, columns=["participant_id", "stage", "status", "reason"])
+
+
+def study_outputs(participants_tsv, inspections, metric_tables, output_dir, seed: int = 0) -> Path:
+    """subjects.tsv, study.tsv, study.md and qc.tsv for the whole cohort."""
+    from bolus.evaluate.aggregate import write_study_tables
+    from bolus.participants import read_participants, strata_columns
+
+    participants = read_participants(participants_tsv, seed=seed)
+    qc = qc_table(participants, inspections, output_dir)
+    qc_path = paths.qc_table(output_dir)
+    qc_path.parent.mkdir(parents=True, exist_ok=True)
+    qc.to_csv(qc_path, sep="\t", index=False)
+    tables = [pd.read_csv(p, sep="\t") for p in metric_tables]
+    subjects = (
+        pd.concat(tables, ignore_index=True)
+        if tables
+        else pd.DataFrame(columns=["participant_id", "method", "map", "region", "metric", "value"])
+    )
+    write_study_tables(
+        subjects,
+        output_dir,
+        participants=participants.reset_index(drop=True),
+        strata=tuple(strata_columns(participants)),
+    )
+    return paths.study_table(output_dir)
+
+
+class StageTimer:
+    """Context manager that appends ``stage<TAB>seconds`` to a timing log (for benchmarks)."""
+
+    def __init__(self, log_path, stage: str):
+        self.log_path, self.stage = Path(log_path), stage
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a") as fh:
+            fh.write(f"{self.stage}\t{time.perf_counter() - self.start:.3f}\n")
+        return False

@@ -1,0 +1,53 @@
+"""Shared fixtures: small simulated cohorts, built once per session."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DCM_QA = REPO.parent / "shared" / "data" / "dcm_qa_nih"
+
+
+@pytest.fixture(scope="session")
+def dcm2niix() -> str:
+    """The dcm2niix executable; skips the test where it is not installed."""
+    from bolus.io.dicom import dcm2niix_executable
+
+    try:
+        return dcm2niix_executable()
+    except FileNotFoundError:
+        pytest.skip("dcm2niix is not installed")
+
+
+@pytest.fixture(scope="session")
+def dcm_qa() -> Path:
+    """Real GE and Siemens EPI DICOM with reference conversions (read in place, never copied)."""
+    if not (DCM_QA / "In").is_dir():
+        pytest.skip(f"real scanner DICOM not found at {DCM_QA}")
+    return DCM_QA
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory) -> Path:
+    """Two simulated subjects (healthy, stroke) on a reduced grid; returns participants.tsv."""
+    from bolus.simulate.cohort import simulate_cohort
+
+    out = tmp_path_factory.mktemp("cohort")
+    return simulate_cohort(
+        out, 2, seed=7, matrix=(48, 48, 8), n_timepoints=40, pathologies=("healthy", "stroke")
+    )
+
+
+@pytest.fixture
+def clean_copy(tmp_path):
+    """Copy a folder into tmp_path (for tests that must show inputs stay untouched)."""
+
+    def copy(src: Path) -> Path:
+        dst = tmp_path / src.name
+        shutil.copytree(src, dst)
+        return dst
+
+    return copy
