@@ -386,7 +386,8 @@ def test_strata_from_participants_group_the_study_table():
     )
     means = nrmse_rows.set_index("group")["mean"]
     assert means["stroke"] == pytest.approx(0.15) and means["control"] == pytest.approx(0.35)
-    assert (nrmse_rows["n"] == 2).all()
+    assert means["all"] == pytest.approx(0.25), "the whole cohort comes first"
+    assert nrmse_rows.set_index("group")["n"].to_dict() == {"all": 4, "stroke": 2, "control": 2}
     with pytest.raises(ValueError, match="site"):
         study_table(subjects, participants, strata=["site"])
 

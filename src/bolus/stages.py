@@ -71,14 +71,13 @@ def preprocess_subject(
     dsc, out_mc, out_motion_tsv, out_mask, *, motion: bool = True, transform: str = "Rigid"
 ) -> None:
     """Motion correction (ANTs rigid) then brain mask (template propagation + refinement)."""
-    from bolus.io.nifti import load_volume, save_like
+    from bolus.io.nifti import load_volume, save_like, voxel_size_mm
     from bolus.preprocess.mask import brain_mask
     from bolus.preprocess.motion import MOTION_COLUMNS, motion_correct
 
     series, affine = load_volume(dsc)
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     if motion:
-        corrected, table = motion_correct(series, spacing, transform=transform)
+        corrected, table = motion_correct(series, voxel_size_mm(affine), transform=transform)
     else:
         corrected = series.astype(np.float32)
         table = pd.DataFrame(0.0, index=range(series.shape[-1]), columns=list(MOTION_COLUMNS))
@@ -213,15 +212,19 @@ def subject_metrics_table(
 ) -> pd.DataFrame:
     """Every method's maps against the reference → long table (participant_id, method,
     map, region, metric, value)."""
-    from bolus.evaluate.aggregate import subject_metrics
-    from bolus.io.nifti import load_volume, resample_to_grid
+    from bolus.evaluate.aggregate import subject_metrics, write_tsv
+    from bolus.io.nifti import load_volume, resample_to_grid, voxel_size_mm
 
     config = with_defaults(config)
     mask, affine = load_volume(mask_path)
     mask = mask > 0
     reference_name = config["reference"]
     predictions = {
-        method: {name: load_volume(paths.map_prefix(map_prefix, method, name))[0] for name in paths.MAPS}
+        method: {
+            name: load_volume(path)[0]
+            for name in paths.MAPS
+            if (path := paths.map_prefix(map_prefix, method, name)).exists()
+        }
         for method in methods
     }
     if reference_name == "reference_dir":
@@ -236,18 +239,16 @@ def subject_metrics_table(
     if lesion_mask:
         data, lesion_affine = load_volume(lesion_mask)
         lesion = resample_to_grid(data, lesion_affine, mask.shape, affine, order=0) > 0
-    spacing = tuple(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
     table = subject_metrics(
         participant_id,
         predictions,
         reference,
         mask,
-        spacing,
+        tuple(voxel_size_mm(affine)),
         config["lesion"]["tmax_threshold_s"],
         lesion_mask=lesion,
     )
-    Path(out_tsv).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_tsv, sep="\t", index=False, float_format="%.6g")
+    write_tsv(table, out_tsv)
     return table
 
 
@@ -285,14 +286,8 @@ def study_outputs(participants_tsv, inspections, metric_tables, output_dir, seed
     qc_path = paths.qc_table(output_dir)
     qc_path.parent.mkdir(parents=True, exist_ok=True)
     qc.to_csv(qc_path, sep="\t", index=False)
-    tables = [pd.read_csv(p, sep="\t") for p in metric_tables]
-    subjects = (
-        pd.concat(tables, ignore_index=True)
-        if tables
-        else pd.DataFrame(columns=["participant_id", "method", "map", "region", "metric", "value"])
-    )
     write_study_tables(
-        subjects,
+        list(metric_tables),
         output_dir,
         participants=participants.reset_index(drop=True),
         strata=tuple(strata_columns(participants)),

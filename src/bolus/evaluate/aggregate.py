@@ -192,6 +192,9 @@ def _participants_frame(participants: pd.DataFrame | str | Path) -> pd.DataFrame
     return frame
 
 
+ALL_SUBJECTS = "all"
+
+
 def study_table(
     subjects: pd.DataFrame,
     participants: pd.DataFrame | str | Path | None = None,
@@ -200,6 +203,8 @@ def study_table(
     """Aggregate a long subject table over subjects.
 
     Columns: ``strata…, method, map, region, metric, n, mean, sd, median, q1, q3``.
+    With strata, the first rows summarise the whole cohort (every stratum column reads
+    ``all``), then come the rows of each stratum column in turn (the others read ``all``).
     Strata (e.g. ``group``, ``site``) come from ``participants`` (a participants.tsv path
     or frame, joined on ``participant_id``), or from ``subjects`` itself when it already
     holds them. Subjects with a missing stratum form their own (NaN) group. Groups keep
@@ -224,7 +229,6 @@ def study_table(
         missing = [s for s in strata if s not in table.columns]
         if missing:
             raise ValueError(f"cannot stratify by {missing}: pass the participants table")
-    keys = [*strata, "method", "map", "region", "metric"]
     columns = [*strata, *STUDY_COLUMNS]
     if table.empty:
         return pd.DataFrame(
@@ -233,6 +237,17 @@ def study_table(
 
     values = pd.to_numeric(table["value"], errors="coerce").astype(np.float64)
     table["value"] = values.where(np.isfinite(values))
+    blocks = [_summarise(table, [])] + [_summarise(table, [stratum]) for stratum in strata]
+    for block in blocks:
+        for stratum in strata:
+            if stratum not in block.columns:
+                block[stratum] = ALL_SUBJECTS
+    return pd.concat(blocks, ignore_index=True)[columns]
+
+
+def _summarise(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Statistics of ``value`` per method × map × region × metric (and ``by``)."""
+    keys = [*by, "method", "map", "region", "metric"]
     grouped = table.groupby(keys, sort=False, dropna=False)["value"]
     result = pd.DataFrame(
         {
@@ -245,7 +260,9 @@ def study_table(
         }
     ).reset_index()
     result["n"] = result["n"].astype(np.int64)
-    return result[columns]
+    if by:
+        result[by] = result[by].astype(object)
+    return result
 
 
 # ----------------------------------------------------------------------------- markdown

@@ -1,0 +1,201 @@
+"""From measured signal to tracer concentration, per voxel.
+
+DSC-MRI: the T2* signal drops while the bolus passes,
+``S(t) = S0 · exp(−TE · ΔR2*(t))``, so ``ΔR2*(t) = −ln(S(t)/S0) / TE`` (1/s), with S0 the
+mean signal over the pre-bolus (baseline) frames. ΔR2* is proportional to the tracer
+concentration; the proportionality constant cancels in every relative map (and is the same in
+tissue and AIF by assumption), so the pipeline calls ΔR2* "concentration".
+
+CT perfusion: attenuation rises linearly with iodine, so the concentration is
+``HU(t) − baseline HU``.
+
+Arrays: time is the last axis, ``(..., T)``; ``times_s`` holds the acquisition time of every
+frame in seconds. No file I/O here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import uniform_filter1d
+
+# Steady-state frames skipped at the start of a dynamic series (T1 saturation of the first
+# volumes makes them brighter), depending on how many frames the series has.
+_STEADY_STATE_FRAMES = ((20, 2), (8, 1), (0, 0))
+
+# Fraction of the bolus' peak deviation below which a frame still counts as baseline.
+_ARRIVAL_FRACTION = 0.1
+# ... and the noise multiple (robust σ of the frame-to-frame differences) it must exceed.
+_ARRIVAL_NOISE_SIGMAS = 3.0
+
+
+def _steady_state_frames(n_frames: int) -> int:
+    for minimum, skip in _STEADY_STATE_FRAMES:
+        if n_frames >= minimum:
+            return skip
+    return 0
+
+
+def baseline_frames(mean_signal_curve, times_s, *, skip_frames: int | None = None) -> slice:
+    """Frames before the bolus arrives: ``slice(first, stop)`` into the time axis.
+
+    ``mean_signal_curve`` is one curve (T,), typically the mean over the brain: DSC signal
+    (the bolus is a dip) or CT HU / a concentration curve (the bolus is a peak); the
+    direction is detected, not assumed.
+
+    Method (robust to noise, no model fit):
+
+    1. skip the first ``skip_frames`` frames (steady state; default 2 for ≥ 20 frames,
+       1 for ≥ 8, else 0);
+    2. on the curve smoothed by a 3-frame moving average, the bolus is the largest deviation from the median of the curve (the bolus passage is
+       a minority of frames, so the median is close to the baseline level);
+    3. the pre-peak baseline level is the median of the frames before that extremum, and the
+       noise σ the robust (MAD) spread of their frame-to-frame differences / √2;
+    4. walking back from the extremum, the bolus has arrived while the deviation exceeds
+       max(10 % of the peak deviation, 3σ); the first frame that falls below is the last
+       frame the bolus has not reached — it is left out as a one-frame safety margin.
+
+    At least one frame is always returned. ``times_s`` is accepted for symmetry with the
+    other functions and validated, but the detection works in frames.
+    """
+    curve = np.asarray(mean_signal_curve, dtype=float)
+    if curve.ndim != 1:
+        raise ValueError(f"baseline_frames needs one curve (T,), got shape {curve.shape}")
+    n = curve.size
+    if np.asarray(times_s).shape != (n,):
+        raise ValueError(f"times_s has shape {np.shape(times_s)}, the curve has {n} frames")
+    curve = np.nan_to_num(curve, nan=0.0, posinf=0.0, neginf=0.0)
+    first = _steady_state_frames(n) if skip_frames is None else int(skip_frames)
+    first = min(max(first, 0), max(n - 1, 0))
+    if n - first < 4:
+        return slice(first, first + 1)
+
+    # a 3-frame moving average keeps single noisy frames from posing as the bolus; it widens
+    # the rising edge by at most one frame, so the baseline can only get shorter
+    curve = uniform_filter1d(curve, size=3, mode="nearest") if n >= 6 else curve
+    tail = curve[first:]
+    deviation = tail - np.median(tail)
+    peak = first + int(np.argmax(np.abs(deviation)))
+    direction = np.sign(curve[peak] - np.median(tail)) or 1.0
+    if peak - first < 2:
+        return slice(first, first + 1)
+
+    pre = curve[first:peak]
+    level = np.median(pre)
+    differences = np.diff(pre)
+    sigma = 1.4826 * np.median(np.abs(differences - np.median(differences))) / np.sqrt(2.0)
+    height = direction * (curve[peak] - level)
+    threshold = max(_ARRIVAL_FRACTION * height, _ARRIVAL_NOISE_SIGMAS * sigma)
+
+    k = peak
+    while k > first and direction * (curve[k] - level) > threshold:
+        k -= 1
+    # frame k is the last one below threshold; leave it out as a margin
+    stop = max(k, first + 1)
+    return slice(first, stop)
+
+
+def _as_baseline_slice(baseline, n_frames: int) -> slice:
+    if isinstance(baseline, slice):
+        return baseline
+    if isinstance(baseline, int | np.integer):
+        if not 1 <= baseline <= n_frames:
+            raise ValueError(f"baseline={baseline} frames is outside 1..{n_frames}")
+        return slice(0, int(baseline))
+    raise TypeError(f"baseline must be a slice, an int (frame count) or None, not {baseline!r}")
+
+
+def _spatial_mask(mask, spatial_shape) -> np.ndarray:
+    if mask is None:
+        return np.ones(spatial_shape, dtype=bool)
+    mask = np.asarray(mask).astype(bool)
+    if mask.shape != tuple(spatial_shape):
+        raise ValueError(
+            f"mask has shape {mask.shape}, the data's spatial shape is {spatial_shape}"
+        )
+    return mask
+
+
+def _mean_curve(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    flat = data.reshape(-1, data.shape[-1])
+    selected = flat[mask.reshape(-1)] if mask.any() else flat
+    return np.nan_to_num(selected.astype(float)).mean(axis=0)
+
+
+def concentration_from_signal(
+    signal,
+    te_s: float,
+    times_s,
+    mask=None,
+    baseline=None,
+    *,
+    min_signal_ratio: float = 1e-3,
+):
+    """ΔR2*(t) = −ln(S(t)/S0) / TE in 1/s, and S0 (the mean baseline signal).
+
+    Parameters
+    ----------
+    signal : (..., T) array — DSC magnitude signal.
+    te_s : echo time in seconds.
+    times_s : (T,) acquisition times in seconds.
+    mask : optional boolean array of the spatial shape ``signal.shape[:-1]``; outside it the
+        concentration is 0 (and the automatic baseline uses only its voxels).
+    baseline : ``slice`` of baseline frames, an ``int`` n (frames ``0..n−1``), or None to
+        detect it from the mean curve with :func:`baseline_frames`.
+    min_signal_ratio : S/S0 is clipped to ``[min_signal_ratio, ∞)`` so that S ≤ 0 (noise,
+        saturation) gives a large finite ΔR2* (at most ln(1/min_signal_ratio)/TE), never inf.
+
+    Returns
+    -------
+    conc : (..., T) ΔR2* in 1/s, finite everywhere; 0 where S0 ≤ 0 or outside the mask.
+        float32 for float32/int16 input, float64 otherwise.
+    s0 : (...) the baseline signal.
+    """
+    signal = np.asarray(signal)
+    if signal.ndim < 1:
+        raise ValueError("signal needs a time axis")
+    if te_s is None or not te_s > 0:
+        raise ValueError(f"echo time must be positive (seconds), got {te_s!r}")
+    n_frames = signal.shape[-1]
+    if np.shape(times_s) != (n_frames,):
+        raise ValueError(f"times_s has shape {np.shape(times_s)}, the signal has {n_frames} frames")
+    inside = _spatial_mask(mask, signal.shape[:-1])
+    if baseline is None:
+        baseline = baseline_frames(_mean_curve(signal, inside), times_s)
+    frames = _as_baseline_slice(baseline, n_frames)
+
+    values = np.nan_to_num(signal.astype(float), nan=0.0, posinf=0.0, neginf=0.0)
+    s0 = values[..., frames].mean(axis=-1)
+    valid = inside & (s0 > 0)
+    safe_s0 = np.where(valid, s0, 1.0)
+    ratio = np.clip(values / safe_s0[..., None], min_signal_ratio, None)
+    conc = -np.log(ratio) / float(te_s)
+    conc[~valid] = 0.0
+    out_dtype = np.result_type(signal.dtype, np.float32)
+    return conc.astype(out_dtype, copy=False), s0.astype(out_dtype, copy=False)
+
+
+def ct_concentration(hu, times_s, baseline=None, mask=None, *, return_baseline: bool = False):
+    """CT perfusion: concentration = HU(t) − baseline HU (mean over the baseline frames).
+
+    ``hu`` is (..., T); ``baseline`` as in :func:`concentration_from_signal` (None: detected
+    on the mean curve over ``mask``). Returns the concentration in HU above baseline, 0
+    outside the mask and finite everywhere; with ``return_baseline=True`` the tuple
+    ``(conc, baseline_hu)``.
+    """
+    hu = np.asarray(hu)
+    n_frames = hu.shape[-1]
+    if np.shape(times_s) != (n_frames,):
+        raise ValueError(f"times_s has shape {np.shape(times_s)}, the data has {n_frames} frames")
+    inside = _spatial_mask(mask, hu.shape[:-1])
+    if baseline is None:
+        baseline = baseline_frames(_mean_curve(hu, inside), times_s)
+    frames = _as_baseline_slice(baseline, n_frames)
+    values = np.nan_to_num(hu.astype(float), nan=0.0, posinf=0.0, neginf=0.0)
+    hu0 = values[..., frames].mean(axis=-1)
+    conc = values - hu0[..., None]
+    conc[~inside] = 0.0
+    out_dtype = np.result_type(hu.dtype, np.float32)
+    conc = conc.astype(out_dtype, copy=False)
+    if return_baseline:
+        return conc, hu0.astype(out_dtype, copy=False)
+    return conc
