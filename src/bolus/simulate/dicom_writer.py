@@ -1,0 +1,370 @@
+"""Write simulated series as real DICOM files (MR Image Storage, pydicom ≥ 3).
+
+One file per slice per time point, explicit VR little endian, a proper file meta header
+and deterministic UIDs (``pydicom.uid.generate_uid`` seeded from the exam's entropy string,
+so the same seed writes byte-identical files).
+
+Pixels are ``uint16`` holding the simulated magnitude signal rounded to integers (≈ 0–3000
+for the phantom's S0 scale), with **no** RescaleSlope/RescaleIntercept: the stored value is
+the signal.
+
+Geometry (DICOM patient coordinates, LPS, mm): a DSC volume is an array (i, j, k) with
+i = column, j = row, k = slice (see :class:`bolus.simulate.phantom.AcquisitionGrid`);
+slice k's image is ``volume[:, :, k].T`` (rows × columns), ImageOrientationPatient
+[1, 0, 0, 0, 1, 0], ImagePositionPatient from the grid. InstanceNumber is time-major
+(t·n_slices + k + 1), AcquisitionNumber = TemporalPositionIdentifier = t + 1, and every slice
+of a volume has that volume's AcquisitionTime (start + t·TR).
+
+Identifiers: every file carries fake but realistic patient and site identifiers — the
+keywords in :data:`PHI_TAGS` — which the pipeline must strip. Their values are drawn
+deterministically from (seed, subject number) by :func:`synthetic_exam`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+    generate_uid,
+)
+
+from bolus.simulate.phantom import MNI_CENTRE, AcquisitionGrid
+
+#: DICOM keywords that identify the patient or the site (PS3.15 basic profile); every
+#: simulated file holds a value for each, and none may survive conversion.
+PHI_TAGS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "InstitutionName",
+    "InstitutionAddress",
+    "ReferringPhysicianName",
+    "AccessionNumber",
+    "StationName",
+    "DeviceSerialNumber",
+)
+
+_SURNAMES = ("Doe", "Roe", "Moreau", "Okafor", "Tanaka", "Lindqvist", "Castillo", "Novak")
+_GIVEN = ("Jane", "John", "Amelie", "Chidi", "Kenji", "Astrid", "Lucia", "Pavel")
+_PHYSICIANS = ("Welby^Marcus", "Quinn^Michaela", "Kildare^James", "Grey^Meredith")
+_SCANNERS = {  # manufacturer: (model, field strength T, imaging frequency MHz, flip angle °)
+    "SIEMENS": ("Avanto", 1.5, 63.676, 90.0),
+    "GE MEDICAL SYSTEMS": ("DISCOVERY MR750", 3.0, 127.74, 60.0),
+}
+
+
+@dataclass(frozen=True)
+class Exam:
+    """Everything fixed for one subject's visit: identifiers, scanner, date, UID source."""
+
+    identifiers: dict[str, str]  # PHI_TAGS keyword → value
+    patient_sex: str
+    study_date: str  # YYYYMMDD
+    study_time_s: float  # seconds after midnight at which the localizer is acquired
+    manufacturer: str
+    uid_entropy: str
+
+    def uid(self, *parts: object) -> str:
+        """A UID that depends only on the exam and ``parts``."""
+        return generate_uid(entropy_srcs=[self.uid_entropy, *map(str, parts)])
+
+    @property
+    def study_instance_uid(self) -> str:
+        return self.uid("study")
+
+    @property
+    def frame_of_reference_uid(self) -> str:
+        return self.uid("frame-of-reference")
+
+    @property
+    def scanner(self) -> tuple[str, float, float, float]:
+        return _SCANNERS[self.manufacturer]
+
+
+def synthetic_exam(seed: int, subject_number: int) -> Exam:
+    """The exam of simulated subject ``subject_number`` (1-based) of cohort ``seed``.
+
+    Deterministic: identifiers (name, MRN-…, birth date, accession, institution, …), date
+    and UIDs depend only on (seed, subject_number). Odd subjects are scanned on a SIEMENS
+    1.5 T, even ones on a GE 3 T.
+    """
+    rng = np.random.default_rng([int(seed) % 2**63, int(subject_number), 0xD1C0])
+    sex = str(rng.choice(["F", "M"]))
+    birth = np.datetime64("1940-01-01") + np.timedelta64(int(rng.integers(0, 365 * 40)), "D")
+    study = np.datetime64("2023-01-02") + np.timedelta64(int(rng.integers(0, 700)), "D")
+    manufacturer = "SIEMENS" if subject_number % 2 == 1 else "GE MEDICAL SYSTEMS"
+    identifiers = {
+        "PatientName": f"{rng.choice(_SURNAMES)}^{rng.choice(_GIVEN)}",
+        "PatientID": f"MRN-{rng.integers(10**6, 10**7)}",
+        "PatientBirthDate": str(birth).replace("-", ""),
+        "InstitutionName": "Simulated General Hospital",
+        "InstitutionAddress": f"{rng.integers(1, 200)} Phantom Lane, Simville",
+        "ReferringPhysicianName": str(rng.choice(_PHYSICIANS)),
+        "AccessionNumber": f"ACC{rng.integers(10**7, 10**8)}",
+        "StationName": f"SIMMR{rng.integers(10, 99)}",
+        "DeviceSerialNumber": f"SN-SIM-{rng.integers(1000, 9999)}",
+    }
+    return Exam(
+        identifiers=identifiers,
+        patient_sex=sex,
+        study_date=str(study).replace("-", ""),
+        study_time_s=float(rng.integers(8 * 3600, 17 * 3600)),
+        manufacturer=manufacturer,
+        uid_entropy=f"bolus-sim/{int(seed)}/{int(subject_number)}",
+    )
+
+
+def _dicom_time(seconds: float) -> str:
+    seconds = float(seconds) % 86400.0
+    whole = int(seconds)
+    micro = int(round((seconds - whole) * 1e6))
+    if micro == 1_000_000:
+        whole, micro = whole + 1, 0
+    return f"{whole // 3600:02d}{whole // 60 % 60:02d}{whole % 60:02d}.{micro:06d}"
+
+
+def _ds(values) -> list[str]:
+    """Decimal strings (≤ 16 characters) for multi-valued DS attributes."""
+    return [f"{float(v):.10g}" for v in values]
+
+
+def _base_dataset(
+    exam: Exam, series_number: int, description: str, series_time_s: float
+) -> Dataset:
+    model, field_t, frequency, _ = exam.scanner
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+    ds.SOPClassUID = MRImageStorage
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = exam.study_date
+    ds.StudyTime = _dicom_time(exam.study_time_s)
+    ds.SeriesTime = _dicom_time(series_time_s)
+    ds.Modality = "MR"
+    ds.Manufacturer = exam.manufacturer
+    ds.ManufacturerModelName = model
+    for keyword, value in exam.identifiers.items():
+        setattr(ds, keyword, value)
+    ds.PatientSex = exam.patient_sex
+    ds.StudyDescription = "MR HEAD PERFUSION"
+    ds.SeriesDescription = description
+    ds.ProtocolName = description
+    ds.BodyPartExamined = "HEAD"
+    ds.MagneticFieldStrength = field_t
+    ds.ImagingFrequency = frequency
+    ds.ImagedNucleus = "1H"
+    ds.PatientPosition = "HFS"
+    ds.StudyInstanceUID = exam.study_instance_uid
+    ds.SeriesInstanceUID = exam.uid("series", series_number)
+    ds.FrameOfReferenceUID = exam.frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
+    ds.StudyID = "1"
+    ds.SeriesNumber = int(series_number)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    return ds
+
+
+def _save(ds: Dataset, path: Path, image: np.ndarray) -> None:
+    pixels = np.ascontiguousarray(np.clip(np.rint(image), 0, 65535).astype("<u2"))
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelData = pixels.tobytes()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(path, enforce_file_format=True)
+
+
+def write_dsc_series(
+    folder,
+    signal: np.ndarray,
+    grid: AcquisitionGrid,
+    *,
+    tr_s: float,
+    te_s: float,
+    exam: Exam,
+    series_number: int = 2,
+    description: str = "ep2d_perf",
+    start_time_s: float | None = None,
+) -> list[Path]:
+    """Write the dynamic series ``signal`` (i, j, k, t) into ``folder``; returns the files.
+
+    Values are rounded and clipped to uint16. ``start_time_s`` (seconds after midnight) is
+    the AcquisitionTime of volume 0, by default 5 minutes after the exam's start.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    nx, ny, nz, nt = signal.shape
+    if (nx, ny, nz) != tuple(grid.shape):
+        raise ValueError(f"signal of shape {signal.shape} does not fit grid {grid.shape}")
+    start = exam.study_time_s + 300.0 if start_time_s is None else float(start_time_s)
+    _, _, _, flip = exam.scanner
+    ds = _base_dataset(exam, series_number, description, start)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "PERFUSION", "ND"]
+    ds.ScanningSequence = "EP"
+    ds.SequenceVariant = "SK"
+    ds.ScanOptions = "FS"
+    ds.MRAcquisitionType = "2D"
+    ds.SequenceName = "*epfid2d1_64" if exam.manufacturer == "SIEMENS" else "EPI"
+    ds.AngioFlag = "N"
+    ds.SliceThickness = f"{grid.slice_thickness_mm:.6g}"
+    ds.SpacingBetweenSlices = f"{grid.slice_spacing_mm:.6g}"
+    ds.RepetitionTime = f"{tr_s * 1000:.6g}"
+    ds.EchoTime = f"{te_s * 1000:.6g}"
+    ds.NumberOfAverages = 1
+    ds.EchoNumbers = 1
+    ds.EchoTrainLength = ny
+    ds.NumberOfPhaseEncodingSteps = ny
+    ds.PercentSampling = 100
+    ds.PercentPhaseFieldOfView = 100
+    ds.PixelBandwidth = 1502
+    ds.FlipAngle = flip
+    ds.InPlanePhaseEncodingDirection = "COL"
+    ds.AcquisitionMatrix = [0, nx, ny, 0]
+    ds.NumberOfTemporalPositions = nt
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = _ds([grid.pixel_spacing_mm] * 2)
+    ds.ImagesInAcquisition = nz
+
+    paths = []
+    for t in range(nt):
+        acquired = _dicom_time(start + t * tr_s)
+        ds.AcquisitionNumber = t + 1
+        ds.TemporalPositionIdentifier = t + 1
+        ds.AcquisitionTime = ds.ContentTime = acquired
+        for k in range(nz):
+            instance = t * nz + k + 1
+            position = grid.slice_position_lps(k)
+            ds.InstanceNumber = instance
+            ds.SOPInstanceUID = exam.uid("image", series_number, instance)
+            ds.ImagePositionPatient = _ds(position)
+            ds.SliceLocation = f"{position[2]:.10g}"
+            path = folder / f"IM_{series_number:03d}_{instance:05d}.dcm"
+            _save(ds, path, signal[:, :, k, t].T)
+            paths.append(path)
+    return paths
+
+
+@dataclass(frozen=True)
+class Plane:
+    """A single-slice image plane in DICOM patient coordinates (LPS, mm)."""
+
+    name: str
+    row_direction: tuple[float, float, float]  # along a row: direction of increasing column
+    column_direction: tuple[float, float, float]  # down a column: increasing row
+    centre_lps: tuple[float, float, float]
+    shape: tuple[int, int] = (128, 128)  # rows, columns
+    pixel_spacing_mm: float = 2.0
+    thickness_mm: float = 8.0
+
+    @property
+    def position_lps(self) -> np.ndarray:
+        """ImagePositionPatient: centre of the first (top left) pixel."""
+        rows, cols = self.shape
+        d = self.pixel_spacing_mm
+        return (
+            np.asarray(self.centre_lps, float)
+            - np.asarray(self.row_direction, float) * (cols - 1) / 2 * d
+            - np.asarray(self.column_direction, float) * (rows - 1) / 2 * d
+        )
+
+    def pixel_centres_lps(self) -> np.ndarray:
+        """(rows, columns, 3) patient coordinates of every pixel centre."""
+        rows, cols = self.shape
+        r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+        d = self.pixel_spacing_mm
+        return (
+            self.position_lps
+            + c[..., None] * d * np.asarray(self.row_direction, float)
+            + r[..., None] * d * np.asarray(self.column_direction, float)
+        )
+
+
+def localizer_planes(
+    centre_lps=None, size: int = 128, spacing_mm: float = 2.0
+) -> tuple[Plane, ...]:
+    """The three orthogonal planes (axial, sagittal, coronal) of a 3-plane localizer through
+    ``centre_lps`` (default: the simulated field-of-view centre)."""
+    if centre_lps is None:
+        centre_lps = (-MNI_CENTRE[0], -MNI_CENTRE[1], MNI_CENTRE[2])
+    centre = tuple(float(v) for v in centre_lps)
+    common = {"centre_lps": centre, "shape": (size, size), "pixel_spacing_mm": spacing_mm}
+    return (
+        Plane("axial", (1, 0, 0), (0, 1, 0), **common),
+        Plane("sagittal", (0, 1, 0), (0, 0, -1), **common),
+        Plane("coronal", (1, 0, 0), (0, 0, -1), **common),
+    )
+
+
+def _ellipsoid_head(plane: Plane) -> np.ndarray:
+    """A plain head-shaped image (brain inside skull inside scalp) for a plane."""
+    p = plane.pixel_centres_lps() - np.asarray(plane.centre_lps)
+    radius = np.sqrt(np.sum((p / np.array([70.0, 90.0, 65.0])) ** 2, axis=-1))
+    return np.select([radius < 0.85, radius < 0.92, radius < 1.0], [700.0, 60.0, 850.0], 0.0)
+
+
+def write_localizer_series(
+    folder,
+    *,
+    seed: int = 0,
+    subject_number: int = 1,
+    exam: Exam | None = None,
+    planes: tuple[Plane, ...] | None = None,
+    images: list[np.ndarray] | None = None,
+    series_number: int = 1,
+    description: str = "localizer",
+) -> list[Path]:
+    """Write a 3-plane localizer (one single-slice image per plane) into ``folder``.
+
+    ``exam`` defaults to ``synthetic_exam(seed, subject_number)`` (so its identifiers are
+    those of that simulated subject); ``planes`` to :func:`localizer_planes`; ``images`` (one
+    2D array per plane, rows × columns, a.u. ≤ 65535) to plain ellipsoid heads. Usable on its
+    own, e.g. to build a DICOM folder that holds no dynamic series. Returns the files written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    exam = exam or synthetic_exam(seed, subject_number)
+    planes = planes or localizer_planes()
+    images = images if images is not None else [_ellipsoid_head(p) for p in planes]
+    if len(images) != len(planes):
+        raise ValueError(f"{len(images)} localizer images for {len(planes)} planes")
+    ds = _base_dataset(exam, series_number, description, exam.study_time_s)
+    ds.ScanningSequence = "GR"
+    ds.SequenceVariant = "SP"
+    ds.ScanOptions = ""
+    ds.MRAcquisitionType = "2D"
+    ds.SequenceName = "*fl2d1"
+    ds.RepetitionTime = "8.6"
+    ds.EchoTime = "4"
+    ds.FlipAngle = 20
+    ds.AcquisitionNumber = 1
+    ds.AcquisitionTime = ds.ContentTime = _dicom_time(exam.study_time_s)
+    paths = []
+    for instance, (plane, image) in enumerate(zip(planes, images, strict=True), start=1):
+        if np.shape(image) != tuple(plane.shape):
+            raise ValueError(
+                f"localizer image {instance} has shape {np.shape(image)}, plane {plane.shape}"
+            )
+        ds.InstanceNumber = instance
+        ds.SOPInstanceUID = exam.uid("image", series_number, instance)
+        ds.ImageOrientationPatient = _ds(list(plane.row_direction) + list(plane.column_direction))
+        ds.ImagePositionPatient = _ds(plane.position_lps)
+        ds.PixelSpacing = _ds([plane.pixel_spacing_mm] * 2)
+        ds.SliceThickness = f"{plane.thickness_mm:.6g}"
+        normal = np.cross(plane.row_direction, plane.column_direction)
+        ds.SliceLocation = f"{float(np.dot(normal, plane.position_lps)):.6g}"
+        path = folder / f"IM_{series_number:03d}_{instance:05d}.dcm"
+        _save(ds, path, np.asarray(image))
+        paths.append(path)
+    return paths
