@@ -47,6 +47,11 @@ def logfile(subject, stage):
     return f"{OUT}/logs/{subject}/{stage}.log"
 
 
+def benchmark(subject, stage):
+    """Wall time and memory of one job (Snakemake's benchmark table)."""
+    return f"{OUT}/benchmarks/{subject}/{stage}.tsv"
+
+
 def usable_subjects():
     """Subjects whose input passed inspection (evaluated after the inspect checkpoints)."""
     from bolus.stages import read_inspection

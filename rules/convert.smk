@@ -9,6 +9,8 @@ checkpoint inspect:
         series=config["dicom"]["series"],
     log:
         logfile("{subject}", "inspect"),
+    benchmark:
+        benchmark("{subject}", "inspect")
     conda:
         "../envs/convert.yaml"
     script:
@@ -26,6 +28,8 @@ rule convert:
         series=config["dicom"]["series"],
     log:
         logfile("{subject}", "convert"),
+    benchmark:
+        benchmark("{subject}", "convert")
     conda:
         "../envs/convert.yaml"
     script:

@@ -14,6 +14,8 @@ rule subject_metrics:
         config=config,
     log:
         logfile("{subject}", "metrics"),
+    benchmark:
+        benchmark("{subject}", "metrics")
     conda:
         "../envs/metrics.yaml"
     script:

@@ -16,6 +16,8 @@ rule perfusion:
         config=config,
     log:
         logfile("{subject}", "perfusion"),
+    benchmark:
+        benchmark("{subject}", "perfusion")
     conda:
         "../envs/perfusion.yaml"
     script:

@@ -13,6 +13,8 @@ rule preprocess:
         transform=config["motion"]["transform"],
     log:
         logfile("{subject}", "preprocess"),
+    benchmark:
+        benchmark("{subject}", "preprocess")
     conda:
         "../envs/preprocess.yaml"
     script:

@@ -1,11 +1,12 @@
 """Brain mask: the MNI152 brain mask propagated with ANTs, refined on the data.
 
-1. The MNI152 T1 template that ships with nilearn is registered to the subject's mean
-   (motion-corrected) DSC volume with ANTs (rigid then affine, mutual information: the
-   contrasts differ), and the template's brain mask follows it (nearest neighbour).
-2. Refinement on the data: voxels whose signal is below a fraction of the robust brain
-   intensity (signal voids, air, skull) are dropped, holes are filled slice by slice, and
-   only the largest connected component is kept.
+1. A first estimate from the data: tissue above Otsu's threshold of the temporal median
+   volume, separated from the scalp by an in-plane erosion, largest component, grown back.
+2. The MNI152 T1 template that ships with nilearn (brain only) is registered to that
+   skull-stripped volume with ANTs (affine, mutual information: the contrasts differ), and
+   its brain mask follows (nearest neighbour); it bounds the estimate.
+3. Refinement: signal voids below a fraction of the median brain signal are dropped, holes
+   are filled slice by slice, and only the largest connected component is kept.
 
 Both steps work in world coordinates: the NIfTI affines carry the geometry.
 """
@@ -36,7 +37,8 @@ def _ants_from_nifti(data: np.ndarray, affine: np.ndarray):
 
 
 def template_brain_mask(mean_volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """The MNI152 brain mask, registered (affine, ANTs) onto ``mean_volume``'s grid."""
+    """The MNI152 brain mask, registered (affine, ANTs, mutual information) onto
+    ``mean_volume``'s grid. The template is brain only: give a skull-stripped volume."""
     import ants
     from nilearn import datasets
 
@@ -55,22 +57,56 @@ def template_brain_mask(mean_volume: np.ndarray, affine: np.ndarray) -> np.ndarr
     return warped.numpy() > 0.5
 
 
+def _in_plane(iterations: int) -> np.ndarray:
+    """Structuring element acting within slices (DSC slices are thick and few)."""
+    return ndimage.iterate_structure(
+        ndimage.generate_binary_structure(3, 1) * np.array([0, 1, 0])[None, None, :], iterations
+    )
+
+
+def _fill_slices(mask: np.ndarray) -> np.ndarray:
+    return np.stack([ndimage.binary_fill_holes(mask[..., z]) for z in range(mask.shape[2])], -1)
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    labels, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+    return labels == (1 + int(np.argmax(sizes)))
+
+
+def data_brain_estimate(mean_volume: np.ndarray) -> np.ndarray:
+    """Brain from the image alone: tissue above Otsu's threshold, cut from scalp by an
+    in-plane erosion (the dark skull separates them), largest component, grown back."""
+    from skimage.filters import threshold_otsu
+
+    tissue = mean_volume > threshold_otsu(mean_volume)
+    core = _largest_component(ndimage.binary_erosion(tissue, _in_plane(1)))
+    grown = ndimage.binary_dilation(core, _in_plane(1)) & tissue
+    return _fill_slices(grown)
+
+
 def refine_mask(mask: np.ndarray, mean_volume: np.ndarray) -> np.ndarray:
     """Drop air and signal voids, fill holes per slice, keep the largest component."""
     mask = mask.astype(bool)
     if not mask.any():
         return mask
     floor = SIGNAL_FLOOR * float(np.median(mean_volume[mask]))
-    refined = mask & (mean_volume > floor)
-    refined = np.stack([ndimage.binary_fill_holes(refined[..., z]) for z in range(refined.shape[2])], -1)
-    labels, n = ndimage.label(refined)
-    if n > 1:
-        sizes = ndimage.sum_labels(refined, labels, index=np.arange(1, n + 1))
-        refined = labels == (1 + int(np.argmax(sizes)))
-    return refined
+    return _largest_component(_fill_slices(mask & (mean_volume > floor)))
 
 
 def brain_mask(series: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Brain mask of a 4D series (x, y, z, t) in its own grid (bool)."""
+    """Brain mask of a 4D series (x, y, z, t) in its own grid (bool).
+
+    The data estimate skull-strips the median volume; the MNI152 mask registered onto that
+    stripped volume then bounds it (one voxel of tolerance), which removes what the image
+    alone cannot tell from brain (eyes, neck, scalp touching the brain).
+    """
     mean_volume = np.median(series, axis=-1) if series.ndim == 4 else series
-    return refine_mask(template_brain_mask(mean_volume, affine), mean_volume)
+    estimate = data_brain_estimate(mean_volume)
+    if not estimate.any():
+        return estimate
+    propagated = template_brain_mask(np.where(estimate, mean_volume, 0.0), affine)
+    bounded = estimate & ndimage.binary_dilation(propagated, _in_plane(1))
+    return refine_mask(bounded, mean_volume)

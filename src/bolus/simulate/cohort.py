@@ -110,7 +110,7 @@ def simulate_subject(
     n_timepoints: int = 60,
     tr_s: float = 1.5,
     te_s: float = 0.03,
-    snr: float = 60.0,
+    snr: float = 100.0,
     motion_mm: float = 0.0,
     relaxivity_ratio: float = 1.0,
     constants: PerfusionConstants | None = None,
@@ -146,15 +146,22 @@ def _nifti(array: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     return img
 
 
+PERFUSION_MAPS = ("cbf", "cbv", "mtt", "tmax", "ttp")
+
+
 def write_truth(folder, sim: DSCSimulation, extra: dict | None = None) -> dict[str, Path]:
     """Write the truth maps and side files of ``sim`` into ``folder``; returns name → path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     affine = sim.phantom.grid.affine_ras
     paths = {}
+    tissue = sim.truth["brain"] > 0
     for name in TRUTH_MAPS:
         paths[name] = folder / f"{name}.nii.gz"
-        nib.save(_nifti(sim.truth[name], affine), paths[name])
+        data = sim.truth[name]
+        if name in PERFUSION_MAPS:  # undefined where there is no tissue: NaN, not a value of 0
+            data = np.where(tissue, data, np.nan).astype(np.float32)
+        nib.save(_nifti(data, affine), paths[name])
     with open(folder / "labels.tsv", "w", newline="") as fh:
         fh.write("index\tname\n" + "".join(f"{i}\t{n}\n" for i, n in LABELS.items()))
     with open(folder / "aif.tsv", "w", newline="") as fh:
@@ -213,7 +220,7 @@ def simulate_cohort(
     n_timepoints=60,
     tr_s=1.5,
     te_s=0.03,
-    snr=60.0,
+    snr=100.0,
     motion_mm=0.0,
     relaxivity_ratio=1.0,
     pathologies=("healthy", "stroke", "tumour"),
