@@ -16,6 +16,6 @@ include: "rules/metrics.smk"
 
 
 rule all:
+    default_target: True
     input:
         study_outputs(),
-    default_target: True

@@ -44,7 +44,9 @@ def main(argv: list[str]) -> None:
     summary = summary.reindex([s for s in order if s in summary.index])
     print(summary.round(2).to_string())
     per_subject = table.groupby("subject")["s"].sum()
-    print(f"\nper subject, all stages: mean {per_subject.mean():.1f} s, max {per_subject.max():.1f} s")
+    print(
+        f"\nper subject, all stages: mean {per_subject.mean():.1f} s, max {per_subject.max():.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the library, even when not installed
+sys.path.insert(
+    0, str(Path(workflow.basedir) / "src")
+)  # the library, even when not installed
 
 from bolus import paths  # noqa: E402
 from bolus.config import validate_config  # noqa: E402
@@ -35,7 +37,9 @@ def sp(subject, attribute):
 
 def subject_maps(subject, methods):
     return [
-        str(paths.SubjectPaths(OUT, subject).map(m, name)) for m in methods for name in paths.MAPS
+        str(paths.SubjectPaths(OUT, subject).map(m, name))
+        for m in methods
+        for name in paths.MAPS
     ]
 
 
@@ -59,7 +63,8 @@ def usable_subjects():
     return [
         s
         for s in SUBJECTS
-        if read_inspection(checkpoints.inspect.get(subject=s).output[0])["status"] == "ok"
+        if read_inspection(checkpoints.inspect.get(subject=s).output[0])["status"]
+        == "ok"
     ]
 
 

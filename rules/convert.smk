@@ -4,15 +4,15 @@
 checkpoint inspect:
     output:
         inspection("{subject}"),
-    params:
-        row=row,
-        series=config["dicom"]["series"],
     log:
         logfile("{subject}", "inspect"),
     benchmark:
         benchmark("{subject}", "inspect")
     conda:
         "../envs/convert.yaml"
+    params:
+        row=row,
+        series=config["dicom"]["series"],
     script:
         "../scripts/inspect.py"
 
@@ -23,14 +23,14 @@ rule convert:
     output:
         nifti=sp("{subject}", "dsc"),
         json=sp("{subject}", "dsc_json"),
-    params:
-        row=row,
-        series=config["dicom"]["series"],
     log:
         logfile("{subject}", "convert"),
     benchmark:
         benchmark("{subject}", "convert")
     conda:
         "../envs/convert.yaml"
+    params:
+        row=row,
+        series=config["dicom"]["series"],
     script:
         "../scripts/convert.py"

@@ -7,17 +7,17 @@ rule subject_metrics:
         mask=sp("{subject}", "brain_mask"),
     output:
         sp("{subject}", "metrics_tsv"),
-    params:
-        row=row,
-        prefix=lambda wc: str(Path(OUT) / wc.subject / "perf" / wc.subject),
-        methods=config["svd"]["methods"],
-        config=config,
     log:
         logfile("{subject}", "metrics"),
     benchmark:
         benchmark("{subject}", "metrics")
     conda:
         "../envs/metrics.yaml"
+    params:
+        row=row,
+        prefix=lambda wc: str(Path(OUT) / wc.subject / "perf" / wc.subject),
+        methods=config["svd"]["methods"],
+        config=config,
     script:
         "../scripts/subject_metrics.py"
 
@@ -31,13 +31,13 @@ rule study:
         study=str(paths.study_table(OUT)),
         markdown=str(paths.study_markdown(OUT)),
         qc=str(paths.qc_table(OUT)),
-    params:
-        participants=config["participants"],
-        seed=config["seed"],
-        output_dir=OUT,
     log:
         f"{OUT}/logs/study.log",
     conda:
         "../envs/metrics.yaml"
+    params:
+        participants=config["participants"],
+        seed=config["seed"],
+        output_dir=OUT,
     script:
         "../scripts/study.py"

@@ -11,14 +11,14 @@ rule perfusion:
         aif=sp("{subject}", "aif_tsv"),
         aif_mask=sp("{subject}", "aif_mask"),
         maps=subject_maps("{subject}", config["svd"]["methods"]),
-    params:
-        prefix=lambda wc: str(Path(OUT) / wc.subject / "perf" / wc.subject),
-        config=config,
     log:
         logfile("{subject}", "perfusion"),
     benchmark:
         benchmark("{subject}", "perfusion")
     conda:
         "../envs/perfusion.yaml"
+    params:
+        prefix=lambda wc: str(Path(OUT) / wc.subject / "perf" / wc.subject),
+        config=config,
     script:
         "../scripts/perfusion.py"

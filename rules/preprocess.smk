@@ -8,14 +8,14 @@ rule preprocess:
         mc=sp("{subject}", "mc_dsc"),
         motion=sp("{subject}", "motion_tsv"),
         mask=sp("{subject}", "brain_mask"),
-    params:
-        motion=config["motion"]["enabled"],
-        transform=config["motion"]["transform"],
     log:
         logfile("{subject}", "preprocess"),
     benchmark:
         benchmark("{subject}", "preprocess")
     conda:
         "../envs/preprocess.yaml"
+    params:
+        motion=config["motion"]["enabled"],
+        transform=config["motion"]["transform"],
     script:
         "../scripts/preprocess.py"

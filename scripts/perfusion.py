@@ -4,6 +4,12 @@ from bolus.stages import perfusion_subject
 s = snakemake  # noqa: F821 (injected by Snakemake)
 with logged(s):
     perfusion_subject(
-        s.input.mc, s.input.json, s.input.mask, s.output.conc, s.output.aif,
-        s.output.aif_mask, s.params.prefix, config=s.params.config,
+        s.input.mc,
+        s.input.json,
+        s.input.mask,
+        s.output.conc,
+        s.output.aif,
+        s.output.aif_mask,
+        s.params.prefix,
+        config=s.params.config,
     )

@@ -4,6 +4,10 @@ from bolus.stages import preprocess_subject
 s = snakemake  # noqa: F821 (injected by Snakemake)
 with logged(s):
     preprocess_subject(
-        s.input[0], s.output.mc, s.output.motion, s.output.mask,
-        motion=s.params.motion, transform=s.params.transform,
+        s.input[0],
+        s.output.mc,
+        s.output.motion,
+        s.output.mask,
+        motion=s.params.motion,
+        transform=s.params.transform,
     )

@@ -19,7 +19,11 @@ def conc_and_aif(tmp_path):
     fine = np.arange(0, 90, 0.1)
     aif = kinetics.arterial_input(fine, leakage_fraction=0.0)
     tissue = kinetics.tissue_concentration(
-        fine, aif[None], np.array([60.0]), np.array([4.0]), np.array([1.0]),
+        fine,
+        aif[None],
+        np.array([60.0]),
+        np.array([4.0]),
+        np.array([1.0]),
         PerfusionConstants.from_config(),
     )[0]
     step = 15  # TR 1.5 s
@@ -35,8 +39,16 @@ def conc_and_aif(tmp_path):
 
 def test_maps_command_writes_every_map_with_units(conc_and_aif):
     out = conc_and_aif / "sub-01"
-    code = main(["maps", str(conc_and_aif / "conc.nii.gz"), str(conc_and_aif / "aif.tsv"),
-                 str(out), "--method", "csvd"])
+    code = main(
+        [
+            "maps",
+            str(conc_and_aif / "conc.nii.gz"),
+            str(conc_and_aif / "aif.tsv"),
+            str(out),
+            "--method",
+            "csvd",
+        ]
+    )
     assert code == 0
     maps = {name: load_volume(paths.map_prefix(out, "csvd", name))[0] for name in paths.MAPS}
     # CBV is the area ratio: 4 ml/100 g within 5 % (sampling at TR 1.5 s, finite window)
@@ -51,7 +63,15 @@ def test_maps_command_writes_every_map_with_units(conc_and_aif):
 def test_maps_command_reports_mismatched_timing(conc_and_aif, capsys):
     table = pd.read_csv(conc_and_aif / "aif.tsv", sep="\t").iloc[:-3]
     table.to_csv(conc_and_aif / "short.tsv", sep="\t", index=False)
-    code = main(["maps", str(conc_and_aif / "conc.nii.gz"), str(conc_and_aif / "short.tsv"),
-                 str(conc_and_aif / "x"), "--method", "ssvd"])
+    code = main(
+        [
+            "maps",
+            str(conc_and_aif / "conc.nii.gz"),
+            str(conc_and_aif / "short.tsv"),
+            str(conc_and_aif / "x"),
+            "--method",
+            "ssvd",
+        ]
+    )
     assert code == 2
     assert "time points" in capsys.readouterr().err

@@ -29,7 +29,9 @@ def _tree_digest(folder: Path) -> str:
         ("20180918Si", "EPI_PE=AP_3", (72, 72, 5, 2), 0.05, 2.43537),
     ],
 )
-def test_real_vendor_dicom_converts_like_the_reference(dcm_qa, dcm2niix, tmp_path, series, reference, shape, te, tr):
+def test_real_vendor_dicom_converts_like_the_reference(
+    dcm_qa, dcm2niix, tmp_path, series, reference, shape, te, tr
+):
     """GE classic multi-file and Siemens mosaic series: same voxels, geometry and timing as the
     reference conversion shipped with the data."""
     before = _tree_digest(dcm_qa / "In" / series)
@@ -79,7 +81,9 @@ def test_simulated_subject_converts_to_the_dynamic_series(small_cohort, dcm2niix
     dicom_dir = small_cohort.parent / "sourcedata" / "sub-01" / "dicom"
     found = discover_series(dicom_dir, "sub-01")
     assert len(found) >= 2, "the simulated folder must hold another series besides the DSC"
-    sidecar = convert_dicom_series(dicom_dir, tmp_path / "s.nii.gz", tmp_path / "s.json", subject="sub-01")
+    sidecar = convert_dicom_series(
+        dicom_dir, tmp_path / "s.nii.gz", tmp_path / "s.json", subject="sub-01"
+    )
     image = nib.load(tmp_path / "s.nii.gz")
     assert image.shape == (48, 48, 8, 40)
     assert sidecar["EchoTime"] == pytest.approx(0.03)
@@ -92,7 +96,9 @@ def test_folder_without_dynamic_series_names_subject_and_what_was_found(tmp_path
 
     write_localizer_series(tmp_path / "dicom", seed=3)
     with pytest.raises(SubjectError) as caught:
-        select_series(discover_series(tmp_path / "dicom", "sub-07"), "most_timepoints", "sub-07", tmp_path)
+        select_series(
+            discover_series(tmp_path / "dicom", "sub-07"), "most_timepoints", "sub-07", tmp_path
+        )
     message = str(caught.value)
     assert message.startswith("sub-07:")
     assert "no dynamic series" in message and "3 images" in message

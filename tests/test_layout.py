@@ -23,7 +23,12 @@ def _rule_blocks():
 def test_every_rule_names_an_existing_env_and_script():
     rules = list(_rule_blocks())
     assert {name for _, name, _ in rules} >= {
-        "inspect", "convert", "preprocess", "perfusion", "subject_metrics", "study"
+        "inspect",
+        "convert",
+        "preprocess",
+        "perfusion",
+        "subject_metrics",
+        "study",
     }
     for path, name, body in rules:
         env = re.search(r'conda:\n\s+"([^"]+)"', body)

@@ -28,7 +28,10 @@ def test_known_translation_is_recovered_and_undone(head):
     series[..., 3:6] = moved[..., None]
     corrected, table = motion_correct(series, (3.4, 3.4, 5.0))
     assert np.abs(table.loc[3:5, "trans_x_mm"].abs() - 3.4).max() < 0.5
-    assert table.loc[[0, 1, 2, 6, 7], ["trans_x_mm", "trans_y_mm", "trans_z_mm"]].abs().max().max() < 0.3
+    assert (
+        table.loc[[0, 1, 2, 6, 7], ["trans_x_mm", "trans_y_mm", "trans_z_mm"]].abs().max().max()
+        < 0.3
+    )
     assert table["framewise_displacement_mm"].iloc[3] > 2.5
     inner = (slice(8, 40), slice(8, 40), slice(2, 8))
     before = np.abs(moved - head)[inner].mean()

@@ -67,7 +67,8 @@ def read_participants(path: str | Path, seed: int = 0) -> pd.DataFrame:
     if "split" not in table.columns:
         table["split"] = None
     table["split"] = [
-        split or assign_split(pid, seed) for pid, split in zip(table["participant_id"], table["split"])
+        split or assign_split(pid, seed)
+        for pid, split in zip(table["participant_id"], table["split"], strict=True)
     ]
     return table.set_index("participant_id", drop=False)
 

@@ -100,7 +100,9 @@ def read_sidecar_timing(dsc_json) -> tuple[np.ndarray, float]:
 def write_aif_table(path, times_s: np.ndarray, curve: np.ndarray) -> None:
     """AIF.tsv: header, columns ``time`` (s) and ``concentration`` (ΔR2* 1/s or HU)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    table = pd.DataFrame({"time": np.asarray(times_s, float), "concentration": np.asarray(curve, float)})
+    table = pd.DataFrame(
+        {"time": np.asarray(times_s, float), "concentration": np.asarray(curve, float)}
+    )
     table.to_csv(path, sep="\t", index=False, float_format="%.8g")
 
 
@@ -163,7 +165,9 @@ def perfusion_subject(
     aif = select_aif(conc, times, mask, n_voxels=config["aif"]["n_voxels"])
     write_aif_table(out_aif_tsv, aif.times_s, aif.curve)
     save_like(aif.voxel_mask.astype(np.uint8), affine, out_aif_mask, dtype=np.uint8)
-    for method, maps in compute_maps(conc, times, aif.curve, config["svd"]["methods"], mask, config).items():
+    for method, maps in compute_maps(
+        conc, times, aif.curve, config["svd"]["methods"], mask, config
+    ).items():
         write_maps(maps, affine, map_prefix, method)
 
 
@@ -229,12 +233,18 @@ def subject_metrics_table(
     }
     if reference_name == "reference_dir":
         if not reference_dir:
-            raise SubjectError(participant_id, None, "config reference=reference_dir but no reference_dir")
+            raise SubjectError(
+                participant_id, None, "config reference=reference_dir but no reference_dir"
+            )
         reference = load_reference_maps(reference_dir, mask.shape, affine)
         if not reference:
             raise SubjectError(participant_id, reference_dir, "no reference maps (cbf.nii.gz, …)")
     else:
         reference = predictions.pop(reference_name)
+    # Compare only where the reference is defined: reference maps leave out what is not
+    # tissue (CSF, vessels) as NaN, and a lesion there would be an artefact of the comparison.
+    defined = np.logical_and.reduce([np.isfinite(r) for r in reference.values()])
+    mask = mask & defined
     lesion = None
     if lesion_mask:
         data, lesion_affine = load_volume(lesion_mask)

@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,9 +135,7 @@ def discover_series(folder: str | Path, subject: str = "") -> list[SeriesInfo]:
                 modality=str(ds.get("Modality", "")),
                 echo_time_ms=float(ds.EchoTime) if ds.get("EchoTime") not in (None, "") else None,
                 repetition_time_ms=(
-                    float(ds.RepetitionTime)
-                    if ds.get("RepetitionTime") not in (None, "")
-                    else None
+                    float(ds.RepetitionTime) if ds.get("RepetitionTime") not in (None, "") else None
                 ),
             )
         info.files.append(path)
@@ -154,7 +151,9 @@ def discover_series(folder: str | Path, subject: str = "") -> list[SeriesInfo]:
             seconds = _seconds_of_day(ds.get("AcquisitionTime"))
             if seconds is not None:
                 previous = info.acquisition_times.get(index)
-                info.acquisition_times[index] = seconds if previous is None else min(previous, seconds)
+                info.acquisition_times[index] = (
+                    seconds if previous is None else min(previous, seconds)
+                )
     return sorted(series.values(), key=lambda s: (s.number is None, s.number or 0, s.uid))
 
 
@@ -168,7 +167,9 @@ def select_series(series: list[SeriesInfo], rule: str, subject: str, folder) -> 
     found = ", ".join(s.summary() for s in series) or "no DICOM images"
     dynamic = [s for s in series if s.is_dynamic]
     if not dynamic:
-        raise SubjectError(subject, folder, f"DICOM folder holds no dynamic series (found: {found})")
+        raise SubjectError(
+            subject, folder, f"DICOM folder holds no dynamic series (found: {found})"
+        )
     if rule != "most_timepoints":
         dynamic = [s for s in dynamic if rule.lower() in s.description.lower()]
         if not dynamic:
@@ -263,8 +264,12 @@ def convert_dicom_series(
         cmd += ["-o", str(converted), str(staged)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            tail = "\n".join(proc.stdout.strip().splitlines()[-3:] + proc.stderr.strip().splitlines()[-3:])
-            raise SubjectError(subject, dicom_dir, f"dcm2niix failed (exit {proc.returncode}): {tail}")
+            tail = "\n".join(
+                proc.stdout.strip().splitlines()[-3:] + proc.stderr.strip().splitlines()[-3:]
+            )
+            raise SubjectError(
+                subject, dicom_dir, f"dcm2niix failed (exit {proc.returncode}): {tail}"
+            )
         niftis = sorted(converted.glob("*.nii*"))
         if len(niftis) != 1:
             names = ", ".join(p.name for p in niftis) or "nothing"
@@ -282,7 +287,9 @@ def convert_dicom_series(
         shape = image.shape
         if len(shape) != 4 or shape[3] < 2:
             raise SubjectError(
-                subject, dicom_dir, f"converted series is not 4D (shape {shape}); expected time points"
+                subject,
+                dicom_dir,
+                f"converted series is not 4D (shape {shape}); expected time points",
             )
         if shape[3] != info.n_timepoints:
             raise SubjectError(
@@ -335,7 +342,9 @@ def import_nifti_series(
     clean = deidentified_sidecar(sidecar)
     timing = clean.get("VolumeTiming")
     if not (isinstance(timing, list) and len(timing) == shape[3]):
-        clean["VolumeTiming"] = [round(k * float(sidecar["RepetitionTime"]), 6) for k in range(shape[3])]
+        clean["VolumeTiming"] = [
+            round(k * float(sidecar["RepetitionTime"]), 6) for k in range(shape[3])
+        ]
     out_nifti = Path(out_nifti)
     out_nifti.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine, image.header), out_nifti)

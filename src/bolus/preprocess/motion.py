@@ -30,7 +30,9 @@ def _remove_transform_files(registration: dict) -> None:
 def _to_ants(volume: np.ndarray, spacing_mm):
     import ants
 
-    return ants.from_numpy(np.ascontiguousarray(volume, dtype=np.float32), spacing=tuple(spacing_mm))
+    return ants.from_numpy(
+        np.ascontiguousarray(volume, dtype=np.float32), spacing=tuple(spacing_mm)
+    )
 
 
 def _rigid_parameters(transform_file: str) -> np.ndarray:

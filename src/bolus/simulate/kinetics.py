@@ -103,7 +103,9 @@ def local_aif(t_s, aif_mM, delay_s, dispersion_s):
     delay, beta = np.broadcast_arrays(np.asarray(delay_s, float), np.asarray(dispersion_s, float))
     delays, index = np.unique(delay, return_inverse=True)
     shifted = np.stack([np.interp(t - d, t, aif_mM, left=0.0) for d in delays])[index]
-    out = _fft_convolve(shifted.reshape(-1, t.size), exponential_kernel(t, beta.ravel()), t[1] - t[0])
+    out = _fft_convolve(
+        shifted.reshape(-1, t.size), exponential_kernel(t, beta.ravel()), t[1] - t[0]
+    )
     return out.reshape(delay.shape + (t.size,))
 
 
