@@ -21,19 +21,15 @@ def _config(path: str | None) -> dict:
 def cmd_simulate(args) -> int:
     from bolus.simulate.cohort import simulate_cohort
 
-    participants = simulate_cohort(
-        args.out,
-        args.subjects,
-        args.seed,
-        matrix=tuple(args.matrix),
-        n_timepoints=args.timepoints,
-        tr_s=args.tr,
-        te_s=args.te,
-        snr=args.snr,
-        motion_mm=args.motion_mm,
-    )
-    print(participants)
+    options = {k: v for k, v in vars(args).items() if k in SIMULATION_OPTIONS}
+    if "matrix" in options:
+        options["matrix"] = tuple(options["matrix"])
+    print(simulate_cohort(args.out, args.subjects, args.seed, **options))
     return 0
+
+
+# Options passed to simulate_cohort only when given: its signature holds the defaults.
+SIMULATION_OPTIONS = ("matrix", "n_timepoints", "tr_s", "te_s", "snr", "motion_mm")
 
 
 def cmd_convert(args) -> int:
@@ -92,16 +88,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bolus", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("simulate", help="simulated DICOM cohort + truth + participants.tsv")
+    p = sub.add_parser(
+        "simulate",
+        help="simulated DICOM cohort + truth + participants.tsv",
+        description="Options left out take the defaults of "
+        "bolus.simulate.cohort.simulate_cohort (64×64×12, 60 volumes, TR 1.5 s, TE 30 ms, SNR 100).",
+    )
     p.add_argument("out")
     p.add_argument("--subjects", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--matrix", type=int, nargs=3, default=[64, 64, 12], metavar=("X", "Y", "Z"))
-    p.add_argument("--timepoints", type=int, default=60)
-    p.add_argument("--tr", type=float, default=1.5, help="repetition time (s)")
-    p.add_argument("--te", type=float, default=0.03, help="echo time (s)")
-    p.add_argument("--snr", type=float, default=60.0, help="baseline grey-matter SNR")
-    p.add_argument("--motion-mm", type=float, default=0.0, help="peak rigid head motion (mm)")
+    unset = argparse.SUPPRESS
+    p.add_argument("--matrix", type=int, nargs=3, metavar=("X", "Y", "Z"), default=unset)
+    p.add_argument("--timepoints", dest="n_timepoints", type=int, default=unset)
+    p.add_argument("--tr", dest="tr_s", type=float, default=unset, help="repetition time (s)")
+    p.add_argument("--te", dest="te_s", type=float, default=unset, help="echo time (s)")
+    p.add_argument("--snr", type=float, default=unset, help="baseline grey-matter SNR")
+    p.add_argument(
+        "--motion-mm", dest="motion_mm", type=float, default=unset, help="peak motion (mm)"
+    )
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("convert", help="DICOM folder or 4D NIfTI → <prefix>_dsc.nii.gz + .json")
