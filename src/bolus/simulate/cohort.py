@@ -106,35 +106,27 @@ def simulate_subject(
     subject_number: int,
     pathology: str = "healthy",
     *,
-    matrix=(64, 64, 12),
-    n_timepoints: int = 60,
-    tr_s: float = 1.5,
-    te_s: float = 0.03,
-    snr: float = 100.0,
-    motion_mm: float = 0.0,
-    relaxivity_ratio: float = 1.0,
+    matrix=None,
     constants: PerfusionConstants | None = None,
+    **acquisition,
 ) -> DSCSimulation:
     """Simulate one subject in memory (phantom, noise-free curves, noisy signal, truth).
 
     The anatomy and perfusion parameters depend only on (seed, subject_number, pathology,
-    matrix); the AIF, motion and noise on the acquisition arguments too.
+    matrix); the AIF, motion and noise on the acquisition arguments too. ``matrix`` defaults
+    to :meth:`AcquisitionGrid.axial`'s; ``acquisition`` (n_timepoints, tr_s, te_s, snr,
+    motion_mm, relaxivity_ratio) to :func:`simulate_dsc`'s: the defaults live there only.
     """
     phantom_seq, signal_seq = np.random.SeedSequence(
         [int(seed) % 2**63, int(subject_number)]
     ).spawn(2)
-    grid = AcquisitionGrid.axial(matrix)
+    grid = AcquisitionGrid.axial() if matrix is None else AcquisitionGrid.axial(matrix)
     phantom = make_phantom(np.random.default_rng(phantom_seq), grid, pathology)
     return simulate_dsc(
         phantom,
         np.random.default_rng(signal_seq),
         constants or PerfusionConstants.from_config(),
-        n_timepoints=n_timepoints,
-        tr_s=tr_s,
-        te_s=te_s,
-        snr=snr,
-        motion_mm=motion_mm,
-        relaxivity_ratio=relaxivity_ratio,
+        **acquisition,
     )
 
 
@@ -216,20 +208,15 @@ def simulate_cohort(
     n_subjects: int,
     seed: int,
     *,
-    matrix=(64, 64, 12),
-    n_timepoints=60,
-    tr_s=1.5,
-    te_s=0.03,
-    snr=100.0,
-    motion_mm=0.0,
-    relaxivity_ratio=1.0,
     pathologies=("healthy", "stroke", "tumour"),
+    **acquisition,
 ) -> Path:
     """Simulate ``n_subjects`` subjects into ``out_dir``; returns ``<out_dir>/participants.tsv``.
 
-    ``snr``: baseline grey-matter SNR (σ = S0_GM/snr, Rician). ``motion_mm``: maximum rigid
-    drift (0: none). ``relaxivity_ratio``: tissue/blood ΔR2* relaxivity; keep 1.0 for
-    truth maps that DSC quantification can reproduce. Existing ``dicom`` and ``truth``
+    ``acquisition``: matrix, n_timepoints, tr_s, te_s, snr (baseline grey-matter SNR, σ =
+    S0_GM/snr, Rician), motion_mm (maximum rigid drift; 0: none), relaxivity_ratio
+    (tissue/blood ΔR2* relaxivity; keep 1.0 for truth maps that DSC quantification can
+    reproduce); defaults as in :func:`simulate_subject`. Existing ``dicom`` and ``truth``
     folders of the subjects written are replaced.
     """
     if n_subjects < 1:
@@ -245,19 +232,7 @@ def simulate_cohort(
     for number in range(1, n_subjects + 1):
         pid = participant_id(number, n_subjects)
         pathology = pathologies[(number - 1) % len(pathologies)]
-        sim = simulate_subject(
-            seed,
-            number,
-            pathology,
-            matrix=matrix,
-            n_timepoints=n_timepoints,
-            tr_s=tr_s,
-            te_s=te_s,
-            snr=snr,
-            motion_mm=motion_mm,
-            relaxivity_ratio=relaxivity_ratio,
-            constants=constants,
-        )
+        sim = simulate_subject(seed, number, pathology, constants=constants, **acquisition)
         subject_dir = out / "sourcedata" / pid
         for sub in ("dicom", "truth"):
             if (subject_dir / sub).exists():
@@ -265,9 +240,9 @@ def simulate_cohort(
         exam = synthetic_exam(seed, number)
         write_subject(subject_dir / "dicom", sim, exam)
         site = "siteA" if number % 2 == 1 else "siteB"
-        extra = {"participant_id": pid, "seed": int(seed), "snr": float(snr),
-                 "motion_mm": float(motion_mm), "relaxivity_ratio": float(relaxivity_ratio),
-                 "site": site, "manufacturer": exam.manufacturer}  # fmt: skip
+        extra = {"participant_id": pid, "seed": int(seed), "site": site,
+                 "manufacturer": exam.manufacturer,
+                 "acquisition_options": {k: acquisition[k] for k in sorted(acquisition)}}  # fmt: skip
         write_truth(subject_dir / "truth", sim, extra)
         rows.append(
             {
