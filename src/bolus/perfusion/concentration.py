@@ -155,16 +155,7 @@ def concentration_from_signal(
         raise ValueError("signal needs a time axis")
     if te_s is None or not te_s > 0:
         raise ValueError(f"echo time must be positive (seconds), got {te_s!r}")
-    n_frames = signal.shape[-1]
-    if np.shape(times_s) != (n_frames,):
-        raise ValueError(f"times_s has shape {np.shape(times_s)}, the signal has {n_frames} frames")
-    inside = _spatial_mask(mask, signal.shape[:-1])
-    if baseline is None:
-        baseline = baseline_frames(_mean_curve(signal, inside), times_s)
-    frames = _as_baseline_slice(baseline, n_frames)
-
-    values = np.nan_to_num(signal.astype(float), nan=0.0, posinf=0.0, neginf=0.0)
-    s0 = values[..., frames].mean(axis=-1)
+    values, inside, s0 = _baseline(signal, times_s, baseline, mask)
     valid = inside & (s0 > 0)
     safe_s0 = np.where(valid, s0, 1.0)
     ratio = np.clip(values / safe_s0[..., None], min_signal_ratio, None)
@@ -172,6 +163,20 @@ def concentration_from_signal(
     conc[~valid] = 0.0
     out_dtype = np.result_type(signal.dtype, np.float32)
     return conc.astype(out_dtype, copy=False), s0.astype(out_dtype, copy=False)
+
+
+def _baseline(data: np.ndarray, times_s, baseline, mask):
+    """(finite float values, spatial mask, mean over the baseline frames) of (..., T) data;
+    the baseline frames are detected on the mean curve inside the mask when not given."""
+    n_frames = data.shape[-1]
+    if np.shape(times_s) != (n_frames,):
+        raise ValueError(f"times_s has shape {np.shape(times_s)}, the data has {n_frames} frames")
+    inside = _spatial_mask(mask, data.shape[:-1])
+    if baseline is None:
+        baseline = baseline_frames(_mean_curve(data, inside), times_s)
+    frames = _as_baseline_slice(baseline, n_frames)
+    values = np.nan_to_num(data.astype(float), nan=0.0, posinf=0.0, neginf=0.0)
+    return values, inside, values[..., frames].mean(axis=-1)
 
 
 def ct_concentration(hu, times_s, baseline=None, mask=None, *, return_baseline: bool = False):
@@ -183,15 +188,7 @@ def ct_concentration(hu, times_s, baseline=None, mask=None, *, return_baseline: 
     ``(conc, baseline_hu)``.
     """
     hu = np.asarray(hu)
-    n_frames = hu.shape[-1]
-    if np.shape(times_s) != (n_frames,):
-        raise ValueError(f"times_s has shape {np.shape(times_s)}, the data has {n_frames} frames")
-    inside = _spatial_mask(mask, hu.shape[:-1])
-    if baseline is None:
-        baseline = baseline_frames(_mean_curve(hu, inside), times_s)
-    frames = _as_baseline_slice(baseline, n_frames)
-    values = np.nan_to_num(hu.astype(float), nan=0.0, posinf=0.0, neginf=0.0)
-    hu0 = values[..., frames].mean(axis=-1)
+    values, inside, hu0 = _baseline(hu, times_s, baseline, mask)
     conc = values - hu0[..., None]
     conc[~inside] = 0.0
     out_dtype = np.result_type(hu.dtype, np.float32)
