@@ -28,13 +28,15 @@ smooth random fields (ranges are hard bounds; healthy values also carry a per-su
     ==========  ==========  ===========  ==========  =============  ===================
     tissue      CBF         CBV          delay δ     dispersion β   residue shape k
     ==========  ==========  ===========  ==========  =============  ===================
-    GM          ~60 ± 10 %  ~4 ± 10 %    0 – 1.5     0 – 2          1 – 3 (all tissue)
-    WM          ~22 ± 10 %  ~2 ± 10 %    0 – 1.5     0 – 2
+    GM          ~60 ± 10 %  ~4 ± 10 %    0 – 1.0     0 – 1.5        1 – 3 (all tissue)
+    WM          ~22 ± 10 %  ~2 ± 10 %    0 – 1.0     0 – 1.5
     core        8 – 12      1.3 – 1.7    6 – 10      2 – 4
     penumbra    20 – 25     3.5 – 4.0    4.5 – 8     2 – 4
-    tumour      90 – 120    8 – 10       0 – 1.5     0 – 2
+    tumour      90 – 120    8 – 10       0 – 1.0     0 – 1.5
     ==========  ==========  ===========  ==========  =============  ===================
 
+    Healthy delays and dispersions are those of normal tissue fed by a nearby artery, so its
+    true Tmax stays in the normal 0–4 s range (Tmax > 2 s already counts as delayed clinically).
     MTT = 60·CBV/CBF. k is the gamma-family residue shape of
     :func:`bolus.simulate.kinetics.residue_function` (1 exponential … large box-car).
     Delays are rounded to the 0.1 s simulation grid. The scalp is perfused (one curve,
@@ -377,11 +379,11 @@ def make_phantom(
     )
     u = fields
     table = {  # label: (cbf, cbv, delay, dispersion) as (low, high) over the field's [0, 1]
-        GM: ((0.9 * gm_cbf, 1.1 * gm_cbf), (0.9 * gm_cbv, 1.1 * gm_cbv), (0, 1.5), (0, 2)),
-        WM: ((0.9 * wm_cbf, 1.1 * wm_cbf), (0.9 * wm_cbv, 1.1 * wm_cbv), (0, 1.5), (0, 2)),
+        GM: ((0.9 * gm_cbf, 1.1 * gm_cbf), (0.9 * gm_cbv, 1.1 * gm_cbv), (0, 1.0), (0, 1.5)),
+        WM: ((0.9 * wm_cbf, 1.1 * wm_cbf), (0.9 * wm_cbv, 1.1 * wm_cbv), (0, 1.0), (0, 1.5)),
         CORE: ((8, 12), (1.3, 1.7), (6, 10), (2, 4)),
         PENUMBRA: ((20, 25), (3.5, 4.0), (4.5, 8), (2, 4)),
-        TUMOUR: ((90, 120), (8, 10), (0, 1.5), (0, 2)),
+        TUMOUR: ((90, 120), (8, 10), (0, 1.0), (0, 1.5)),
     }
     for label, ranges in table.items():
         m = labels == label
