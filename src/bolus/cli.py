@@ -37,7 +37,8 @@ def cmd_convert(args) -> int:
 
     source = Path(args.source)
     row = {"participant_id": args.subject}
-    row["dicom_dir" if source.is_dir() else "dsc_nifti"] = str(source)
+    is_nifti = source.name.endswith((".nii", ".nii.gz"))
+    row["dsc_nifti" if is_nifti else "dicom_dir"] = str(source)
     prefix = Path(args.out_prefix)
     convert_subject(row, f"{prefix}_dsc.nii.gz", f"{prefix}_dsc.json", series_rule=args.series)
     return 0
