@@ -38,6 +38,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/snakefmt --check Snakefile rules
+	$(BIN)/snakemake --lint --config participants=tests/data/lint_participants.tsv
 
 format: $(VENV)/.installed
 	$(BIN)/ruff check --fix src tests benchmarks scripts

@@ -38,6 +38,6 @@ rule study:
     params:
         participants=config["participants"],
         seed=config["seed"],
-        output_dir=OUT,
+        output_dir=lambda wildcards, output: str(Path(output.qc).parent),
     script:
         "../scripts/study.py"

@@ -263,23 +263,21 @@ def subject_metrics_table(
 
 
 # ----------------------------------------------------------------------------- study
-def qc_table(participants: pd.DataFrame, inspections: list, output_dir) -> pd.DataFrame:
+def qc_table(participants: pd.DataFrame, inspections: list, metric_tables: list) -> pd.DataFrame:
     """participant_id, stage, status, reason: the last stage each subject reached."""
-    rows = []
     by_subject = {}
     for path in inspections:
         record = read_inspection(path)
         by_subject[record["participant_id"]] = record
+    finished = {Path(p).name.split("_")[0] for p in metric_tables if Path(p).exists()}
+    rows = []
     for pid in participants["participant_id"]:
         record = by_subject.get(pid)
         if record is None:
             rows.append((pid, "inspect", "missing", "not inspected"))
-            continue
-        if record["status"] != "ok":
+        elif record["status"] != "ok":
             rows.append((pid, record["stage"], record["status"], record["reason"]))
-            continue
-        sp = paths.SubjectPaths(output_dir, pid)
-        if sp.metrics_tsv.exists():
+        elif pid in finished:
             rows.append((pid, "metrics", "ok", ""))
         else:
             rows.append((pid, "metrics", "missing", "no metrics table (see logs)"))
@@ -292,7 +290,7 @@ def study_outputs(participants_tsv, inspections, metric_tables, output_dir, seed
     from bolus.participants import read_participants, strata_columns
 
     participants = read_participants(participants_tsv, seed=seed)
-    qc = qc_table(participants, inspections, output_dir)
+    qc = qc_table(participants, inspections, metric_tables)
     qc_path = paths.qc_table(output_dir)
     qc_path.parent.mkdir(parents=True, exist_ok=True)
     qc.to_csv(qc_path, sep="\t", index=False)
