@@ -86,10 +86,6 @@ class SubjectPaths:
     def metrics_tsv(self) -> Path:
         return self._p("metrics", extension=".tsv")
 
-    @property
-    def log_dir(self) -> Path:
-        return self.root / "logs" / self.pid
-
 
 def map_prefix(prefix: str | Path, method: str, name: str) -> Path:
     """``OUT_PREFIX_desc-<method>_<map>.nii.gz`` as written by ``bolus maps``."""

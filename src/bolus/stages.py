@@ -8,7 +8,6 @@ and the ``bolus`` command are thin calls of these; tests call them directly.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,6 @@ import pandas as pd
 from bolus import paths
 from bolus.config import PerfusionConstants, with_defaults
 from bolus.io.errors import SubjectError
-
-STAGES = ("inspect", "convert", "preprocess", "perfusion", "metrics")
 
 
 # ----------------------------------------------------------------------------- inspect
@@ -301,20 +298,3 @@ def study_outputs(participants_tsv, inspections, metric_tables, output_dir, seed
         strata=tuple(strata_columns(participants)),
     )
     return paths.study_table(output_dir)
-
-
-class StageTimer:
-    """Context manager that appends ``stage<TAB>seconds`` to a timing log (for benchmarks)."""
-
-    def __init__(self, log_path, stage: str):
-        self.log_path, self.stage = Path(log_path), stage
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "a") as fh:
-            fh.write(f"{self.stage}\t{time.perf_counter() - self.start:.3f}\n")
-        return False
