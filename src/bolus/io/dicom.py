@@ -91,7 +91,9 @@ class SeriesInfo:
 
     def summary(self) -> str:
         label = self.description or f"series {self.number}"
-        return f"{label} ({self.n_files} images, {self.n_timepoints} time points)"
+        points = "time point" if self.n_timepoints == 1 else "time points"
+        images = "image" if self.n_files == 1 else "images"
+        return f"{label} ({self.n_files} {images}, {self.n_timepoints} {points})"
 
 
 def _seconds_of_day(value) -> float | None:
