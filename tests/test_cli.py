@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -75,3 +77,21 @@ def test_maps_command_reports_mismatched_timing(conc_and_aif, capsys):
     )
     assert code == 2
     assert "time points" in capsys.readouterr().err
+
+
+def test_convert_command_names_a_missing_dicom_folder(tmp_path, capsys):
+    code = main(
+        ["convert", str(tmp_path / "nowhere"), str(tmp_path / "sub-05"), "--subject", "sub-05"]
+    )
+    assert code == 2
+    assert "sub-05:" in capsys.readouterr().err
+
+
+def test_simulate_command_passes_only_given_options(tmp_path):
+    main(["simulate", str(tmp_path), "--subjects", "1", "--seed", "3", "--matrix", "24", "24", "4",
+          "--timepoints", "6", "--snr", "50"])  # fmt: skip
+    info = json.loads(
+        (tmp_path / "sourcedata" / "sub-01" / "truth" / "simulation.json").read_text()
+    )
+    assert info["acquisition_options"] == {"matrix": [24, 24, 4], "n_timepoints": 6, "snr": 50.0}
+    assert len(list((tmp_path / "sourcedata" / "sub-01" / "dicom").glob("*"))) == 3 + 4 * 6

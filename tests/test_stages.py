@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -86,3 +87,68 @@ def test_metrics_need_reference_maps(two_methods, tmp_path):
             "sub-01", prefix, ["ssvd"], tmp / "mask.nii.gz", tmp / "m.tsv",
             reference_dir=tmp_path / "empty", config={"participants": ""},
         )  # fmt: skip
+
+
+def test_comparison_is_restricted_to_where_the_reference_is_defined(two_methods, tmp_path):
+    """A reference that is NaN outside tissue (CSF, vessels): what a method writes there is
+    not scored, so garbage in those voxels leaves the metrics untouched."""
+    prefix, tmp = two_methods
+    ref_dir = tmp_path / "reference"
+    affine = np.diag([3.0, 3.0, 5.0, 1.0])
+    undefined = np.zeros((10, 10, 6), bool)
+    undefined[2:4, 2:8, 1:5] = True  # a third of the mask
+    for name in paths.MAPS:
+        truth = nib.load(paths.map_prefix(prefix, "ssvd", name)).get_fdata().astype(np.float32)
+        save_like(np.where(undefined, np.nan, truth), affine, ref_dir / f"{name}.nii.gz")
+        garbage = truth.copy()
+        garbage[undefined] = 1e6
+        save_like(garbage, affine, paths.map_prefix(prefix, "ssvd", name))
+    table = subject_metrics_table(
+        "sub-01", prefix, ["ssvd"], tmp / "mask.nii.gz", tmp / "m.tsv",
+        reference_dir=ref_dir, config={"participants": ""},
+    )  # fmt: skip
+    brain = table.query("region == 'brain' and metric in ['mae', 'nrmse']")
+    assert np.allclose(brain["value"], 0.0, atol=1e-5)
+    # the garbage Tmax (1e6 s > 6 s) there must not count as a hypoperfusion lesion
+    tmax = table.query("map == 'tmax' and region == 'brain'").set_index("metric")["value"]
+    assert tmax["volume_pred_ml"] == pytest.approx(tmax["volume_ref_ml"])
+    assert tmax["dice"] == pytest.approx(1.0)
+
+
+def test_qc_table_reports_the_stage_each_subject_reached(tmp_path):
+    from bolus.stages import qc_table
+
+    inspections = []
+    for pid, status in (("sub-01", "ok"), ("sub-02", "ok"), ("sub-03", "failed")):
+        path = tmp_path / f"{pid}_inspect.json"
+        record = {"participant_id": pid, "stage": "inspect", "status": status,
+                  "reason": f"{pid}: bad" if status == "failed" else ""}  # fmt: skip
+        path.write_text(json.dumps(record))
+        inspections.append(path)
+    finished = tmp_path / "sub-01_metrics.tsv"
+    finished.write_text("participant_id\n")
+    participants = pd.DataFrame({"participant_id": ["sub-01", "sub-02", "sub-03", "sub-04"]})
+    qc = qc_table(participants, inspections, [finished, tmp_path / "sub-02_metrics.tsv"])
+    assert qc.set_index("participant_id")["status"].to_dict() == {
+        "sub-01": "ok", "sub-02": "missing", "sub-03": "failed", "sub-04": "missing"
+    }  # fmt: skip
+    assert qc.set_index("participant_id").loc["sub-03", "reason"] == "sub-03: bad"
+
+
+def test_preprocessed_series_keep_the_repetition_time(tmp_path):
+    from bolus.simulate.cohort import simulate_subject
+    from bolus.stages import preprocess_subject
+
+    sim = simulate_subject(2, 1, "healthy", matrix=(32, 32, 6), n_timepoints=8)
+    image = nib.Nifti1Image(sim.signal.astype(np.float32), sim.phantom.grid.affine_ras)
+    image.header.set_zooms(image.header.get_zooms()[:3] + (1.5,))
+    image.header.set_xyzt_units("mm", "sec")
+    nib.save(image, tmp_path / "dsc.nii.gz")
+    out = tmp_path / "out"
+    preprocess_subject(
+        tmp_path / "dsc.nii.gz", out / "mc.nii.gz", out / "motion.tsv", out / "mask.nii.gz",
+        motion=False,
+    )  # fmt: skip
+    assert nib.load(out / "mc.nii.gz").header.get_zooms()[3] == pytest.approx(1.5)
+    assert pd.read_csv(out / "motion.tsv", sep="\t").shape == (8, 8)
+    assert nib.load(out / "mask.nii.gz").get_fdata().sum() > 0

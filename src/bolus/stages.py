@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 
@@ -80,7 +81,8 @@ def preprocess_subject(
         table = pd.DataFrame(0.0, index=range(series.shape[-1]), columns=list(MOTION_COLUMNS))
         table.insert(0, "volume", np.arange(series.shape[-1]))
         table["framewise_displacement_mm"] = 0.0
-    save_like(corrected, affine, out_mc)
+    header = nib.load(str(dsc)).header  # keeps the repetition time and units of the series
+    save_like(corrected, affine, out_mc, header=header)
     Path(out_motion_tsv).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_motion_tsv, sep="\t", index=False, float_format="%.6g")
     save_like(brain_mask(corrected, affine).astype(np.uint8), affine, out_mask, dtype=np.uint8)
@@ -158,7 +160,7 @@ def perfusion_subject(
         conc = ct_concentration(series, times)
     else:
         conc, _ = concentration_from_signal(series, te_s, times, mask=mask)
-    save_like(conc.astype(np.float32), affine, out_conc)
+    save_like(conc.astype(np.float32), affine, out_conc, header=nib.load(str(mc_dsc)).header)
     aif = select_aif(conc, times, mask, n_voxels=config["aif"]["n_voxels"])
     write_aif_table(out_aif_tsv, aif.times_s, aif.curve)
     save_like(aif.voxel_mask.astype(np.uint8), affine, out_aif_mask, dtype=np.uint8)
