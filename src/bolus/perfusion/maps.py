@@ -34,15 +34,20 @@ from __future__ import annotations
 import numpy as np
 
 from bolus.config import PerfusionConstants
-from bolus.perfusion.deconvolution import SVDDeconvolution
+from bolus.perfusion.deconvolution import (
+    SVDDeconvolution,
+    map_blocks,
+    resample_curves,
+    single_threaded_blas,
+)
 
 MAP_NAMES = ("cbf", "cbv", "mtt", "tmax", "ttp")
 
 # CBF (ml/100 g/min) below which MTT is undefined and reported as 0.
 MIN_CBF_FOR_MTT = 1e-3
 
-# voxels per block: bounds the memory of the 2T-long residues
-_BLOCK_VOXELS = 65536
+# voxels per block (one thread's work at a time): bounds the memory of the 2T-long residues
+_BLOCK_VOXELS = 16384
 
 _THRESHOLD_KEYS = {
     "ssvd": ("ssvd_threshold", "threshold"),
@@ -51,11 +56,22 @@ _THRESHOLD_KEYS = {
 }
 
 
+def trapezoid_weights(times_s) -> np.ndarray:
+    """Weights w with ∫ curve dt ≈ curve @ w (trapezoid rule, non-uniform times allowed)."""
+    steps = np.diff(np.asarray(times_s, dtype=float))
+    weights = np.zeros(steps.size + 1)
+    weights[:-1] += 0.5 * steps
+    weights[1:] += 0.5 * steps
+    return weights
+
+
 def trapezoid_area(curves, times_s) -> np.ndarray:
     """∫ curve dt by the trapezoid rule over ``times_s`` (non-uniform allowed), last axis."""
-    curves = np.asarray(curves, dtype=float)
-    steps = np.diff(np.asarray(times_s, dtype=float))
-    return 0.5 * (curves[..., 1:] + curves[..., :-1]) @ steps
+    curves = np.asarray(curves)
+    weights = trapezoid_weights(times_s)
+    if curves.dtype == np.float32:  # one single-precision product, accumulated in float64
+        return (curves @ weights.astype(np.float32)).astype(float)
+    return curves.astype(float) @ weights
 
 
 def parabolic_peak_offset(left, centre, right) -> np.ndarray:
@@ -115,6 +131,9 @@ def perfusion_maps(
     *,
     subframe: bool = True,
     negative_tmax: bool = False,
+    tikhonov: float | None = None,
+    quadrature: str = "linear",
+    device: str | None = None,
     **thresholds,
 ) -> dict[str, np.ndarray]:
     """CBF, CBV, MTT, Tmax and TTP maps of one subject.
@@ -129,6 +148,7 @@ def perfusion_maps(
     constants : :class:`PerfusionConstants` (default: the schema's defaults).
     subframe : parabolic sub-frame refinement of Tmax and TTP.
     negative_tmax : keep negative Tmax of circulant methods instead of clipping to 0.
+    tikhonov, quadrature, device : passed to :class:`SVDDeconvolution`.
     **thresholds : ``threshold`` (sSVD/cSVD), ``oscillation_index`` (oSVD),
         ``threshold_ladder`` (oSVD), or their config names ``ssvd_threshold``,
         ``csvd_threshold``, ``osvd_oscillation_index`` — so a config's ``svd`` block can be
@@ -160,16 +180,30 @@ def perfusion_maps(
     if not np.isfinite(aif_area) or aif_area <= 0:
         raise ValueError(f"the AIF has no positive area ({aif_area:.3g}); check the AIF curve")
 
-    model = SVDDeconvolution(aif, times, method, **_thresholds_for(method, thresholds))
+    model = SVDDeconvolution(
+        aif,
+        times,
+        method,
+        tikhonov=tikhonov,
+        quadrature=quadrature,
+        device=device,
+        **_thresholds_for(method, thresholds),
+    )
     curves = conc.reshape(-1, n_frames)[inside.reshape(-1)]
     values = {name: np.zeros(curves.shape[0]) for name in MAP_NAMES}
-    for start in range(0, curves.shape[0], _BLOCK_VOXELS):
-        block = np.nan_to_num(
-            curves[start : start + _BLOCK_VOXELS].astype(float), nan=0.0, posinf=0.0, neginf=0.0
-        )
+
+    def work(start, stop):
+        block = curves[start:stop].astype(np.float32)  # a copy: the input is never modified
+        np.nan_to_num(block, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         part = _block_maps(block, times, aif_area, model, constants, subframe, negative_tmax)
         for name in MAP_NAMES:
-            values[name][start : start + block.shape[0]] = part[name]
+            values[name][start:stop] = part[name]
+
+    if model.device == "cuda":  # the GPU takes all voxels at once
+        work(0, curves.shape[0])
+    else:
+        with single_threaded_blas():
+            map_blocks(work, curves.shape[0], _BLOCK_VOXELS)
 
     maps = {}
     for name in MAP_NAMES:
@@ -190,7 +224,12 @@ def _block_maps(curves, times, aif_area, model, constants, subframe, negative_tm
     rows = np.arange(curves.shape[0])
     cbv = constants.cbv_scale * trapezoid_area(curves, times) / aif_area
 
-    residue = model.fit(curves, full=True)  # (n, L) on model.times_s
+    if model.device == "cuda":
+        residue = model.fit(curves, full=True)  # (n, L) on model.times_s
+    else:
+        if not model.uniform:
+            curves_on_grid = resample_curves(curves, times, model.times_s).astype(np.float32)
+        residue = model.fit_block(curves if model.uniform else curves_on_grid)[0]
     length = residue.shape[1]
     peak = np.argmax(residue, axis=1)
     cbf = constants.cbf_scale * residue[rows, peak]
