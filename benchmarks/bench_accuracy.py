@@ -15,7 +15,10 @@ correction or mask estimation: the figures are those of the deconvolution itself
 Prints, per method and tissue (GM, WM): the median ratio estimate/truth of CBF and CBV, the
 median and the mean absolute Tmax error (s) against the simulator's true Tmax
 (:func:`bolus.simulate.kinetics.effective_residue_peak_time`), and, for the healthy
-subjects, the volume (ml) of false lesion (Tmax > 6 s inside the brain).
+subjects, the volume (ml) of false lesion (Tmax > 6 s inside the brain). With
+``--simulate`` the column ``attainable`` is the CBF an exact deconvolution with the global
+AIF would give: the peak of the dispersed residue h_β ⊗ R (< 1 of the true CBF wherever the
+simulator disperses the bolus), the ceiling that no SVD method can pass.
 """
 
 from __future__ import annotations
@@ -30,6 +33,20 @@ from bolus.simulate.phantom import BACKGROUND, GM, SCALP, SKULL, WM
 
 TISSUES = {"gm": GM, "wm": WM}
 LESION_TMAX_S = 6.0
+
+
+def attainable_cbf_fraction(phantom, brain, window_s=40.0, dt_s=0.1) -> np.ndarray:
+    """max_t (h_β ⊗ R)(t) per voxel of ``brain``: the fraction of the true CBF that an exact
+    deconvolution with the global AIF can recover, dispersion being part of the residue it
+    sees (Calamante 2000). 1 without dispersion."""
+    from bolus.simulate import kinetics
+
+    t = np.arange(0.0, window_s, dt_s)
+    residue = kinetics.residue_function(t, phantom.mtt_s[brain], phantom.residue_shape[brain])
+    kernel = kinetics.exponential_kernel(t, phantom.dispersion_s[brain])
+    size = 2 * t.size
+    seen = np.fft.irfft(np.fft.rfft(residue, size) * np.fft.rfft(kernel, size), size)[:, : t.size]
+    return (seen * dt_s).max(axis=1)
 
 
 def tissue_rows(pid, method, maps, truth, labels, inside) -> list[dict]:
@@ -52,7 +69,8 @@ def tissue_rows(pid, method, maps, truth, labels, inside) -> list[dict]:
 
 
 def simulated_cohort(n_subjects: int, seed: int, config=None):
-    """Yield (pid, pathology, maps by method, truth, labels, brain, voxel volume ml)."""
+    """Yield (pid, pathology, maps by method, truth, labels, brain, voxel volume ml); the
+    maps include an ``attainable`` entry: CBF = truth × :func:`attainable_cbf_fraction`."""
     from bolus.config import PerfusionConstants, with_defaults
     from bolus.perfusion.aif import select_aif
     from bolus.perfusion.concentration import concentration_from_signal
@@ -73,6 +91,9 @@ def simulated_cohort(n_subjects: int, seed: int, config=None):
         conc, _ = concentration_from_signal(sim.signal, sim.te_s, sim.time_s, mask=intracranial)
         aif = select_aif(conc, sim.time_s, intracranial, n_voxels=config["aif"]["n_voxels"])
         maps = compute_maps(conc, sim.time_s, aif.curve, config["svd"]["methods"], brain, config)
+        attainable = np.zeros(brain.shape, np.float32)
+        attainable[brain] = sim.truth["cbf"][brain] * attainable_cbf_fraction(sim.phantom, brain)
+        maps["attainable"] = {"cbf": attainable, "cbv": sim.truth["cbv"], "tmax": sim.truth["tmax"]}
         grid = sim.phantom.grid
         voxel_ml = grid.pixel_spacing_mm**2 * grid.slice_spacing_mm / 1000.0
         yield (
@@ -93,7 +114,7 @@ def run_simulated(n_subjects: int, seed: int) -> tuple[pd.DataFrame, pd.DataFram
     ):
         for method, method_maps in maps.items():
             rows += tissue_rows(pid, method, method_maps, truth, labels, brain)
-            if pathology == "healthy":
+            if pathology == "healthy" and method != "attainable":
                 false = brain & (method_maps["tmax"] > LESION_TMAX_S)
                 lesions.append(
                     {"participant_id": pid, "method": method, "false_lesion_ml": false.sum() * voxel_ml}

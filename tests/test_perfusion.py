@@ -425,11 +425,13 @@ def test_fit_works_on_any_voxel_layout(method):
     assert as_volume.shape == volume.shape
     assert as_batch.shape == (24, TIMES_S.size)
     assert as_single.shape == (TIMES_S.size,)
-    np.testing.assert_allclose(as_batch.reshape(volume.shape), as_volume, atol=1e-12)
-    np.testing.assert_allclose(as_single, as_volume[1, 2, 0], atol=1e-12)
+    # float32 products: blocks of different sizes agree to single-precision rounding
+    atol = 1e-5 * np.abs(as_volume).max()
+    np.testing.assert_allclose(as_batch.reshape(volume.shape), as_volume, atol=atol)
+    np.testing.assert_allclose(as_single, as_volume[1, 2, 0], atol=atol)
     full = model.fit(volume, full=True)
     assert full.shape[-1] == (TIMES_S.size if method == "ssvd" else 2 * TIMES_S.size)
-    np.testing.assert_allclose(full[..., : TIMES_S.size], as_volume, atol=1e-12)
+    np.testing.assert_allclose(full[..., : TIMES_S.size], as_volume, atol=atol)
 
 
 def test_thresholds_default_to_the_config_schema():

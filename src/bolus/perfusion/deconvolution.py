@@ -53,7 +53,7 @@ target, which is, walking the ladder from the lowest threshold up, exactly "the 
 passing threshold"; voxels leave the batch as they settle. No loop over voxels.
 
 Irregular time axes: the convolution is evaluated on a uniform grid. Jitter of a few
-percent (every interval within :data:`JITTER_TOLERANCE` of the median) is resampled at the
+percent (every interval within :data:`JITTER_TOLERANCE`, 25 %, of the median) is resampled at the
 median interval; a genuinely variable sampling (e.g. CT perfusion, 1 s then 3 s) at the
 shortest interval, so the fast part is not smoothed away. AIF and tissue are resampled
 alike by linear interpolation (consistent with the linear quadrature);
@@ -80,7 +80,7 @@ QUADRATURES = ("linear", "rectangle")
 # Relative frame-interval spread below which the time vector counts as uniform.
 UNIFORM_TOLERANCE = 1e-3
 # Relative spread below which non-uniform times count as jitter (resampled at the median).
-JITTER_TOLERANCE = 0.1
+JITTER_TOLERANCE = 0.25
 
 # oSVD candidate thresholds (relative to the largest singular value): 0.025 … 0.95 in steps
 # of 0.025 (Wu 2003 and the DSC-MRI toolbox search 5–95 % in steps of 5 %). Candidates that
@@ -110,10 +110,16 @@ def single_threaded_blas():
     """BLAS limited to one thread inside the block: the products here are small, and
     OpenBLAS's own threads cost more than they give on them (measured 5× slower on a busy
     2-core machine); parallelism comes from :func:`map_blocks` instead."""
-    from threadpoolctl import threadpool_limits
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:  # finding the loaded libraries takes ~10 ms: once
+        from threadpoolctl import ThreadpoolController
 
-    with threadpool_limits(limits=1, user_api="blas"):
+        _BLAS_CONTROLLER = ThreadpoolController()
+    with _BLAS_CONTROLLER.limit(limits=1, user_api="blas"):
         yield
+
+
+_BLAS_CONTROLLER = None
 
 
 def map_blocks(function, n_items: int, block: int) -> list:
