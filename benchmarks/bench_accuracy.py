@@ -109,15 +109,17 @@ def simulated_cohort(n_subjects: int, seed: int, config=None):
 
 def run_simulated(n_subjects: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows, lesions = [], []
-    for pid, pathology, maps, truth, labels, brain, voxel_ml in simulated_cohort(
-        n_subjects, seed
-    ):
+    for pid, pathology, maps, truth, labels, brain, voxel_ml in simulated_cohort(n_subjects, seed):
         for method, method_maps in maps.items():
             rows += tissue_rows(pid, method, method_maps, truth, labels, brain)
             if pathology == "healthy" and method != "attainable":
                 false = brain & (method_maps["tmax"] > LESION_TMAX_S)
                 lesions.append(
-                    {"participant_id": pid, "method": method, "false_lesion_ml": false.sum() * voxel_ml}
+                    {
+                        "participant_id": pid,
+                        "method": method,
+                        "false_lesion_ml": false.sum() * voxel_ml,
+                    }
                 )
     return pd.DataFrame(rows), pd.DataFrame(lesions)
 
@@ -140,9 +142,9 @@ def run_results(output_dir: Path, participants_tsv: Path) -> pd.DataFrame:
             continue
         mask, affine = load_volume(sp.brain_mask)
 
-        def on_grid(path, order):
+        def on_grid(path, order, shape=mask.shape, affine=affine):
             data, data_affine = load_volume(path)
-            return resample_to_grid(data, data_affine, mask.shape, affine, order=order)
+            return resample_to_grid(data, data_affine, shape, affine, order=order)
 
         labels = on_grid(reference / "labels.nii.gz", 0)
         truth = {name: on_grid(reference / f"{name}.nii.gz", 0) for name in ("cbf", "cbv", "tmax")}

@@ -7,8 +7,10 @@ Builds a 128×128×20×60 float32 concentration series (simulated tissue curves 
 MTT, residue shape, delay and dispersion, with noise) and an ellipsoidal brain mask of
 about 40 % of the volume, then times the complete :func:`perfusion_maps` call (brain voxels
 only: model set-up, deconvolution, CBF, CBV, MTT, Tmax, TTP) of every method, ``--repeat``
-times. Prints per method the best and the median wall time, the time per 10,000 voxels,
-and the peak resident memory of the process (the input series included). BLAS and OpenMP
+times. Prints per method the best and the median wall time, the best time per 10,000
+voxels, the CPU time (all threads; on a shared machine wall time depends on the load, CPU
+time much less), and the peak memory the maps allocate (tracemalloc, untimed pass), then
+the sums over the three methods and the load average. BLAS and OpenMP
 are limited to ``--threads`` before numpy is imported. Not a test: figures depend on the
 machine and its load.
 """
@@ -20,6 +22,7 @@ import os
 import resource
 import sys
 import time
+import tracemalloc
 
 
 def parse(argv=None):
@@ -86,27 +89,44 @@ def main(argv=None):
         f"{'x'.join(map(str, args.shape))} x {args.frames} frames, {n_voxels} brain voxels "
         f"({n_voxels / brain.size:.0%}), {args.threads} threads, device {args.device}"
     )
-    print(f"input series {conc.nbytes / 2**20:.0f} MiB; RSS before the maps {peak_rss_mb():.0f} MiB")
+    print(
+        f"input series {conc.nbytes / 2**20:.0f} MiB; RSS before the maps {peak_rss_mb():.0f} MiB"
+    )
     device = None if args.device == "cpu" else args.device
     perfusion_maps(conc[:2, :2, :2], times, aif, "osvd", device=device)  # warm-up (imports)
-    walls = {m: [] for m in ("ssvd", "csvd", "osvd")}
-    totals = []
+    methods = ("ssvd", "csvd", "osvd")
+    walls = {m: [] for m in methods}
+    cpus = {m: [] for m in methods}
     for _ in range(args.repeat):
-        total = 0.0
-        for method in walls:
-            start = time.perf_counter()
+        for method in methods:
+            start, start_cpu = time.perf_counter(), time.process_time()
             perfusion_maps(conc, times, aif, method, mask=brain, device=device)
-            wall = time.perf_counter() - start
-            walls[method].append(wall)
-            total += wall
-        totals.append(total)
-    print(f"{'method':8s} {'best s':>8s} {'median s':>9s} {'s/10k vox':>10s}")
-    for method, values in walls.items():
-        best, median = min(values), float(np.median(values))
-        print(f"{method:8s} {best:8.3f} {median:9.3f} {best / n_voxels * 1e4:10.4f}")
-    best, median = min(totals), float(np.median(totals))
-    print(f"{'all 3':8s} {best:8.3f} {median:9.3f} {best / n_voxels * 1e4:10.4f}")
-    print(f"peak RSS {peak_rss_mb():.0f} MiB (process, input series included)")
+            walls[method].append(time.perf_counter() - start)
+            cpus[method].append(time.process_time() - start_cpu)
+    # memory: one more pass under tracemalloc (numpy reports its buffers to it), untimed
+    peaks = {}
+    for method in methods:
+        tracemalloc.start()
+        perfusion_maps(conc, times, aif, method, mask=brain, device=device)
+        peaks[method] = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+    header = f"{'method':8s} {'best s':>8s} {'median s':>9s} {'s/10k vox':>10s}"
+    print(header + f" {'CPU s':>7s} {'peak MiB':>9s}")
+    for method in methods:
+        best, median = min(walls[method]), float(np.median(walls[method]))
+        print(
+            f"{method:8s} {best:8.3f} {median:9.3f} {best / n_voxels * 1e4:10.4f} "
+            f"{min(cpus[method]):7.3f} {peaks[method]:9.0f}"
+        )
+    totals = np.sum([walls[m] for m in methods], axis=0)
+    best, median = float(totals.min()), float(np.median(totals))
+    cpu = sum(min(cpus[m]) for m in methods)
+    print(f"{'all 3':8s} {best:8.3f} {median:9.3f} {best / n_voxels * 1e4:10.4f} {cpu:7.3f}")
+    print(
+        f"peak memory of the maps (tracemalloc, beyond the input): {max(peaks.values()):.0f} MiB; "
+        f"process peak RSS {peak_rss_mb():.0f} MiB (simulation and input included); "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -113,7 +113,11 @@ def test_cbv_within_5_percent_at_high_snr():
     rng = np.random.default_rng(9)
     n = 300
     cbf, mtt = rng.uniform(10, 80, n), rng.uniform(2, 10, n)
-    shape, delay, dispersion = rng.choice([1.0, 2.0, 3.0], n), rng.uniform(0, 5, n), rng.uniform(0, 2, n)
+    shape, delay, dispersion = (
+        rng.choice([1.0, 2.0, 3.0], n),
+        rng.uniform(0, 5, n),
+        rng.uniform(0, 2, n),
+    )
     conc = sampled_tissue(cbf, mtt, shape, delay, dispersion)
     conc = conc + rng.normal(0.0, 0.005, conc.shape) * conc.max(axis=1, keepdims=True)
     truth = cbf * mtt / 60.0
@@ -238,10 +242,7 @@ def test_osvd_walks_every_candidate_for_the_smallest_passing_threshold():
     residue, used = model.fit(conc, full=True, return_threshold=True)
     ladder = model.threshold_ladder  # descending
     candidates = np.stack(
-        [
-            SVDDeconvolution(AIF, TIMES_S, "csvd", threshold=p).fit(conc, full=True)
-            for p in ladder
-        ]
+        [SVDDeconvolution(AIF, TIMES_S, "csvd", threshold=p).fit(conc, full=True) for p in ladder]
     )  # (K, n, L)
     passes = oscillation_index(candidates) <= model.oscillation_index
     passes[0] = True  # the fallback: the largest threshold
@@ -330,7 +331,9 @@ def test_maps_command_with_a_mask_writes_zero_outside(tmp_path):
     out = tmp_path / "sub-02"
     for method in METHODS:
         args = [str(tmp_path / n) for n in ("conc.nii.gz", "aif.tsv")] + [str(out)]
-        assert main(["maps", *args, "--method", method, "--mask", str(tmp_path / "mask.nii.gz")]) == 0
+        assert (
+            main(["maps", *args, "--method", method, "--mask", str(tmp_path / "mask.nii.gz")]) == 0
+        )
         maps = {name: load_volume(paths.map_prefix(out, method, name))[0] for name in paths.MAPS}
         expected = perfusion_maps(conc, TIMES_S, AIF, method, mask=mask > 0)
         for name in paths.MAPS:

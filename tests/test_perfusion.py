@@ -191,9 +191,8 @@ def test_mtt_is_60_cbv_over_cbf_in_the_outputs(tissue_grid):
 def test_ssvd_underestimates_cbf():
     # Known since Østergaard 1996: the 20 % truncation acts as a low-pass filter that
     # flattens the residue's peak, so max(F·R) < F; the sharper the residue (the shorter the
-    # MTT), the worse. The rectangle discretisation adds to it: the first frame only sees
-    # half of the residue's first TR. Measured (exponential, no delay): MTT 2 s 0.45, 4 s 0.57,
-    # 8 s 0.69 of the true CBF. Band for MTT 4 s: 0.50–0.65.
+    # MTT), the worse. Measured (exponential, no delay, linear quadrature): MTT 2 s 0.45,
+    # 4 s 0.58, 8 s 0.70 of the true CBF. Band for MTT 4 s: 0.50–0.65.
     ratios = cbf_ratio("ssvd", 60.0, [2.0, 4.0, 8.0], 1.0)
     assert 0.50 < ratios[1] < 0.65
     assert ratios[0] < ratios[1] < ratios[2] < 0.95  # reproduced, worse at short MTT
@@ -202,12 +201,12 @@ def test_ssvd_underestimates_cbf():
 def test_ssvd_is_delay_sensitive_csvd_is_not():
     # Exponential residue, MTT 4 s, no dispersion. sSVD models causal convolution only: a
     # tissue curve that starts before the AIF (negative delay) cannot be explained, and the
-    # truncated solution overshoots (measured 0.91 of truth at −2 s vs 0.57 at 0 s), with
-    # Tmax pinned at 0. Positive sub-frame delays lower sSVD CBF (0.50 at +1 s); a delay of
-    # exactly 2 frames (+3 s) leaves it at 0.57 — the Toeplitz matrix is shift-invariant
+    # truncated solution overshoots (measured 0.84 of truth at −2 s vs 0.58 at 0 s), with
+    # Tmax pinned at 0. Positive sub-frame delays lower sSVD CBF (0.48 at +1 s); a delay of
+    # exactly 2 frames (+3 s) leaves it at 0.56 — the Toeplitz matrix is shift-invariant
     # except at the end of the window, so the +3 s case does not show the drop that noisy,
     # dispersed data in the literature show. cSVD (circulant, delay-insensitive) stays at
-    # 0.59–0.61 for every delay.
+    # 0.60–0.62 for every delay.
     delays = np.arange(-2.0, 5.01, 0.5)
     ssvd = cbf_ratio("ssvd", 60.0, 4.0, 1.0, delays)
     csvd = cbf_ratio("csvd", 60.0, 4.0, 1.0, delays)
@@ -227,14 +226,14 @@ def test_ssvd_is_delay_sensitive_csvd_is_not():
 def test_osvd_is_less_biased_than_csvd_on_noise_free_curves(tissue_grid):
     # On noise-free curves oSVD can keep more singular values than the fixed 10 % cSVD
     # threshold while staying smooth. Measured on this 72-curve grid: median |error| of
-    # oSVD 0.34 vs cSVD 0.41, oSVD closer in 85 % of the cases (not all): for long, strongly
+    # oSVD 0.31 vs cSVD 0.40, oSVD closer in 89 % of the cases (not all): for long, strongly
     # dispersed residues the OI target makes oSVD the more conservative of the two.
     truth = tissue_grid["cbf"]
     csvd = perfusion_maps(tissue_grid["conc"], TIMES_S, AIF, "csvd")["cbf"] / truth
     osvd = perfusion_maps(tissue_grid["conc"], TIMES_S, AIF, "osvd")["cbf"] / truth
     assert np.median(np.abs(osvd - 1)) < np.median(np.abs(csvd - 1))
     assert np.mean(np.abs(osvd - 1) < np.abs(csvd - 1)) > 0.5
-    # grey-matter-like curve: exponential, MTT 4 s — oSVD 0.69 vs cSVD 0.59
+    # grey-matter-like curve: exponential, MTT 4 s — oSVD 0.77 vs cSVD 0.60
     assert cbf_ratio("osvd", 60.0, 4.0, 1.0)[0] > cbf_ratio("csvd", 60.0, 4.0, 1.0)[0] + 0.05
 
 
@@ -259,14 +258,14 @@ def _noisy_grey_matter(n_voxels, snr, seed, delay_s=0.0):
 def test_osvd_cbf_under_realistic_noise():
     # 2000 GM voxels at baseline SNR 50 (CNR ≈ 22 at the tissue peak). oSVD raises its
     # threshold where noise would make the residue oscillate, so noise lowers its CBF a
-    # little: measured median 0.65 (IQR 0.61–0.70) of truth vs 0.69 noise-free. Band for the
+    # little: measured median 0.67 (IQR 0.63–0.72) of truth vs 0.77 noise-free. Band for the
     # median: 0.58–0.74; and the spread stays moderate (IQR < 0.15 of truth).
     conc = _noisy_grey_matter(2000, snr=50.0, seed=7)
     ratio = perfusion_maps(conc, TIMES_S, AIF, "osvd")["cbf"] / 60.0
     q1, median, q3 = np.percentile(ratio, [25, 50, 75])
     assert 0.58 < median < 0.74
     assert q3 - q1 < 0.15
-    # cSVD at its fixed threshold is less noise-dependent but more biased: median 0.60
+    # cSVD at its fixed threshold is less noise-dependent but more biased: median 0.61
     csvd = np.median(perfusion_maps(conc, TIMES_S, AIF, "csvd")["cbf"] / 60.0)
     assert csvd < median
 
@@ -296,7 +295,7 @@ def test_osvd_oscillation_index_stays_below_target():
 def test_tmax_measures_the_delay():
     # Tmax estimates the peak time of the residue seen through the global AIF: delay plus
     # the dispersion's peak (effective_residue_peak_time). With realistic dispersion (1 s),
-    # measured errors: cSVD +0.9…+1.3 s, oSVD −0.2…+0.6 s — positive because truncation
+    # measured errors: cSVD +0.9…+1.4 s, oSVD +0.2…+0.8 s — positive because truncation
     # smooths the residue and delays its peak. Band: one TR (1.5 s).
     shape, mtt, delay = np.array(
         np.meshgrid([1.0, 3.0], [4.0, 8.0], np.arange(0.0, 5.01, 1.0))
