@@ -339,3 +339,22 @@ def test_maps_command_with_a_mask_writes_zero_outside(tmp_path):
         for name in paths.MAPS:
             assert np.all(maps[name][mask == 0] == 0), (method, name)
             np.testing.assert_allclose(maps[name], expected[name], rtol=1e-5, atol=1e-5)
+
+
+def test_worker_threads_follow_the_jobs_thread_limit(monkeypatch):
+    # A scheduler's thread budget (OMP_NUM_THREADS) bounds the voxel-block workers, and
+    # the maps do not depend on how many there are.
+    from bolus.perfusion import deconvolution, maps
+
+    monkeypatch.setattr(maps, "_BLOCK_VOXELS", 64)  # 5 blocks of voxels
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert deconvolution.worker_count() == 1
+    rng = np.random.default_rng(3)
+    conc = sampled_tissue(rng.uniform(15, 70, 300), rng.uniform(3, 8, 300), 2.0, 1.0, 1.0)
+    monkeypatch.setattr(deconvolution, "_OSVD_BLOCK", 64)
+    one = perfusion_maps(conc, TIMES_S, AIF, "osvd")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setattr(deconvolution, "worker_count", lambda: 2)
+    two = perfusion_maps(conc, TIMES_S, AIF, "osvd")
+    for name in one:
+        np.testing.assert_array_equal(one[name], two[name])

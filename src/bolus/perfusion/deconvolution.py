@@ -97,11 +97,16 @@ MAX_WORKERS = 8
 
 
 def worker_count() -> int:
-    """CPU cores this process may use (its affinity mask), at most :data:`MAX_WORKERS`."""
+    """CPU cores this process may use (its affinity mask, and ``OMP_NUM_THREADS`` when set,
+    as schedulers such as Snakemake and Slurm set it to a job's threads), at most
+    :data:`MAX_WORKERS`."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    if limit.isdigit() and int(limit) > 0:
+        cores = min(cores, int(limit))
     return max(1, min(cores, MAX_WORKERS))
 
 
