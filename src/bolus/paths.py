@@ -137,6 +137,22 @@ def subject_figure(output_dir: str | Path, participant_id: str, kind: str) -> Pa
     return figures_dir(output_dir) / participant_id / f"{participant_id}_{kind}.png"
 
 
+#: study figures: a box plot per agreement metric (panels map × region, a box per method),
+#: the lesion agreement box plot, Bland–Altman and scatter plots of regional means
+STUDY_FIGURES = (
+    "boxplot_mae",
+    "boxplot_rmse",
+    "boxplot_nrmse",
+    "boxplot_ssim",
+    "boxplot_psnr",
+    "boxplot_pcc",
+    "boxplot_scc",
+    "boxplot_lesion",
+    "bland_altman",
+    "scatter",
+)
+
+
 def study_figure(output_dir: str | Path, name: str) -> Path:
     """``<output_dir>/figures/<name>.png`` (e.g. ``boxplot_nrmse``, ``bland_altman``)."""
     return figures_dir(output_dir) / f"{name}.png"

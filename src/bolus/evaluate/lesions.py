@@ -178,7 +178,8 @@ def youden_threshold(score: np.ndarray, truth: np.ndarray) -> tuple[float, float
     if tpr.size == 0:  # one distinct score: nothing separates the classes
         return float("nan"), 0.0
     j = tpr - fpr
-    best = int(np.flatnonzero(j == j.max())[-1])  # the highest threshold among ties
+    # the highest threshold among ties (equal J up to rounding of the two fractions)
+    best = int(np.flatnonzero(j >= j.max() - 1e-12)[-1])
     # the midpoint; −inf when the cut only leaves out the failed (−inf) voxels, which
     # hypoperfusion_mask then reproduces (every finite Tmax > −inf)
     threshold = (values[best] + values[best + 1]) / 2.0
