@@ -122,6 +122,31 @@ def test_every_pair_equal_gives_p_1_and_no_pair_gives_nan():
     assert none.iloc[0]["n_pairs"] == 0 and np.isnan(none.iloc[0]["p"])
 
 
+def test_large_cohorts_get_scipys_result_for_each_comparison():
+    """Above 50 pairs the comparisons are tested in one batched scipy call; each p equals
+    scipy's own call on that comparison's differences (zeros and NaN pairs included)."""
+    from scipy.stats import wilcoxon
+
+    rng = np.random.default_rng(2)
+    n = 80
+    base = rng.normal(1.0, 0.2, n)
+    methods = {
+        "osvd": base,
+        "ssvd": base + rng.normal(0.05, 0.1, n),
+        "csvd": np.where(rng.random(n) < 0.2, base, base + rng.normal(-0.01, 0.1, n)),
+        "stnet": np.where(rng.random(n) < 0.3, np.nan, base + rng.normal(0.0, 0.1, n)),
+    }
+    paired = paired_table(long_table(methods), "osvd").set_index("method")
+    assert list(paired.index) == ["ssvd", "csvd", "stnet"]
+    for method in ("ssvd", "csvd", "stnet"):
+        d = methods[method] - base
+        d = d[np.isfinite(d)]
+        expected = wilcoxon(d)
+        assert paired.loc[method, "n_pairs"] == d.size
+        assert paired.loc[method, "p"] == pytest.approx(expected.pvalue, rel=1e-9)
+        assert paired.loc[method, "statistic"] == pytest.approx(expected.statistic)
+
+
 def test_holm_correction_by_hand():
     # m = 4: sorted 0.01, 0.02, 0.03, 0.5 → 0.04, 0.06, 0.06 (monotone), 0.5; NaN kept
     adjusted = holm([0.03, 0.5, 0.01, np.nan, 0.02])

@@ -88,6 +88,11 @@ def _ordered_maps(names: Iterable[str]) -> list[str]:
     return [m for m in paths.MAPS if m in names] + sorted(names - set(paths.MAPS))
 
 
+def _ordered_methods(names: Iterable[str]) -> list[str]:
+    names = set(map(str, names))
+    return [m for m in paths.SVD_METHODS if m in names] + sorted(names - set(paths.SVD_METHODS))
+
+
 def subject_metrics(
     participant_id: str,
     method_maps: Mapping[str, Mapping[str, np.ndarray]],
@@ -162,43 +167,87 @@ def _empty_subjects() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=float if c == "value" else str) for c in SUBJECT_COLUMNS})
 
 
+_READ_OPTIONS = {
+    "sep": "\t",
+    "na_values": [NA_REP, "NaN", "nan"],
+    "keep_default_na": False,
+}
+_HEADER = "\t".join(SUBJECT_COLUMNS)
+
+
 def read_subject_table(path: str | Path) -> pd.DataFrame:
     """One per-subject metric TSV (as written by :func:`write_tsv`), checked."""
-    table = pd.read_csv(
-        path,
-        sep="\t",
-        dtype={c: str for c in _TEXT_COLUMNS},
-        na_values=[NA_REP, "NaN", "nan"],
-        keep_default_na=False,
-    )
+    table = pd.read_csv(path, dtype={c: str for c in _TEXT_COLUMNS}, **_READ_OPTIONS)
     missing = [c for c in SUBJECT_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"{path}: subject metric table lacks the columns {missing}")
-    table = table[list(SUBJECT_COLUMNS)]
+    table = table[list(SUBJECT_COLUMNS)].copy()
     table["value"] = pd.to_numeric(table["value"], errors="coerce").astype(np.float64)
     return table
 
 
-def read_subject_tables(tables: Iterable[str | Path]) -> pd.DataFrame:
-    """Concatenate per-subject metric TSVs, one file at a time.
+def _parse_bodies(bodies: list[bytes]) -> pd.DataFrame:
+    """Rows of many subject tables in the standard layout, parsed in one go."""
+    import io
 
-    The text columns become pandas categoricals as each file is read, so 1,000 subjects
-    (about a million rows) take tens of MB, not the raw maps or per-file frames.
+    buffer = io.BytesIO(_HEADER.encode() + b"\n" + b"".join(bodies))
+    dtypes = {c: "category" for c in _TEXT_COLUMNS} | {"value": np.float64}
+    return pd.read_csv(buffer, dtype=dtypes, **_READ_OPTIONS)
+
+
+def read_subject_tables(
+    tables: Iterable[str | Path], copy_to: str | Path | None = None, chunk: int = 200
+) -> pd.DataFrame:
+    """Concatenate per-subject metric TSVs, streaming: ``chunk`` files at a time are parsed
+    together (one C-parser call instead of one per file) into categorical text columns, so
+    1,000 subjects (about a million rows) take tens of MB, never the raw maps.
+
+    Files in the standard layout (the header :data:`SUBJECT_COLUMNS`, as written by
+    :func:`write_tsv`) take this fast path; others are read one by one and checked.
+    With ``copy_to``, the concatenated table is also written there as it streams by, byte
+    for byte the rows of the subject files under one header (``subjects.tsv``).
     """
-    frames = []
-    for path in tables:
-        frame = read_subject_table(path)
-        if len(frame):
-            frames.append(frame.astype({c: "category" for c in _TEXT_COLUMNS}))
-    if not frames:
-        return _empty_subjects()
-    # union_categoricals keeps the concatenation categorical across files
     from pandas.api.types import union_categoricals
 
+    frames: list[pd.DataFrame] = []
+    bodies: list[bytes] = []
+    out = None
+    if copy_to is not None:
+        Path(copy_to).parent.mkdir(parents=True, exist_ok=True)
+        out = open(copy_to, "wb")
+        out.write(_HEADER.encode() + b"\n")
+    try:
+        for path in tables:
+            raw = Path(path).read_bytes()
+            first, _, body = raw.partition(b"\n")
+            if first.rstrip(b"\r").decode("utf-8", "replace") == _HEADER:
+                body = body.replace(b"\r\n", b"\n")
+                if body and not body.endswith(b"\n"):
+                    body += b"\n"
+                bodies.append(body)
+                if len(bodies) >= chunk:
+                    frames.append(_parse_bodies(bodies))
+                    bodies = []
+            else:
+                frame = read_subject_table(path)
+                frames.append(frame.astype({c: "category" for c in _TEXT_COLUMNS}))
+                text = frame.to_csv(sep="\t", index=False, header=False,
+                                    float_format=FLOAT_FORMAT, na_rep=NA_REP)  # fmt: skip
+                body = text.encode()
+            if out is not None:
+                out.write(body)
+        if bodies:
+            frames.append(_parse_bodies(bodies))
+    finally:
+        if out is not None:
+            out.close()
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return _empty_subjects()
     columns = {
         c: union_categoricals([f[c] for f in frames], ignore_order=True) for c in _TEXT_COLUMNS
     }
-    columns["value"] = np.concatenate([f["value"].to_numpy() for f in frames])
+    columns["value"] = np.concatenate([f["value"].to_numpy(np.float64) for f in frames])
     return pd.DataFrame(columns)[list(SUBJECT_COLUMNS)]
 
 
@@ -313,9 +362,14 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     return out
 
 
+#: above this many pairs scipy's default ("auto") is the normal approximation
+EXACT_MAX_PAIRS = 50
+
+
 def _wilcoxon(differences: np.ndarray) -> tuple[float, float]:
     """(statistic, two-sided p) of the Wilcoxon signed-rank test of paired differences
-    (zero differences dropped, exact distribution up to 50 pairs, as scipy's default)."""
+    (scipy's defaults: zero differences dropped; exact distribution up to 50 pairs without
+    ties, else a permutation or normal approximation)."""
     from scipy.stats import wilcoxon
 
     if differences.size == 0:
@@ -328,62 +382,90 @@ def _wilcoxon(differences: np.ndarray) -> tuple[float, float]:
     return float(result.statistic), float(result.pvalue)
 
 
+def _wilcoxon_batch(batch: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The normal-approximation test of many samples of more than 50 pairs in one scipy
+    call: samples padded with zeros, which the test drops like any zero difference, so
+    each result equals scipy's for the sample alone."""
+    from scipy.stats import wilcoxon
+
+    width = max(d.size for d in batch)
+    padded = np.zeros((len(batch), width))
+    for i, d in enumerate(batch):
+        padded[i, : d.size] = d
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        result = wilcoxon(padded, axis=-1, method="asymptotic")
+    statistic = np.atleast_1d(np.asarray(result.statistic, dtype=np.float64))
+    p = np.atleast_1d(np.asarray(result.pvalue, dtype=np.float64))
+    none_differ = ~padded.any(axis=1)
+    statistic[none_differ], p[none_differ] = 0.0, 1.0
+    return statistic, p
+
+
 def paired_table(subjects: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Every method against ``baseline``, subject by subject (columns :data:`PAIRED_COLUMNS`).
 
     For each method ≠ baseline and each map × region × metric both have, the pairs are the
     subjects where both values are finite; ``median_difference`` is the median of
     (method − baseline) over the pairs, ``p`` the two-sided Wilcoxon signed-rank p-value
-    (scipy; zero differences dropped; 1.0 when every difference is 0; NaN without a pair),
-    and ``p_holm`` the Holm-corrected p within each map × region × metric (the family of
-    comparisons of every method with the baseline on one outcome). Empty when the baseline
-    is not among the methods.
+    (scipy's defaults; 1.0 when every difference is 0; NaN without a pair), and ``p_holm``
+    the Holm-corrected p within each map × region × metric (the family of comparisons of
+    every method with the baseline on one outcome). Empty when the baseline is not among
+    the methods.
     """
     empty = pd.DataFrame({c: pd.Series(dtype=object) for c in PAIRED_COLUMNS})
     if subjects.empty:
         return empty
-    keys = ["map", "region", "metric", "participant_id"]
+    outcome = ["map", "region", "metric"]
+    group_keys = ["method", *outcome]
     values = pd.to_numeric(subjects["value"], errors="coerce").astype(np.float64)
     table = subjects.assign(value=values.where(np.isfinite(values)))
-    table = table.astype({c: str for c in _TEXT_COLUMNS})
-    is_base = table["method"] == baseline
+    is_base = (table["method"].astype(str) == baseline).to_numpy()
     if not is_base.any():
         return empty
-    base = table.loc[is_base, [*keys, "value"]].rename(columns={"value": "baseline_value"})
-    base = base.drop_duplicates(keys)
+    base = table.loc[is_base, [*outcome, "participant_id", "value"]]
+    base = base.rename(columns={"value": "baseline_value"}).drop_duplicates(
+        [*outcome, "participant_id"]
+    )
     others = table.loc[~is_base]
-    pairs = others.merge(base, on=keys, how="inner")
+    pairs = others.merge(base, on=[*outcome, "participant_id"], how="inner")
     pairs = pairs[pairs["value"].notna() & pairs["baseline_value"].notna()]
-    pairs = pairs.assign(difference=pairs["value"] - pairs["baseline_value"])
     # every method × map × region × metric the two share, also those without a finite pair
-    shared = others[["method", "map", "region", "metric"]].merge(
-        base[["map", "region", "metric"]].drop_duplicates(), on=["map", "region", "metric"]
+    shared = others[group_keys].drop_duplicates().merge(
+        base[outcome].drop_duplicates(), on=outcome
     )
-    shared = shared.drop_duplicates().reset_index(drop=True)
-    groups = {k: g for k, g in pairs.groupby(["method", "map", "region", "metric"], sort=False)}
-    rows = []
-    for method, name, region, metric in shared.itertuples(index=False):
-        group = groups.get((method, name, region, metric))
-        if group is None:
-            diff = np.empty(0)
-            med_m = med_b = np.nan
+    shared = shared.astype(str).reset_index(drop=True)
+    method_values = pairs["value"].to_numpy(np.float64)
+    base_values = pairs["baseline_value"].to_numpy(np.float64)
+    indices = {
+        tuple(map(str, key)): index
+        for key, index in pairs.groupby(group_keys, sort=False, observed=True).indices.items()
+    }
+    records, batch, batch_rows = [], [], []
+    for row, key in enumerate(shared.itertuples(index=False, name=None)):
+        index = indices.get(key, np.empty(0, dtype=np.int64))
+        m, b = method_values[index], base_values[index]
+        diff = m - b
+        if diff.size > EXACT_MAX_PAIRS:
+            batch.append(diff)
+            batch_rows.append(row)
+            statistic = p = np.nan
         else:
-            diff = group["difference"].to_numpy()
-            med_m = float(np.median(group["value"]))
-            med_b = float(np.median(group["baseline_value"]))
-        statistic, p = _wilcoxon(diff)
-        rows.append(
-            (method, baseline, name, region, metric, int(diff.size), med_m, med_b,
-             float(np.median(diff)) if diff.size else np.nan, statistic, p)
-        )  # fmt: skip
-    result = pd.DataFrame.from_records(rows, columns=list(PAIRED_COLUMNS[:-1]))
+            statistic, p = _wilcoxon(diff)
+        median = (lambda x: float(np.median(x)) if x.size else np.nan)  # noqa: E731
+        records.append((key[0], baseline, *key[1:], int(diff.size), median(m), median(b),
+                        median(diff), statistic, p))  # fmt: skip
+    result = pd.DataFrame.from_records(records, columns=list(PAIRED_COLUMNS[:-1]))
+    if batch:
+        statistic, p = _wilcoxon_batch(batch)
+        result.loc[batch_rows, "statistic"] = statistic
+        result.loc[batch_rows, "p"] = p
     result["p_holm"] = np.nan
-    for _, index in result.groupby(["map", "region", "metric"], sort=False).groups.items():
+    for _, index in result.groupby(outcome, sort=False).groups.items():
         result.loc[index, "p_holm"] = holm(result.loc[index, "p"].to_numpy())
-    order = {m: i for i, m in enumerate(_ordered_maps(result["map"]))}
-    result = result.sort_values(
-        ["map", "method"], key=lambda c: c.map(order) if c.name == "map" else c, kind="stable"
-    )
+    rank = {m: i for i, m in enumerate(_ordered_maps(result["map"]))}
+    rank |= {m: i for i, m in enumerate(_ordered_methods(result["method"]))}
+    result = result.sort_values(["map", "method"], key=lambda c: c.map(rank), kind="stable")
     return result.reset_index(drop=True)
 
 
@@ -531,14 +613,15 @@ def write_study_tables(
     if isinstance(subject_tables, pd.DataFrame):
         subjects = subject_tables[list(SUBJECT_COLUMNS)].copy()
         subjects["value"] = pd.to_numeric(subjects["value"], errors="coerce").astype(np.float64)
+        write_tsv(subjects, paths.subjects_table(output_dir))
     else:
-        subjects = read_subject_tables(subject_tables)
+        subjects = read_subject_tables(subject_tables, copy_to=paths.subjects_table(output_dir))
     study = study_table(subjects, participants, strata)
     paired = paired_table(subjects, baseline)
     included = subjects["participant_id"].astype(str).unique()
     excluded = excluded_subjects(qc, included) if qc is not None else None
     written = {
-        "subjects": write_tsv(subjects, paths.subjects_table(output_dir)),
+        "subjects": paths.subjects_table(output_dir),
         "study": write_tsv(study, paths.study_table(output_dir)),
         "paired": write_tsv(paired, paths.paired_table(output_dir)),
     }
