@@ -96,7 +96,9 @@ def test_paired_comparison_by_hand():
     assert set(rows.index) == {"ssvd", "csvd"} and (paired["baseline"] == "osvd").all()
     assert rows.loc["ssvd", "n_pairs"] == 6
     assert rows.loc["ssvd", "median_difference"] == pytest.approx(0.035)
-    assert rows.loc["csvd", "median_difference"] == pytest.approx(np.median([1, -2, 3, -4, 5, -6]) / 100)
+    assert rows.loc["csvd", "median_difference"] == pytest.approx(
+        np.median([1, -2, 3, -4, 5, -6]) / 100
+    )
     assert rows.loc["ssvd", "median_method"] == pytest.approx(np.median(ssvd))
     assert rows.loc["ssvd", "median_baseline"] == pytest.approx(np.median(base))
     p_ssvd, p_csvd = 2 / 2**6, exact_wilcoxon_p([1, -2, 3, -4, 5, -6])
@@ -212,7 +214,9 @@ def test_study_files_hold_the_paired_table_and_the_exclusions(tmp_path):
     tables = []
     for i, (a, b) in enumerate([(0.1, 0.2), (0.2, 0.25), (0.3, 0.5)], start=1):
         path = tmp_path / f"sub-{i:02d}_metrics.tsv"
-        write_tsv(long_table({"osvd": [a], "ssvd": [b]}).assign(participant_id=f"sub-{i:02d}"), path)
+        write_tsv(
+            long_table({"osvd": [a], "ssvd": [b]}).assign(participant_id=f"sub-{i:02d}"), path
+        )
         tables.append(path)
     qc = tmp_path / "qc.tsv"
     qc.write_text(
@@ -222,9 +226,7 @@ def test_study_files_hold_the_paired_table_and_the_exclusions(tmp_path):
     )
     participants = PARTICIPANTS.iloc[:4]
     out = tmp_path / "results"
-    written = write_study_tables(
-        tables, out, participants, strata=["site"], baseline="osvd", qc=qc
-    )
+    written = write_study_tables(tables, out, participants, strata=["site"], baseline="osvd", qc=qc)
     paired = pd.read_csv(written["paired"], sep="\t")
     assert written["paired"] == paths.paired_table(out)
     assert paired.iloc[0]["method"] == "ssvd" and paired.iloc[0]["n_pairs"] == 3

@@ -170,7 +170,9 @@ def test_failed_voxels_count_as_not_lesion_in_the_roc():
 
 def test_no_reference_lesion_leaves_the_roc_metrics_undefined():
     shape = (8, 8, 4)
-    m = lesion_metrics(np.full(shape, 7.0), np.full(shape, 2.0), np.ones(shape, bool), 6.0, (1,) * 3)
+    m = lesion_metrics(
+        np.full(shape, 7.0), np.full(shape, 2.0), np.ones(shape, bool), 6.0, (1,) * 3
+    )
     assert m["dice"] == 0.0 and m["volume_diff_ml"] == pytest.approx(0.256)
     for key in ("auc", "roc_threshold_s", "dice_roc", "iou_roc", "hd95_roc", "volume_diff_roc_ml"):
         assert np.isnan(m[key]), key

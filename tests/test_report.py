@@ -101,7 +101,9 @@ def test_report_embeds_every_figure_and_table(reported):
     results = embedded_results(paths.report_html(reported))
     by_name = {Path(p).name: entry for p, entry in results.items()}
     expected = [paths.study_figure(reported, name) for name in paths.STUDY_FIGURES]
-    expected += [paths.subject_figure(reported, s, k) for s in SUBJECTS for k in paths.SUBJECT_FIGURES]
+    expected += [
+        paths.subject_figure(reported, s, k) for s in SUBJECTS for k in paths.SUBJECT_FIGURES
+    ]
     expected += [paths.report_table(reported, n) for n in ("study", "paired", "excluded")]
     for path in expected:
         assert path.name in by_name, f"{path.name} not in the report"

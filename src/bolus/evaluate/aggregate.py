@@ -139,7 +139,9 @@ def subject_metrics(
                 values = map_metrics(pred, ref, mask)
                 values["finite_fraction"] = finite_fraction(pred, ref, mask)
                 values["mean_pred"], values["mean_ref"] = regional_means(pred, ref, mask)
-                rows += [(participant_id, method, name, region, k, values[k]) for k in REGION_METRICS]
+                rows += [
+                    (participant_id, method, name, region, k, values[k]) for k in REGION_METRICS
+                ]
             if name == "tmax":
                 overlap = lesion_metrics(pred, ref, brain, tmax_threshold_s, spacing_mm)
                 rows += [
@@ -164,7 +166,9 @@ def write_tsv(table: pd.DataFrame, path: str | Path) -> Path:
 
 
 def _empty_subjects() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=float if c == "value" else str) for c in SUBJECT_COLUMNS})
+    return pd.DataFrame(
+        {c: pd.Series(dtype=float if c == "value" else str) for c in SUBJECT_COLUMNS}
+    )
 
 
 _READ_OPTIONS = {
@@ -431,9 +435,7 @@ def paired_table(subjects: pd.DataFrame, baseline: str) -> pd.DataFrame:
     pairs = others.merge(base, on=[*outcome, "participant_id"], how="inner")
     pairs = pairs[pairs["value"].notna() & pairs["baseline_value"].notna()]
     # every method × map × region × metric the two share, also those without a finite pair
-    shared = others[group_keys].drop_duplicates().merge(
-        base[outcome].drop_duplicates(), on=outcome
-    )
+    shared = others[group_keys].drop_duplicates().merge(base[outcome].drop_duplicates(), on=outcome)
     shared = shared.astype(str).reset_index(drop=True)
     method_values = pairs["value"].to_numpy(np.float64)
     base_values = pairs["baseline_value"].to_numpy(np.float64)
@@ -452,7 +454,7 @@ def paired_table(subjects: pd.DataFrame, baseline: str) -> pd.DataFrame:
             statistic = p = np.nan
         else:
             statistic, p = _wilcoxon(diff)
-        median = (lambda x: float(np.median(x)) if x.size else np.nan)  # noqa: E731
+        median = lambda x: float(np.median(x)) if x.size else np.nan  # noqa: E731
         records.append((key[0], baseline, *key[1:], int(diff.size), median(m), median(b),
                         median(diff), statistic, p))  # fmt: skip
     result = pd.DataFrame.from_records(records, columns=list(PAIRED_COLUMNS[:-1]))
@@ -485,7 +487,9 @@ def read_qc(qc: pd.DataFrame | str | Path | None) -> pd.DataFrame:
     return qc.fillna("")
 
 
-def excluded_subjects(qc: pd.DataFrame | str | Path | None, included: Iterable[str]) -> pd.DataFrame:
+def excluded_subjects(
+    qc: pd.DataFrame | str | Path | None, included: Iterable[str]
+) -> pd.DataFrame:
     """Subjects of qc.tsv that have no metrics, with their QC reason.
 
     One row per subject (columns :data:`EXCLUDED_COLUMNS`): the first row of qc.tsv for

@@ -199,7 +199,9 @@ def montage(
     slices = representative_slices(brain, lesion, n_slices)
     per_slice = 1 + len(method_names)
     shape = (brain.shape[1], brain.shape[0])  # displayed: y rows, x columns
-    gaps = [0 if (i == 0) else (6 if i % per_slice == 0 else 2) for i in range(len(slices) * per_slice)]
+    gaps = [
+        0 if (i == 0) else (6 if i % per_slice == 0 else 2) for i in range(len(slices) * per_slice)
+    ]
     strip_width = len(gaps) * shape[1] + sum(gaps)
     panel_in = PANEL_IN * 64 / max(shape[1], 1)  # about PANEL_IN per 64 voxels
     width_in = min(strip_width * panel_in / 64 + 1.4, 40.0)
@@ -378,7 +380,10 @@ def metric_boxplot(out_png: str | Path, subjects: pd.DataFrame, metric: str) -> 
     figure = _new_figure(1.0 + 0.35 * max(len(methods), 2) * len(maps) + 0.6 * len(maps),
                          0.8 + 2.0 * len(regions))  # fmt: skip
     axes = figure.subplots(len(regions), len(maps), squeeze=False)
-    grouped = {k: g["value"].to_numpy() for k, g in rows.groupby(["map", "region", "method"], observed=True)}
+    grouped = {
+        k: g["value"].to_numpy()
+        for k, g in rows.groupby(["map", "region", "method"], observed=True)
+    }
     for r, region in enumerate(regions):
         for c, name in enumerate(maps):
             ax = axes[r, c]
@@ -396,11 +401,15 @@ def metric_boxplot(out_png: str | Path, subjects: pd.DataFrame, metric: str) -> 
 
 def lesion_boxplot(out_png: str | Path, subjects: pd.DataFrame) -> Path:
     """Lesion agreement over subjects (map ``tmax``, region ``brain``), a box per method."""
-    rows = subjects[(subjects["map"].astype(str) == "tmax") & (subjects["region"].astype(str) == "brain")]
+    rows = subjects[
+        (subjects["map"].astype(str) == "tmax") & (subjects["region"].astype(str) == "brain")
+    ]
     methods = ordered_methods(rows["method"].unique())
     figure = _new_figure(2.2 * 3 + 0.5, 2.6 * 2 + 0.6)
     axes = figure.subplots(2, 3, squeeze=False).ravel()
-    grouped = {k: g["value"].to_numpy() for k, g in rows.groupby(["metric", "method"], observed=True)}
+    grouped = {
+        k: g["value"].to_numpy() for k, g in rows.groupby(["metric", "method"], observed=True)
+    }
     for ax, metric in zip(axes, LESION_PANELS, strict=True):
         _boxes(ax, [_finite(grouped.get((metric, m), [])) for m in methods], methods)
         ax.set_title(METRIC_LABELS[metric], fontsize=9)
@@ -422,7 +431,9 @@ def regional_means(subjects: pd.DataFrame) -> pd.DataFrame:
     for column in ("mean_pred", "mean_ref"):
         if column not in wide:
             wide[column] = np.nan
-    finite = np.isfinite(wide["mean_pred"].astype(float)) & np.isfinite(wide["mean_ref"].astype(float))
+    finite = np.isfinite(wide["mean_pred"].astype(float)) & np.isfinite(
+        wide["mean_ref"].astype(float)
+    )
     return wide[finite][[*keys, "mean_pred", "mean_ref"]]
 
 

@@ -93,7 +93,11 @@ def find_tissue_labels(
         table = image.with_name(_nifti_stem(image) + ".tsv")
     elif reference_dir:
         image = next(
-            (p for ext in (".nii.gz", ".nii") if (p := Path(reference_dir) / f"labels{ext}").exists()),
+            (
+                p
+                for ext in (".nii.gz", ".nii")
+                if (p := Path(reference_dir) / f"labels{ext}").exists()
+            ),
             None,
         )
         if image is None:

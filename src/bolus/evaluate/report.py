@@ -108,7 +108,9 @@ def subject_figures(
             out_aif,
             times,
             curve,
-            reference=_reference_aif(reference_dir) if config["reference"] == "reference_dir" else None,
+            reference=_reference_aif(reference_dir)
+            if config["reference"] == "reference_dir"
+            else None,
             title=f"{participant_id}: arterial input function",
             ylabel=ylabel,
         )
