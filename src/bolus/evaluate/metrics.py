@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.stats import rankdata
-from skimage.metrics import structural_similarity
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 METRIC_NAMES = ("mae", "rmse", "nrmse", "ssim", "psnr", "pcc", "scc")
 #: Largest SSIM window (skimage's default, 7 voxels a side).
@@ -211,18 +211,18 @@ def ssim(pred, ref, mask) -> float:
 
 def psnr(pred, ref, mask) -> float:
     """Peak signal-to-noise ratio (dB) on the mask's bounding box:
-    10·log10(range² / MSE), range = the reference's range in the mask.
-    +inf for identical maps; NaN when the range is 0 and the maps differ."""
+    10·log10(range² / MSE) (``skimage.metrics.peak_signal_noise_ratio`` with ``data_range``
+    = the reference's range in the mask). +inf for identical maps; NaN when the range is 0
+    and the maps differ."""
     boxed = _boxed(pred, ref, mask)
     if boxed is None:
         return float("nan")
     p, r, data_range = boxed
-    mse = float(np.mean((p - r) ** 2))
-    if mse == 0:
+    if np.array_equal(p, r):
         return float("inf")
     if data_range == 0:
         return float("nan")
-    return float(10.0 * np.log10(data_range**2 / mse))
+    return float(peak_signal_noise_ratio(r, p, data_range=data_range))
 
 
 def map_metrics(pred, ref, mask) -> dict[str, float]:
