@@ -418,7 +418,7 @@ def lesion_boxplot(out_png: str | Path, subjects: pd.DataFrame) -> Path:
     return _save(figure, out_png)
 
 
-def regional_means(subjects: pd.DataFrame) -> pd.DataFrame:
+def regional_means_table(subjects: pd.DataFrame) -> pd.DataFrame:
     """Wide table of regional means: participant_id, method, map, region, mean_pred,
     mean_ref (rows where both are finite)."""
     keys = ["participant_id", "method", "map", "region"]
@@ -438,7 +438,7 @@ def regional_means(subjects: pd.DataFrame) -> pd.DataFrame:
 
 
 def _means_grid(subjects: pd.DataFrame, width_per_panel: float = 2.3):
-    means = regional_means(subjects)
+    means = regional_means_table(subjects)
     maps = ordered_maps(means["map"].unique()) or ["—"]
     methods = ordered_methods(means["method"].unique()) or ["—"]
     figure = _new_figure(0.8 + width_per_panel * len(methods), 0.8 + 2.1 * len(maps))
