@@ -10,9 +10,7 @@ with logged(s):
         s.input.mask,
         s.input.aif,
         s.input.motion,
-        s.output.montage,
-        s.output.aif,
-        s.output.motion,
+        *s.output,  # montage, aif, motion
         reference_dir=s.params.row.get("reference_dir"),
         config=s.params.config,
     )
