@@ -26,7 +26,9 @@ $(DEMO_DIR)/participants.tsv: | $(VENV)/.installed
 
 demo: $(VENV)/.installed $(DEMO_DIR)/participants.tsv
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --profile profiles/local
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --report results/report.html
 	@echo "study table: $$(pwd)/results/metrics/study.tsv"
+	@echo "report:      $$(pwd)/results/report.html"
 
 test: $(VENV)/.installed
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest

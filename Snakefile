@@ -13,9 +13,12 @@ include: "rules/convert.smk"
 include: "rules/preprocess.smk"
 include: "rules/perfusion.smk"
 include: "rules/metrics.smk"
+include: "rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
         study_outputs(),
+        report_outputs(),
+        subject_figure_targets,

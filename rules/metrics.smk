@@ -31,6 +31,7 @@ rule study:
         study=str(paths.study_table(OUT)),
         markdown=str(paths.study_markdown(OUT)),
         qc=str(paths.qc_table(OUT)),
+        paired=str(paths.paired_table(OUT)),
     log:
         f"{OUT}/logs/study.log",
     conda:
@@ -38,6 +39,7 @@ rule study:
     params:
         participants=config["participants"],
         seed=config["seed"],
+        config=config,
         output_dir=lambda wildcards, output: str(Path(output.qc).parent),
     script:
         "../scripts/study.py"

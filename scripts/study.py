@@ -9,4 +9,5 @@ with logged(s):
         s.input.metrics,
         s.params.output_dir,
         seed=s.params.seed,
+        config=s.params.config,
     )

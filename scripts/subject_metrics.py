@@ -11,5 +11,6 @@ with logged(s):
         s.output[0],
         reference_dir=s.params.row.get("reference_dir"),
         lesion_mask=s.params.row.get("lesion_mask"),
+        tissue_labels=s.params.row.get("tissue_labels"),
         config=s.params.config,
     )

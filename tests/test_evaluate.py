@@ -11,9 +11,8 @@ import pytest
 from bolus import paths
 from bolus.config import schema_defaults
 from bolus.evaluate.aggregate import (
-    BRAIN_METRICS,
     LESION_METRICS,
-    LESION_REGION_METRICS,
+    REGION_METRICS,
     STUDY_COLUMNS,
     SUBJECT_COLUMNS,
     read_subject_tables,
@@ -73,9 +72,9 @@ def reference_maps(seed=0):
 # ----------------------------------------------------------------------------- map metrics
 
 
-def test_metric_names_are_exactly_the_six_of_the_design():
+def test_metric_names_are_the_seven_of_the_issue():
     ref, mask = cbf_map(), brain_mask()
-    assert " ".join(map_metrics(ref * 1.1, ref, mask)) == "mae rmse nrmse ssim psnr pcc"
+    assert " ".join(map_metrics(ref * 1.1, ref, mask)) == "mae rmse nrmse ssim psnr pcc scc"
 
 
 def test_identical_maps_give_zero_error_ssim_one_and_infinite_psnr():
@@ -87,6 +86,7 @@ def test_identical_maps_give_zero_error_ssim_one_and_infinite_psnr():
     assert m["ssim"] == 1.0
     assert m["psnr"] == np.inf
     assert m["pcc"] == pytest.approx(1.0)
+    assert m["scc"] == pytest.approx(1.0)
 
 
 def test_a_10_percent_uniform_overestimate_gives_nrmse_0_1_and_mae_a_tenth_of_the_mean():
@@ -240,7 +240,7 @@ def test_lesion_metrics_report_overlap_and_volumes_in_ml():
     ref = tmax_map(LESION)
     shifted = tmax_map((slice(7, 13), LESION[1], LESION[2]))
     m = lesion_metrics(shifted, ref, brain, THRESHOLD, SPACING)
-    assert set(m) == {"dice", "iou", "hd95", "volume_pred_ml", "volume_ref_ml"}
+    assert set(m) == set(LESION_METRICS)
     voxels = 6 * 6 * 4
     assert m["volume_ref_ml"] == pytest.approx(voxels * 16 / 1000)
     assert m["volume_pred_ml"] == pytest.approx(m["volume_ref_ml"])
@@ -278,7 +278,7 @@ def test_every_method_map_metric_appears_even_without_a_lesion():
         for method in ("ssvd", "csvd"):
             for name in paths.MAPS:
                 got = set(brain[(brain["method"] == method) & (brain["map"] == name)]["metric"])
-                expected = set(BRAIN_METRICS) | (set(LESION_METRICS) if name == "tmax" else set())
+                expected = set(REGION_METRICS) | (set(LESION_METRICS) if name == "tmax" else set())
                 assert got == expected, (method, name)
         assert not table.duplicated(["method", "map", "region", "metric"]).any()
     without = subject("sub-02", 1, lesion=False)
@@ -288,22 +288,48 @@ def test_every_method_map_metric_appears_even_without_a_lesion():
     assert np.isnan(tmax["csvd", "hd95"])
 
 
-def test_lesion_region_holds_the_error_metrics_only():
+def test_the_reference_lesion_region_holds_every_metric():
     table = subject("sub-01", 0)
     lesion = table[table["region"] == "lesion"]
-    assert set(lesion["metric"]) == set(LESION_REGION_METRICS)
+    assert set(lesion["metric"]) == set(REGION_METRICS)
     ssvd_cbf = lesion[(lesion["method"] == "ssvd") & (lesion["map"] == "cbf")]
-    assert ssvd_cbf.set_index("metric")["value"]["nrmse"] == pytest.approx(0.1)
+    values = ssvd_cbf.set_index("metric")["value"]
+    assert values["nrmse"] == pytest.approx(0.1)
+    ref = reference_maps(0)["cbf"]
+    inside = brain_mask() & (reference_maps(0)["tmax"] > THRESHOLD)
+    assert values["mean_ref"] == pytest.approx(ref[inside].mean())
+    assert values["mean_pred"] == pytest.approx(1.1 * ref[inside].mean())
 
 
-def test_a_given_lesion_mask_defines_the_lesion_region():
+def test_a_user_lesion_mask_is_a_region_of_its_own():
     ref = reference_maps()
     ref["tmax"] = tmax_map(None)  # no Tmax lesion in the reference ...
     lesion = np.zeros(SHAPE, bool)
     lesion[10:14, 10:14, 5:7] = True  # ... but an expert lesion mask
     methods = {"ssvd": {k: v * 1.2 for k, v in ref.items()}}
     table = subject_metrics("sub-01", methods, ref, brain_mask(), SPACING, None, lesion)
-    assert set(table[table["region"] == "lesion"]["metric"]) == set(LESION_REGION_METRICS)
+    assert set(table["region"]) == {"brain", "user_mask"}
+    assert set(table[table["region"] == "user_mask"]["metric"]) == set(REGION_METRICS)
+    values = table.query("region == 'user_mask' and map == 'cbv'").set_index("metric")["value"]
+    assert values["mean_ref"] == pytest.approx(ref["cbv"][lesion].mean())
+
+
+def test_grey_and_white_matter_regions_come_from_the_tissue_masks():
+    """A method that is right in grey matter and 30 % high in white matter: the regions
+    tell them apart, the brain mixes them."""
+    ref = reference_maps()
+    brain = brain_mask()
+    gm = brain & (np.indices(SHAPE)[0] < 12)
+    wm = brain & ~gm
+    pred = {k: np.where(wm, 1.3 * v, v) for k, v in ref.items()}
+    table = subject_metrics(
+        "sub-01", {"ssvd": pred}, ref, brain, SPACING, None, tissue={"gm": gm, "wm": wm}
+    )
+    nrmse = table.query("map == 'cbf' and metric == 'nrmse'").set_index("region")["value"]
+    assert nrmse["gm"] == 0.0
+    assert nrmse["wm"] == pytest.approx(0.3)
+    assert 0 < nrmse["brain"] < 0.3
+    assert list(dict.fromkeys(table["region"])) == ["brain", "gm", "wm", "lesion"]
 
 
 def test_maps_missing_from_method_or_reference_are_skipped():
@@ -348,7 +374,7 @@ def test_study_table_has_a_row_for_every_method_map_metric():
     subjects = pd.concat([subject("sub-01", 1, lesion=False), subject("sub-02", 2)])
     study = study_table(subjects)
     brain = study[study["region"] == "brain"]
-    expected = len(paths.MAPS) * len(BRAIN_METRICS) + len(LESION_METRICS)
+    expected = len(paths.MAPS) * len(REGION_METRICS) + len(LESION_METRICS)
     assert (brain.groupby("method").size() == expected).all()
     hd = study.set_index(["method", "map", "region", "metric"]).loc["csvd", "tmax", "brain", "hd95"]
     assert hd["n"] == 1  # the subject without lesions has no HD95
@@ -407,6 +433,7 @@ def test_study_tables_are_written_where_paths_says(tmp_path):
     assert written == {
         "subjects": paths.subjects_table(out),
         "study": paths.study_table(out),
+        "paired": paths.paired_table(out),
         "markdown": paths.study_markdown(out),
     }
     subjects = read_subject_tables([paths.subjects_table(out)])

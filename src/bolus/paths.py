@@ -110,3 +110,54 @@ def study_markdown(output_dir: str | Path) -> Path:
 
 def qc_table(output_dir: str | Path) -> Path:
     return Path(output_dir) / "qc.tsv"
+
+
+def paired_table(output_dir: str | Path) -> Path:
+    """Every method against the baseline, subject by subject (Wilcoxon, Holm)."""
+    return metrics_dir(output_dir) / "paired.tsv"
+
+
+def report_table(output_dir: str | Path, name: str) -> Path:
+    """HTML rendering of a study table for the report: ``metrics/<name>.html``
+    (``study``, ``paired``, ``excluded``)."""
+    return metrics_dir(output_dir) / f"{name}.html"
+
+
+def figures_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "figures"
+
+
+#: per-subject figures: ``figures/sub-<label>/sub-<label>_<kind>.png``
+SUBJECT_FIGURES = ("montage", "aif", "motion")
+
+
+def subject_figure(output_dir: str | Path, participant_id: str, kind: str) -> Path:
+    """``<output_dir>/figures/sub-<label>/sub-<label>_<kind>.png`` (kind: montage, aif,
+    motion)."""
+    return figures_dir(output_dir) / participant_id / f"{participant_id}_{kind}.png"
+
+
+#: study figures: a box plot per agreement metric (panels map × region, a box per method),
+#: the lesion agreement box plot, Bland–Altman and scatter plots of regional means
+STUDY_FIGURES = (
+    "boxplot_mae",
+    "boxplot_rmse",
+    "boxplot_nrmse",
+    "boxplot_ssim",
+    "boxplot_psnr",
+    "boxplot_pcc",
+    "boxplot_scc",
+    "boxplot_lesion",
+    "bland_altman",
+    "scatter",
+)
+
+
+def study_figure(output_dir: str | Path, name: str) -> Path:
+    """``<output_dir>/figures/<name>.png`` (e.g. ``boxplot_nrmse``, ``bland_altman``)."""
+    return figures_dir(output_dir) / f"{name}.png"
+
+
+def report_html(output_dir: str | Path) -> Path:
+    """The Snakemake HTML report (``snakemake --report``)."""
+    return Path(output_dir) / "report.html"

@@ -211,11 +211,14 @@ def subject_metrics_table(
     *,
     reference_dir=None,
     lesion_mask=None,
+    tissue_labels=None,
     config=None,
 ) -> pd.DataFrame:
     """Every method's maps against the reference → long table (participant_id, method,
-    map, region, metric, value)."""
+    map, region, metric, value). Regions: ``bolus.evaluate.regions`` (grey and white matter
+    from ``tissue_labels`` or the reference_dir's ``labels.nii.gz`` when there is one)."""
     from bolus.evaluate.aggregate import subject_metrics, write_tsv
+    from bolus.evaluate.regions import load_tissue_masks
     from bolus.io.nifti import load_volume, resample_to_grid, voxel_size_mm
 
     config = with_defaults(config)
@@ -248,6 +251,7 @@ def subject_metrics_table(
     if lesion_mask:
         data, lesion_affine = load_volume(lesion_mask)
         lesion = resample_to_grid(data, lesion_affine, mask.shape, affine, order=0) > 0
+    tissue = load_tissue_masks(participant_id, mask.shape, affine, reference_dir, tissue_labels)
     table = subject_metrics(
         participant_id,
         predictions,
@@ -256,6 +260,7 @@ def subject_metrics_table(
         tuple(voxel_size_mm(affine)),
         config["lesion"]["tmax_threshold_s"],
         lesion_mask=lesion,
+        tissue=tissue,
     )
     write_tsv(table, out_tsv)
     return table
@@ -283,20 +288,27 @@ def qc_table(participants: pd.DataFrame, inspections: list, metric_tables: list)
     return pd.DataFrame(rows, columns=["participant_id", "stage", "status", "reason"])
 
 
-def study_outputs(participants_tsv, inspections, metric_tables, output_dir, seed: int = 0) -> Path:
-    """subjects.tsv, study.tsv, study.md and qc.tsv for the whole cohort."""
-    from bolus.evaluate.aggregate import write_study_tables
-    from bolus.participants import read_participants, strata_columns
+def study_outputs(
+    participants_tsv, inspections, metric_tables, output_dir, seed: int = 0, config=None
+) -> Path:
+    """subjects.tsv, study.tsv, paired.tsv, study.md and qc.tsv for the whole cohort
+    (strata and baseline from config ``study``)."""
+    from bolus.evaluate.aggregate import available_strata, write_study_tables
+    from bolus.participants import read_participants
 
     participants = read_participants(participants_tsv, seed=seed)
     qc = qc_table(participants, inspections, metric_tables)
     qc_path = paths.qc_table(output_dir)
     qc_path.parent.mkdir(parents=True, exist_ok=True)
     qc.to_csv(qc_path, sep="\t", index=False)
+    study = with_defaults(config)["study"]
+    participants = participants.reset_index(drop=True)
     write_study_tables(
         list(metric_tables),
         output_dir,
-        participants=participants.reset_index(drop=True),
-        strata=tuple(strata_columns(participants)),
+        participants=participants,
+        strata=available_strata(participants, study["strata"]),
+        baseline=study["baseline"],
+        qc=qc,
     )
     return paths.study_table(output_dir)

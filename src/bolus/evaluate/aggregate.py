@@ -3,22 +3,26 @@
 Per subject, :func:`subject_metrics` builds a long table with the columns
 ``participant_id, method, map, region, metric, value``:
 
-* region ``brain``: for every method and every map present in both the method's maps and
-  the reference, ``mae rmse nrmse ssim psnr pcc`` (:func:`bolus.evaluate.metrics.map_metrics`)
-  and ``finite_fraction`` (share of brain voxels where both maps are finite: the metrics
-  are computed on those only);
-* region ``lesion`` (only when the subject has a lesion): ``mae rmse nrmse pcc`` inside
-  the lesion. The lesion is the given lesion mask (intersected with the brain) when
-  there is one, else the reference's Tmax > threshold lesion;
-* map ``tmax``, region ``brain``: ``dice iou hd95 volume_pred_ml volume_ref_ml`` of the
-  Tmax > threshold lesions (:func:`bolus.evaluate.lesions.lesion_metrics`). These rows are
-  always there, also when neither map has a lesion (Dice = IoU = 1, HD95 NaN), so every
-  method × map × metric appears for every subject.
+* for every method, every map present in both the method's maps and the reference, and
+  every region of the subject (:mod:`bolus.evaluate.regions`: ``brain``, ``gm``, ``wm``,
+  ``lesion``, ``user_mask``): ``mae rmse nrmse ssim psnr pcc scc``
+  (:func:`bolus.evaluate.metrics.map_metrics`), ``finite_fraction`` (share of the region's
+  voxels where both maps are finite: the metrics are computed on those only), and
+  ``mean_pred``, ``mean_ref`` (the regional means, map units);
+* map ``tmax``, region ``brain``: the lesion agreement of
+  :func:`bolus.evaluate.lesions.lesion_metrics` (Dice, IoU, HD95, volumes at the configured
+  threshold and at the ROC-chosen one, AUC). These rows are always there, also when neither
+  map has a lesion (Dice = IoU = 1, HD95 NaN), so every method × map × metric appears for
+  every subject.
 
 :func:`study_table` aggregates subjects into ``method, map, region, metric, n, mean, sd,
 median, q1, q3`` (strata columns first when asked for). Statistics use the finite values
 only: NaN and ±inf (PSNR of identical maps) are left out, and ``n`` counts the values
 used. ``sd`` has ddof = 1; quartiles use numpy's default linear interpolation.
+
+:func:`paired_table` compares every method with a baseline method subject by subject
+(Wilcoxon signed-rank test, Holm-corrected within each map × region × metric);
+:func:`excluded_subjects` lists the subjects without metrics with their QC reason.
 
 Tables are written as TSV (tab-separated, no index, ``%.6g`` floats, missing as ``n/a``
 as in BIDS).
@@ -27,6 +31,7 @@ as in BIDS).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -34,27 +39,39 @@ import numpy as np
 import pandas as pd
 
 from bolus import paths
-from bolus.evaluate.lesions import default_tmax_threshold_s, hypoperfusion_mask, lesion_metrics
+from bolus.evaluate.lesions import LESION_AGREEMENT, default_tmax_threshold_s, lesion_metrics
 from bolus.evaluate.metrics import (
     METRIC_NAMES,
     as_mask,
     finite_fraction,
-    mae,
     map_metrics,
-    nrmse,
-    pcc,
-    rmse,
+    regional_means,
 )
+from bolus.evaluate.regions import subject_regions
 
 SUBJECT_COLUMNS = ("participant_id", "method", "map", "region", "metric", "value")
 STATISTICS = ("n", "mean", "sd", "median", "q1", "q3")
 STUDY_COLUMNS = ("method", "map", "region", "metric") + STATISTICS
-#: metrics of every map over the brain
-BRAIN_METRICS = METRIC_NAMES + ("finite_fraction",)
-#: metrics of every map inside the lesion (SSIM/PSNR need a box: brain only)
-LESION_REGION_METRICS = ("mae", "rmse", "nrmse", "pcc")
+PAIRED_COLUMNS = (
+    "method",
+    "baseline",
+    "map",
+    "region",
+    "metric",
+    "n_pairs",
+    "median_method",
+    "median_baseline",
+    "median_difference",
+    "statistic",
+    "p",
+    "p_holm",
+)
+EXCLUDED_COLUMNS = ("participant_id", "stage", "status", "reason")
+#: metrics of every map in every region
+REGION_METRICS = METRIC_NAMES + ("finite_fraction", "mean_pred", "mean_ref")
+BRAIN_METRICS = REGION_METRICS
 #: lesion agreement metrics, rows of map ``tmax``, region ``brain``
-LESION_METRICS = ("dice", "iou", "hd95", "volume_pred_ml", "volume_ref_ml")
+LESION_METRICS = LESION_AGREEMENT
 MAP_UNITS = {
     "cbf": "ml/100 g/min",
     "cbv": "ml/100 g",
@@ -65,34 +82,15 @@ MAP_UNITS = {
 FLOAT_FORMAT = "%.6g"
 NA_REP = "n/a"
 
-_LESION_REGION_FUNCTIONS = {"mae": mae, "rmse": rmse, "nrmse": nrmse, "pcc": pcc}
-
 
 def _ordered_maps(names: Iterable[str]) -> list[str]:
     names = set(names)
     return [m for m in paths.MAPS if m in names] + sorted(names - set(paths.MAPS))
 
 
-def lesion_region(
-    reference_maps: Mapping[str, np.ndarray],
-    brain_mask: np.ndarray,
-    tmax_threshold_s: float | None = None,
-    lesion_mask: np.ndarray | None = None,
-) -> np.ndarray | None:
-    """The region ``lesion`` of a subject: the given lesion mask inside the brain, else
-    the reference's Tmax > threshold lesion; None when neither is available."""
-    brain = as_mask(brain_mask)
-    if lesion_mask is not None:
-        lesion = as_mask(lesion_mask)
-        if lesion.shape != brain.shape:
-            raise ValueError(
-                f"lesion mask {lesion.shape} and brain mask {brain.shape} differ in shape; "
-                "resample the lesion mask onto the DSC grid first (order=0)"
-            )
-        return lesion & brain
-    if "tmax" in reference_maps:
-        return hypoperfusion_mask(reference_maps["tmax"], brain, tmax_threshold_s)
-    return None
+def _ordered_methods(names: Iterable[str]) -> list[str]:
+    names = set(map(str, names))
+    return [m for m in paths.SVD_METHODS if m in names] + sorted(names - set(paths.SVD_METHODS))
 
 
 def subject_metrics(
@@ -103,6 +101,7 @@ def subject_metrics(
     spacing_mm: Sequence[float],
     tmax_threshold_s: float | None = None,
     lesion_mask: np.ndarray | None = None,
+    tissue: Mapping[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Long table of every metric of every method's maps against the reference.
 
@@ -111,18 +110,18 @@ def subject_metrics(
     participant_id : ``sub-<label>``
     method_maps : ``{method: {map: array}}``, all on the brain mask's grid
     reference_maps : ``{map: array}`` on the same grid
-    brain_mask : the subject's brain mask (region ``brain``)
+    brain_mask : the subject's brain mask where the reference is defined (region ``brain``)
     spacing_mm : voxel size, for HD95 and lesion volumes
     tmax_threshold_s : lesion threshold; None takes the config default (6 s)
-    lesion_mask : optional lesion mask on the same grid (region ``lesion``)
+    lesion_mask : optional user lesion mask on the same grid (region ``user_mask``)
+    tissue : optional ``{"gm": mask, "wm": mask}`` on the same grid (regions ``gm``, ``wm``)
 
     Returns the columns :data:`SUBJECT_COLUMNS`; see the module docstring for the rows.
     """
     if tmax_threshold_s is None:
         tmax_threshold_s = default_tmax_threshold_s()
     brain = as_mask(brain_mask)
-    lesion = lesion_region(reference_maps, brain, tmax_threshold_s, lesion_mask)
-    has_lesion = lesion is not None and bool(lesion.any())
+    regions = subject_regions(reference_maps, brain, tmax_threshold_s, lesion_mask, tissue)
 
     rows: list[tuple] = []
     for method, maps in method_maps.items():
@@ -134,13 +133,14 @@ def subject_metrics(
                     f"{where}: shapes differ (prediction {np.shape(pred)}, reference "
                     f"{np.shape(ref)}, brain mask {brain.shape}); resample onto the DSC grid first"
                 )
-            values = map_metrics(pred, ref, brain)
-            values["finite_fraction"] = finite_fraction(pred, ref, brain)
-            rows += [(participant_id, method, name, "brain", k, values[k]) for k in BRAIN_METRICS]
-            if has_lesion:
+            pred = np.asarray(pred, dtype=np.float64)
+            ref = np.asarray(ref, dtype=np.float64)
+            for region, mask in regions.items():
+                values = map_metrics(pred, ref, mask)
+                values["finite_fraction"] = finite_fraction(pred, ref, mask)
+                values["mean_pred"], values["mean_ref"] = regional_means(pred, ref, mask)
                 rows += [
-                    (participant_id, method, name, "lesion", k, f(pred, ref, lesion))
-                    for k, f in _LESION_REGION_FUNCTIONS.items()
+                    (participant_id, method, name, region, k, values[k]) for k in REGION_METRICS
                 ]
             if name == "tmax":
                 overlap = lesion_metrics(pred, ref, brain, tmax_threshold_s, spacing_mm)
@@ -154,6 +154,8 @@ def subject_metrics(
 
 # ----------------------------------------------------------------------------- tables
 
+_TEXT_COLUMNS = ("participant_id", "method", "map", "region", "metric")
+
 
 def write_tsv(table: pd.DataFrame, path: str | Path) -> Path:
     """Write a table as BIDS-style TSV (parent folders created)."""
@@ -163,33 +165,114 @@ def write_tsv(table: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def read_subject_tables(tables: Iterable[str | Path]) -> pd.DataFrame:
-    """Concatenate per-subject metric TSVs (as written by :func:`write_tsv`)."""
-    frames = [
-        pd.read_csv(p, sep="\t", dtype={"participant_id": str, "method": str, "map": str})
-        for p in tables
-    ]
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return pd.DataFrame(
-            {c: pd.Series(dtype=float if c == "value" else str) for c in SUBJECT_COLUMNS}
-        )
-    table = pd.concat(frames, ignore_index=True)
+def _empty_subjects() -> pd.DataFrame:
+    return pd.DataFrame(
+        {c: pd.Series(dtype=float if c == "value" else str) for c in SUBJECT_COLUMNS}
+    )
+
+
+_READ_OPTIONS = {
+    "sep": "\t",
+    "na_values": [NA_REP, "NaN", "nan"],
+    "keep_default_na": False,
+}
+_HEADER = "\t".join(SUBJECT_COLUMNS)
+
+
+def read_subject_table(path: str | Path) -> pd.DataFrame:
+    """One per-subject metric TSV (as written by :func:`write_tsv`), checked."""
+    table = pd.read_csv(path, dtype={c: str for c in _TEXT_COLUMNS}, **_READ_OPTIONS)
     missing = [c for c in SUBJECT_COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(f"subject metric tables lack the columns {missing}")
+        raise ValueError(f"{path}: subject metric table lacks the columns {missing}")
     table = table[list(SUBJECT_COLUMNS)].copy()
     table["value"] = pd.to_numeric(table["value"], errors="coerce").astype(np.float64)
     return table
 
 
+def _parse_bodies(bodies: list[bytes]) -> pd.DataFrame:
+    """Rows of many subject tables in the standard layout, parsed in one go."""
+    import io
+
+    buffer = io.BytesIO(_HEADER.encode() + b"\n" + b"".join(bodies))
+    dtypes = {c: "category" for c in _TEXT_COLUMNS} | {"value": np.float64}
+    return pd.read_csv(buffer, dtype=dtypes, **_READ_OPTIONS)
+
+
+def read_subject_tables(
+    tables: Iterable[str | Path], copy_to: str | Path | None = None, chunk: int = 200
+) -> pd.DataFrame:
+    """Concatenate per-subject metric TSVs, streaming: ``chunk`` files at a time are parsed
+    together (one C-parser call instead of one per file) into categorical text columns, so
+    1,000 subjects (about a million rows) take tens of MB, never the raw maps.
+
+    Files in the standard layout (the header :data:`SUBJECT_COLUMNS`, as written by
+    :func:`write_tsv`) take this fast path; others are read one by one and checked.
+    With ``copy_to``, the concatenated table is also written there as it streams by, byte
+    for byte the rows of the subject files under one header (``subjects.tsv``).
+    """
+    from pandas.api.types import union_categoricals
+
+    frames: list[pd.DataFrame] = []
+    bodies: list[bytes] = []
+    out = None
+    if copy_to is not None:
+        Path(copy_to).parent.mkdir(parents=True, exist_ok=True)
+        out = open(copy_to, "wb")
+        out.write(_HEADER.encode() + b"\n")
+    try:
+        for path in tables:
+            raw = Path(path).read_bytes()
+            first, _, body = raw.partition(b"\n")
+            if first.rstrip(b"\r").decode("utf-8", "replace") == _HEADER:
+                body = body.replace(b"\r\n", b"\n")
+                if body and not body.endswith(b"\n"):
+                    body += b"\n"
+                bodies.append(body)
+                if len(bodies) >= chunk:
+                    frames.append(_parse_bodies(bodies))
+                    bodies = []
+            else:
+                frame = read_subject_table(path)
+                frames.append(frame.astype({c: "category" for c in _TEXT_COLUMNS}))
+                text = frame.to_csv(sep="\t", index=False, header=False,
+                                    float_format=FLOAT_FORMAT, na_rep=NA_REP)  # fmt: skip
+                body = text.encode()
+            if out is not None:
+                out.write(body)
+        if bodies:
+            frames.append(_parse_bodies(bodies))
+    finally:
+        if out is not None:
+            out.close()
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return _empty_subjects()
+    columns = {
+        c: union_categoricals([f[c] for f in frames], ignore_order=True) for c in _TEXT_COLUMNS
+    }
+    columns["value"] = np.concatenate([f["value"].to_numpy(np.float64) for f in frames])
+    return pd.DataFrame(columns)[list(SUBJECT_COLUMNS)]
+
+
 def _participants_frame(participants: pd.DataFrame | str | Path) -> pd.DataFrame:
     if isinstance(participants, (str, Path)):
-        return pd.read_csv(participants, sep="\t", dtype={"participant_id": str})
+        return pd.read_csv(participants, sep="\t", dtype=str, keep_default_na=False).replace(
+            "", np.nan
+        )
     frame = participants
     if "participant_id" not in frame.columns and frame.index.name == "participant_id":
         frame = frame.reset_index()
     return frame
+
+
+def available_strata(participants: pd.DataFrame | str | Path | None, requested: Sequence[str]):
+    """The ``requested`` stratum columns that the participants table has (config
+    ``study.strata`` lists candidates, e.g. ``[group, site]``; absent ones are skipped)."""
+    if participants is None:
+        return []
+    columns = set(_participants_frame(participants).columns)
+    return [s for s in requested if s in columns]
 
 
 ALL_SUBJECTS = "all"
@@ -211,7 +294,7 @@ def study_table(
     the order in which they first appear.
     """
     strata = list(strata)
-    table = subjects.copy()
+    table = subjects
     if strata:
         if participants is not None:
             frame = _participants_frame(participants)
@@ -220,12 +303,11 @@ def study_table(
                 raise ValueError(f"participants table has no column {missing} to stratify by")
             if "participant_id" not in frame.columns:
                 raise ValueError("participants table has no participant_id column")
+            lookup = frame[["participant_id", *strata]].drop_duplicates("participant_id")
+            lookup = lookup.set_index("participant_id")
             table = table.drop(columns=[s for s in strata if s in table.columns])
-            table = table.merge(
-                frame[["participant_id", *strata]].drop_duplicates("participant_id"),
-                on="participant_id",
-                how="left",
-            )
+            ids = table["participant_id"].astype(str)
+            table = table.assign(**{s: ids.map(lookup[s]).to_numpy() for s in strata})
         missing = [s for s in strata if s not in table.columns]
         if missing:
             raise ValueError(f"cannot stratify by {missing}: pass the participants table")
@@ -236,7 +318,7 @@ def study_table(
         )
 
     values = pd.to_numeric(table["value"], errors="coerce").astype(np.float64)
-    table["value"] = values.where(np.isfinite(values))
+    table = table.assign(value=values.where(np.isfinite(values)))
     blocks = [_summarise(table, [])] + [_summarise(table, [stratum]) for stratum in strata]
     for block in blocks:
         for stratum in strata:
@@ -248,7 +330,7 @@ def study_table(
 def _summarise(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Statistics of ``value`` per method × map × region × metric (and ``by``)."""
     keys = [*by, "method", "map", "region", "metric"]
-    grouped = table.groupby(keys, sort=False, dropna=False)["value"]
+    grouped = table.groupby(keys, sort=False, dropna=False, observed=True)["value"]
     result = pd.DataFrame(
         {
             "n": grouped.count(),
@@ -260,9 +342,173 @@ def _summarise(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
         }
     ).reset_index()
     result["n"] = result["n"].astype(np.int64)
-    if by:
-        result[by] = result[by].astype(object)
+    for key in keys:
+        result[key] = result[key].astype(object)
     return result
+
+
+# ----------------------------------------------------------------------------- paired
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values (step-down; NaN entries ignored and kept NaN).
+
+    With m tests sorted p₍₁₎ ≤ … ≤ p₍ₘ₎: adj₍ᵢ₎ = max_{j ≤ i} min(1, (m − j + 1)·p₍ⱼ₎)."""
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(~np.isnan(p))
+    m = finite.size
+    if m == 0:
+        return out
+    order = finite[np.argsort(p[finite], kind="stable")]
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(scaled)
+    return out
+
+
+#: above this many pairs scipy's default ("auto") is the normal approximation
+EXACT_MAX_PAIRS = 50
+
+
+def _wilcoxon(differences: np.ndarray) -> tuple[float, float]:
+    """(statistic, two-sided p) of the Wilcoxon signed-rank test of paired differences
+    (scipy's defaults: zero differences dropped; exact distribution up to 50 pairs without
+    ties, else a permutation or normal approximation)."""
+    from scipy.stats import wilcoxon
+
+    if differences.size == 0:
+        return float("nan"), float("nan")
+    if not np.any(differences):
+        return 0.0, 1.0  # no pair differs: nothing to reject
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        result = wilcoxon(differences)
+    return float(result.statistic), float(result.pvalue)
+
+
+def _wilcoxon_batch(batch: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The normal-approximation test of many samples of more than 50 pairs in one scipy
+    call: samples padded with zeros, which the test drops like any zero difference, so
+    each result equals scipy's for the sample alone."""
+    from scipy.stats import wilcoxon
+
+    width = max(d.size for d in batch)
+    padded = np.zeros((len(batch), width))
+    for i, d in enumerate(batch):
+        padded[i, : d.size] = d
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        result = wilcoxon(padded, axis=-1, method="asymptotic")
+    statistic = np.atleast_1d(np.asarray(result.statistic, dtype=np.float64))
+    p = np.atleast_1d(np.asarray(result.pvalue, dtype=np.float64))
+    none_differ = ~padded.any(axis=1)
+    statistic[none_differ], p[none_differ] = 0.0, 1.0
+    return statistic, p
+
+
+def paired_table(subjects: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Every method against ``baseline``, subject by subject (columns :data:`PAIRED_COLUMNS`).
+
+    For each method ≠ baseline and each map × region × metric both have, the pairs are the
+    subjects where both values are finite; ``median_difference`` is the median of
+    (method − baseline) over the pairs, ``p`` the two-sided Wilcoxon signed-rank p-value
+    (scipy's defaults; 1.0 when every difference is 0; NaN without a pair), and ``p_holm``
+    the Holm-corrected p within each map × region × metric (the family of comparisons of
+    every method with the baseline on one outcome). Empty when the baseline is not among
+    the methods.
+    """
+    empty = pd.DataFrame({c: pd.Series(dtype=object) for c in PAIRED_COLUMNS})
+    if subjects.empty:
+        return empty
+    outcome = ["map", "region", "metric"]
+    group_keys = ["method", *outcome]
+    values = pd.to_numeric(subjects["value"], errors="coerce").astype(np.float64)
+    table = subjects.assign(value=values.where(np.isfinite(values)))
+    is_base = (table["method"].astype(str) == baseline).to_numpy()
+    if not is_base.any():
+        return empty
+    base = table.loc[is_base, [*outcome, "participant_id", "value"]]
+    base = base.rename(columns={"value": "baseline_value"}).drop_duplicates(
+        [*outcome, "participant_id"]
+    )
+    others = table.loc[~is_base]
+    pairs = others.merge(base, on=[*outcome, "participant_id"], how="inner")
+    pairs = pairs[pairs["value"].notna() & pairs["baseline_value"].notna()]
+    # every method × map × region × metric the two share, also those without a finite pair
+    shared = others[group_keys].drop_duplicates().merge(base[outcome].drop_duplicates(), on=outcome)
+    shared = shared.astype(str).reset_index(drop=True)
+    method_values = pairs["value"].to_numpy(np.float64)
+    base_values = pairs["baseline_value"].to_numpy(np.float64)
+    indices = {
+        tuple(map(str, key)): index
+        for key, index in pairs.groupby(group_keys, sort=False, observed=True).indices.items()
+    }
+    records, batch, batch_rows = [], [], []
+    for row, key in enumerate(shared.itertuples(index=False, name=None)):
+        index = indices.get(key, np.empty(0, dtype=np.int64))
+        m, b = method_values[index], base_values[index]
+        diff = m - b
+        if diff.size > EXACT_MAX_PAIRS:
+            batch.append(diff)
+            batch_rows.append(row)
+            statistic = p = np.nan
+        else:
+            statistic, p = _wilcoxon(diff)
+        median = lambda x: float(np.median(x)) if x.size else np.nan  # noqa: E731
+        records.append((key[0], baseline, *key[1:], int(diff.size), median(m), median(b),
+                        median(diff), statistic, p))  # fmt: skip
+    result = pd.DataFrame.from_records(records, columns=list(PAIRED_COLUMNS[:-1]))
+    if batch:
+        statistic, p = _wilcoxon_batch(batch)
+        result.loc[batch_rows, "statistic"] = statistic
+        result.loc[batch_rows, "p"] = p
+    result["p_holm"] = np.nan
+    for _, index in result.groupby(outcome, sort=False).groups.items():
+        result.loc[index, "p_holm"] = holm(result.loc[index, "p"].to_numpy())
+    rank = {m: i for i, m in enumerate(_ordered_maps(result["map"]))}
+    rank |= {m: i for i, m in enumerate(_ordered_methods(result["method"]))}
+    result = result.sort_values(["map", "method"], key=lambda c: c.map(rank), kind="stable")
+    return result.reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- exclusions
+
+
+def read_qc(qc: pd.DataFrame | str | Path | None) -> pd.DataFrame:
+    """qc.tsv as a frame (any extra columns kept; missing reason/stage read as empty)."""
+    if qc is None:
+        return pd.DataFrame({c: pd.Series(dtype=str) for c in EXCLUDED_COLUMNS})
+    if isinstance(qc, (str, Path)):
+        qc = pd.read_csv(qc, sep="\t", dtype=str, keep_default_na=False)
+    qc = qc.copy()
+    for column in EXCLUDED_COLUMNS:
+        if column not in qc.columns:
+            qc[column] = ""
+    return qc.fillna("")
+
+
+def excluded_subjects(
+    qc: pd.DataFrame | str | Path | None, included: Iterable[str]
+) -> pd.DataFrame:
+    """Subjects of qc.tsv that have no metrics, with their QC reason.
+
+    One row per subject (columns :data:`EXCLUDED_COLUMNS`): the first row of qc.tsv for
+    that subject whose status is not ``ok`` (with one row per stage, the stage that
+    failed), or, when every row says ok, status ``missing`` and reason "no metrics".
+    """
+    qc = read_qc(qc)
+    included = set(map(str, included))
+    rows = []
+    for pid, group in qc.groupby("participant_id", sort=False):
+        if pid in included:
+            continue
+        bad = group[group["status"].str.lower() != "ok"]
+        if len(bad):
+            first = bad.iloc[0]
+            rows.append((pid, first["stage"], first["status"], first["reason"]))
+        else:
+            rows.append((pid, group.iloc[-1]["stage"], "missing", "no metrics"))
+    return pd.DataFrame.from_records(rows, columns=list(EXCLUDED_COLUMNS))
 
 
 # ----------------------------------------------------------------------------- markdown
@@ -275,7 +521,7 @@ def _cell(value) -> str:
         return f"{value:.4g}"
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return NA_REP
-    return str(value).replace("|", "\\|")
+    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -291,27 +537,61 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def study_markdown(study: pd.DataFrame, n_subjects: int | None = None) -> str:
-    """Readable version of the study table: a short header, then one table per map."""
+def _map_title(name: str) -> str:
+    unit = MAP_UNITS.get(name)
+    return f"{name.upper()}" + (f" ({unit})" if unit else "")
+
+
+def study_markdown(
+    study: pd.DataFrame,
+    n_subjects: int | None = None,
+    paired: pd.DataFrame | None = None,
+    excluded: pd.DataFrame | None = None,
+    baseline: str | None = None,
+) -> str:
+    """Readable version of the study tables: a short header, the excluded subjects, one
+    summary table per map, then the paired comparison with the baseline per map."""
     header = [
         "# bolus study metrics",
         "",
         "Agreement of every method's maps with the reference, over subjects: n (subjects "
-        "with a finite value), mean, SD, median and quartiles (Q1, Q3). Region `brain` is the "
-        "brain mask; `lesion` the lesion mask, or the reference's hypoperfusion lesion "
-        "(Tmax above threshold). Errors (MAE, RMSE) are in the map's units, PSNR in dB, "
-        "HD95 in mm, lesion volumes in ml. Full precision: `study.tsv`.",
+        "with a finite value), mean, SD, median and quartiles (Q1, Q3). Regions: `brain` "
+        "(the brain mask where the reference is defined), `gm` and `wm` (grey and white "
+        "matter of the tissue labels), `lesion` (the reference's hypoperfusion lesion, Tmax "
+        "above threshold), `user_mask` (the participants.tsv lesion mask). Errors (MAE, "
+        "RMSE) and regional means are in the map's units, PSNR in dB, HD95 in mm, lesion "
+        "volumes in ml, thresholds in s. Full precision: `study.tsv`, `paired.tsv`.",
     ]
     if n_subjects is not None:
         header += ["", f"Subjects: {n_subjects}."]
     sections = ["\n".join(header)]
+    if excluded is not None:
+        if excluded.empty:
+            sections.append("## Excluded subjects\n\nNone.")
+        else:
+            sections.append(
+                "## Excluded subjects\n\nNot in the tables below, with the reason from "
+                "`qc.tsv`:\n\n" + markdown_table(excluded)
+            )
     if study.empty:
         sections.append("No metrics were computed.")
     for name in _ordered_maps(study["map"].dropna().unique()) if not study.empty else []:
         part = study[study["map"] == name].drop(columns="map")
-        unit = MAP_UNITS.get(name)
-        title = f"## {name.upper()}" + (f" ({unit})" if unit else "")
-        sections.append(title + "\n\n" + markdown_table(part))
+        sections.append(f"## {_map_title(name)}\n\n" + markdown_table(part))
+    if paired is not None and baseline is not None:
+        intro = (
+            f"## Paired comparison with {baseline}\n\nEvery method against the baseline "
+            f"`{baseline}`, subject by subject: median of each, median paired difference "
+            "(method − baseline), Wilcoxon signed-rank test (two-sided), p Holm-corrected "
+            "over the methods within each map × region × metric."
+        )
+        if paired.empty:
+            sections.append(intro + f"\n\nNo comparison: `{baseline}` is not among the methods.")
+        else:
+            sections.append(intro)
+            for name in _ordered_maps(paired["map"].dropna().unique()):
+                part = paired[paired["map"] == name].drop(columns=["map", "baseline"])
+                sections.append(f"### {_map_title(name)}\n\n" + markdown_table(part))
     return "\n\n".join(sections) + "\n"
 
 
@@ -320,24 +600,39 @@ def write_study_tables(
     output_dir: str | Path,
     participants: pd.DataFrame | str | Path | None = None,
     strata: Sequence[str] = (),
+    baseline: str | None = None,
+    qc: pd.DataFrame | str | Path | None = None,
 ) -> dict[str, Path]:
-    """Write ``metrics/subjects.tsv``, ``metrics/study.tsv`` and ``metrics/study.md``.
+    """Write ``metrics/subjects.tsv``, ``study.tsv``, ``paired.tsv`` and ``study.md``.
 
-    ``subject_tables`` is a long table or a list of per-subject TSVs to concatenate.
-    Returns the paths written, keyed ``subjects``, ``study``, ``markdown``.
+    ``subject_tables`` is a long table or a list of per-subject TSVs to concatenate
+    (read one at a time). ``baseline`` None takes the config default (``study.baseline``).
+    ``qc`` (qc.tsv or its frame) names the excluded subjects. Returns the paths written,
+    keyed ``subjects``, ``study``, ``paired``, ``markdown``.
     """
+    if baseline is None:
+        from bolus.config import schema_defaults
+
+        baseline = schema_defaults()["study"]["baseline"]
     if isinstance(subject_tables, pd.DataFrame):
         subjects = subject_tables[list(SUBJECT_COLUMNS)].copy()
         subjects["value"] = pd.to_numeric(subjects["value"], errors="coerce").astype(np.float64)
+        write_tsv(subjects, paths.subjects_table(output_dir))
     else:
-        subjects = read_subject_tables(subject_tables)
+        subjects = read_subject_tables(subject_tables, copy_to=paths.subjects_table(output_dir))
     study = study_table(subjects, participants, strata)
+    paired = paired_table(subjects, baseline)
+    included = subjects["participant_id"].astype(str).unique()
+    excluded = excluded_subjects(qc, included) if qc is not None else None
     written = {
-        "subjects": write_tsv(subjects, paths.subjects_table(output_dir)),
+        "subjects": paths.subjects_table(output_dir),
         "study": write_tsv(study, paths.study_table(output_dir)),
+        "paired": write_tsv(paired, paths.paired_table(output_dir)),
     }
     markdown = paths.study_markdown(output_dir)
     markdown.parent.mkdir(parents=True, exist_ok=True)
-    markdown.write_text(study_markdown(study, n_subjects=int(subjects["participant_id"].nunique())))
+    markdown.write_text(
+        study_markdown(study, len(included), paired=paired, excluded=excluded, baseline=baseline)
+    )
     written["markdown"] = markdown
     return written

@@ -12,6 +12,21 @@ Conventions
   *surfaces* (voxels of the lesion with a face-neighbour outside it), in mm:
   max(P95 of distances A→B, P95 of distances B→A), as in DeepMind's ``surface-distance``
   and MONAI. A one-voxel shift gives the voxel size along the shift.
+
+ROC analysis (:func:`roc_auc`, :func:`youden_threshold`)
+-------------------------------------------------------
+The method's Tmax is scored as a classifier of the reference lesion (reference Tmax >
+threshold) over the brain voxels where the reference is finite; a voxel where the method's
+Tmax is not finite is scored −inf (never called lesion, as in :func:`hypoperfusion_mask`).
+
+* AUC is the Mann–Whitney statistic from ranks (ties count ½): the probability that a
+  random lesion voxel has a higher Tmax than a random non-lesion voxel. NaN when the
+  reference has no lesion or no non-lesion voxel.
+* The ROC-chosen threshold maximises Youden's J = sensitivity + specificity − 1 over every
+  cut between two distinct Tmax values (the threshold reported is the midpoint between them,
+  so ``Tmax > threshold`` reproduces the cut); ties of J take the highest threshold. It is
+  chosen per subject and method against that subject's reference, as in the published
+  comparisons of optimal thresholds, so its Dice is an optimistic (best case) agreement.
 """
 
 from __future__ import annotations
@@ -20,6 +35,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.stats import rankdata
 
 from bolus.config import schema_defaults
 from bolus.evaluate.metrics import as_mask
@@ -106,21 +122,71 @@ def volume_ml(mask: np.ndarray, spacing_mm: Sequence[float]) -> float:
     return float(as_mask(mask).sum() * np.prod([float(s) for s in spacing_mm]) / 1000.0)
 
 
-def lesion_metrics(
-    tmax_pred: np.ndarray,
-    tmax_ref: np.ndarray,
-    brain_mask: np.ndarray,
-    threshold_s: float | None,
-    spacing_mm: Sequence[float],
-) -> dict[str, float]:
-    """Agreement of the Tmax > threshold lesions of a prediction and its reference.
+def roc_samples(
+    tmax_pred: np.ndarray, tmax_ref: np.ndarray, brain_mask: np.ndarray, threshold_s: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(score, truth) over the brain voxels where the reference Tmax is finite: the
+    method's Tmax (non-finite → −inf) and whether the reference marks a lesion there."""
+    if threshold_s is None:
+        threshold_s = default_tmax_threshold_s()
+    pred = np.asarray(tmax_pred, dtype=np.float64)
+    ref = np.asarray(tmax_ref, dtype=np.float64)
+    brain = as_mask(brain_mask)
+    if not (pred.shape == ref.shape == brain.shape):
+        raise ValueError(
+            f"Tmax maps {pred.shape}, {ref.shape} and brain mask {brain.shape} differ in shape"
+        )
+    voxels = brain & np.isfinite(ref)
+    score = pred[voxels]
+    score = np.where(np.isfinite(score), score, -np.inf)
+    return score, ref[voxels] > threshold_s
 
-    Keys: ``dice iou hd95`` (conventions in the module docstring), ``volume_pred_ml``,
-    ``volume_ref_ml``. ``threshold_s`` None takes the config default; ``spacing_mm`` is
-    the voxel size (e.g. :func:`bolus.io.nifti.voxel_size_mm` of the map's affine).
+
+def roc_auc(score: np.ndarray, truth: np.ndarray) -> float:
+    """Area under the ROC curve of ``score`` as a classifier of boolean ``truth``, from
+    ranks (Mann–Whitney U / (n₊·n₋), ties ½); NaN without both classes."""
+    score = np.asarray(score, dtype=np.float64).ravel()
+    truth = np.asarray(truth, dtype=bool).ravel()
+    n_pos = int(truth.sum())
+    n_neg = truth.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    u = ranks[truth].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def youden_threshold(score: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(threshold, J): the cut ``score > threshold`` maximising Youden's J = TPR − FPR.
+
+    Every cut between two distinct scores is tried at once (cumulative counts over the
+    sorted distinct values); the threshold is the midpoint of the two scores it separates.
+    (NaN, NaN) without both classes.
     """
-    pred = hypoperfusion_mask(tmax_pred, brain_mask, threshold_s)
-    ref = hypoperfusion_mask(tmax_ref, brain_mask, threshold_s)
+    score = np.asarray(score, dtype=np.float64).ravel()
+    truth = np.asarray(truth, dtype=bool).ravel()
+    n_pos = int(truth.sum())
+    n_neg = truth.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan"), float("nan")
+    values, index = np.unique(score, return_inverse=True)  # ascending
+    pos = np.bincount(index, weights=truth, minlength=values.size)
+    neg = np.bincount(index, weights=~truth, minlength=values.size)
+    # cut k (1 ≤ k < len(values)): lesion = score ≥ values[k], i.e. > midpoint(k−1, k)
+    tpr = np.cumsum(pos[::-1])[::-1][1:] / n_pos
+    fpr = np.cumsum(neg[::-1])[::-1][1:] / n_neg
+    if tpr.size == 0:  # one distinct score: nothing separates the classes
+        return float("nan"), 0.0
+    j = tpr - fpr
+    # the highest threshold among ties (equal J up to rounding of the two fractions)
+    best = int(np.flatnonzero(j >= j.max() - 1e-12)[-1])
+    # the midpoint; −inf when the cut only leaves out the failed (−inf) voxels, which
+    # hypoperfusion_mask then reproduces (every finite Tmax > −inf)
+    threshold = (values[best] + values[best + 1]) / 2.0
+    return float(threshold), float(j[best])
+
+
+def _overlap(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float]) -> dict:
     return {
         "dice": dice(pred, ref),
         "iou": iou(pred, ref),
@@ -128,3 +194,62 @@ def lesion_metrics(
         "volume_pred_ml": volume_ml(pred, spacing_mm),
         "volume_ref_ml": volume_ml(ref, spacing_mm),
     }
+
+
+#: keys of :func:`lesion_metrics`, in table order
+LESION_AGREEMENT = (
+    "dice",
+    "iou",
+    "hd95",
+    "volume_pred_ml",
+    "volume_ref_ml",
+    "volume_diff_ml",
+    "auc",
+    "roc_threshold_s",
+    "dice_roc",
+    "iou_roc",
+    "hd95_roc",
+    "volume_diff_roc_ml",
+)
+
+
+def lesion_metrics(
+    tmax_pred: np.ndarray,
+    tmax_ref: np.ndarray,
+    brain_mask: np.ndarray,
+    threshold_s: float | None,
+    spacing_mm: Sequence[float],
+) -> dict[str, float]:
+    """Agreement of a method's hypoperfusion lesion with the reference's.
+
+    Keys (:data:`LESION_AGREEMENT`): at the configured threshold ``dice iou hd95``
+    (conventions in the module docstring), ``volume_pred_ml``, ``volume_ref_ml`` and
+    ``volume_diff_ml`` (= pred − ref); ``auc`` of the method's Tmax as a classifier of the
+    reference lesion; at the method's ROC-chosen (Youden) threshold ``roc_threshold_s`` and
+    ``dice_roc iou_roc hd95_roc volume_diff_roc_ml`` (NaN when the reference has no lesion).
+    The reference lesion is always the reference's Tmax > ``threshold_s``. ``threshold_s``
+    None takes the config default; ``spacing_mm`` is the voxel size (e.g.
+    :func:`bolus.io.nifti.voxel_size_mm` of the map's affine).
+    """
+    if threshold_s is None:
+        threshold_s = default_tmax_threshold_s()
+    ref = hypoperfusion_mask(tmax_ref, brain_mask, threshold_s)
+    pred = hypoperfusion_mask(tmax_pred, brain_mask, threshold_s)
+    result = _overlap(pred, ref, spacing_mm)
+    result["volume_diff_ml"] = result["volume_pred_ml"] - result["volume_ref_ml"]
+    score, truth = roc_samples(tmax_pred, tmax_ref, brain_mask, threshold_s)
+    result["auc"] = roc_auc(score, truth)
+    threshold, _ = youden_threshold(score, truth)
+    result["roc_threshold_s"] = threshold
+    if np.isnan(threshold):
+        result.update(dice_roc=np.nan, iou_roc=np.nan, hd95_roc=np.nan, volume_diff_roc_ml=np.nan)
+    else:
+        tuned = hypoperfusion_mask(tmax_pred, brain_mask, threshold)
+        agreement = _overlap(tuned, ref, spacing_mm)
+        result.update(
+            dice_roc=agreement["dice"],
+            iou_roc=agreement["iou"],
+            hd95_roc=agreement["hd95"],
+            volume_diff_roc_ml=agreement["volume_pred_ml"] - agreement["volume_ref_ml"],
+        )
+    return {k: float(result[k]) for k in LESION_AGREEMENT}

@@ -4,8 +4,9 @@ Every function takes ``pred, ref, mask`` (3D arrays of one shape; ``mask`` boole
 numeric with voxels > 0.5 inside) and returns a float. Definitions (DESIGN.md, "Units
 and conventions"):
 
-* MAE = mean |pred − ref|, RMSE = √mean (pred − ref)², PCC = Pearson correlation, all over
-  the mask's voxels;
+* MAE = mean |pred − ref|, RMSE = √mean (pred − ref)², PCC = Pearson correlation, SCC =
+  Spearman rank correlation (Pearson correlation of the ranks, ties given their average
+  rank), all over the mask's voxels;
 * NRMSE = ‖pred − ref‖₂ / ‖ref‖₂ over the mask's voxels (so a uniform 10 % overestimate
   gives 0.1);
 * SSIM and PSNR on the 3D volume cropped to the mask's bounding box, with
@@ -24,16 +25,20 @@ scores on the other half. When no voxel is valid every metric is NaN. Nothing he
 raises on bad values or emits numpy warnings.
 
 Degenerate cases: identical maps give PSNR = +inf (MSE 0) and SSIM 1; NRMSE is NaN when
-‖ref‖ = 0; PCC is NaN when either map is constant on the valid voxels; SSIM/PSNR are
-NaN when the reference is constant in the mask (range 0) unless the maps are identical.
+‖ref‖ = 0; PCC and SCC are NaN when either map is constant on the valid voxels; SSIM/PSNR
+are NaN when the reference is constant in the mask (range 0) unless the maps are identical.
+
+Regional means (:func:`regional_means`: the mean of each map over the valid voxels, in
+map units) are what Bland–Altman and scatter plots of a study compare.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from skimage.metrics import structural_similarity
+from scipy.stats import rankdata
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-METRIC_NAMES = ("mae", "rmse", "nrmse", "ssim", "psnr", "pcc")
+METRIC_NAMES = ("mae", "rmse", "nrmse", "ssim", "psnr", "pcc", "scc")
 #: Largest SSIM window (skimage's default, 7 voxels a side).
 SSIM_MAX_WINDOW = 7
 
@@ -99,9 +104,8 @@ def nrmse(pred, ref, mask) -> float:
     return float(np.linalg.norm(p - r) / norm)
 
 
-def pcc(pred, ref, mask) -> float:
-    """Pearson correlation over the valid mask voxels (NaN when either map is constant)."""
-    p, r = _pairs(pred, ref, mask)
+def _correlation(p: np.ndarray, r: np.ndarray) -> float:
+    """Pearson correlation of two 1D samples (NaN below 2 values or for a constant one)."""
     if p.size < 2:
         return float("nan")
     dp, dr = p - p.mean(), r - r.mean()
@@ -109,6 +113,29 @@ def pcc(pred, ref, mask) -> float:
     if denom == 0:
         return float("nan")
     return float(np.clip((dp * dr).sum() / denom, -1.0, 1.0))
+
+
+def pcc(pred, ref, mask) -> float:
+    """Pearson correlation over the valid mask voxels (NaN when either map is constant)."""
+    return _correlation(*_pairs(pred, ref, mask))
+
+
+def scc(pred, ref, mask) -> float:
+    """Spearman rank correlation over the valid mask voxels: the Pearson correlation of the
+    ranks (ties share their average rank); NaN when either map is constant."""
+    p, r = _pairs(pred, ref, mask)
+    if p.size < 2:
+        return float("nan")
+    return _correlation(rankdata(p), rankdata(r))
+
+
+def regional_means(pred, ref, mask) -> tuple[float, float]:
+    """(mean of pred, mean of ref) over the valid mask voxels, in map units (NaN, NaN when
+    no voxel is valid)."""
+    p, r = _pairs(pred, ref, mask)
+    if p.size == 0:
+        return float("nan"), float("nan")
+    return float(p.mean()), float(r.mean())
 
 
 def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
@@ -184,22 +211,22 @@ def ssim(pred, ref, mask) -> float:
 
 def psnr(pred, ref, mask) -> float:
     """Peak signal-to-noise ratio (dB) on the mask's bounding box:
-    10·log10(range² / MSE), range = the reference's range in the mask.
-    +inf for identical maps; NaN when the range is 0 and the maps differ."""
+    10·log10(range² / MSE) (``skimage.metrics.peak_signal_noise_ratio`` with ``data_range``
+    = the reference's range in the mask). +inf for identical maps; NaN when the range is 0
+    and the maps differ."""
     boxed = _boxed(pred, ref, mask)
     if boxed is None:
         return float("nan")
     p, r, data_range = boxed
-    mse = float(np.mean((p - r) ** 2))
-    if mse == 0:
+    if np.array_equal(p, r):
         return float("inf")
     if data_range == 0:
         return float("nan")
-    return float(10.0 * np.log10(data_range**2 / mse))
+    return float(peak_signal_noise_ratio(r, p, data_range=data_range))
 
 
 def map_metrics(pred, ref, mask) -> dict[str, float]:
-    """All agreement metrics of one map: keys ``mae rmse nrmse ssim psnr pcc``."""
+    """All agreement metrics of one map: keys ``mae rmse nrmse ssim psnr pcc scc``."""
     return {
         "mae": mae(pred, ref, mask),
         "rmse": rmse(pred, ref, mask),
@@ -207,4 +234,5 @@ def map_metrics(pred, ref, mask) -> dict[str, float]:
         "ssim": ssim(pred, ref, mask),
         "psnr": psnr(pred, ref, mask),
         "pcc": pcc(pred, ref, mask),
+        "scc": scc(pred, ref, mask),
     }

@@ -1,0 +1,109 @@
+# Figures and HTML tables for the Snakemake report (snakemake --report results/report.html).
+
+
+include: "report_common.smk"
+
+
+report: "../report/workflow.rst"
+
+
+rule subject_figures:
+    input:
+        metrics=sp("{subject}", "metrics_tsv"),
+        mask=sp("{subject}", "brain_mask"),
+        aif=sp("{subject}", "aif_tsv"),
+        motion=sp("{subject}", "motion_tsv"),
+    output:
+        montage=report(
+            subject_figure("{subject}", "montage"),
+            caption="../report/montage.rst",
+            category="Subjects",
+            subcategory="{subject}",
+            labels={"subject": "{subject}", "figure": "maps vs reference"},
+        ),
+        aif=report(
+            subject_figure("{subject}", "aif"),
+            caption="../report/aif.rst",
+            category="Subjects",
+            subcategory="{subject}",
+            labels={"subject": "{subject}", "figure": "AIF"},
+        ),
+        motion=report(
+            subject_figure("{subject}", "motion"),
+            caption="../report/motion.rst",
+            category="Subjects",
+            subcategory="{subject}",
+            labels={"subject": "{subject}", "figure": "motion"},
+        ),
+    log:
+        logfile("{subject}", "figures"),
+    benchmark:
+        benchmark("{subject}", "figures")
+    conda:
+        "../envs/report.yaml"
+    params:
+        row=row,
+        prefix=lambda wc: str(Path(OUT) / wc.subject / "perf" / wc.subject),
+        methods=evaluated_methods(),
+        config=config,
+    script:
+        "../scripts/subject_figures.py"
+
+
+rule study_figures:
+    input:
+        subjects=str(paths.subjects_table(OUT)),
+    output:
+        **{
+            name: report(
+                str(paths.study_figure(OUT, name)),
+                caption=study_caption(name),
+                category="Study",
+                subcategory=(
+                    "Box plots" if name.startswith("boxplot") else "Regional means"
+                ),
+                labels={"figure": name.replace("_", " ")},
+            )
+            for name in paths.STUDY_FIGURES
+        },
+    log:
+        f"{OUT}/logs/study_figures.log",
+    conda:
+        "../envs/report.yaml"
+    params:
+        output_dir=lambda wildcards, input: str(Path(input.subjects).parents[1]),
+    script:
+        "../scripts/study_figures.py"
+
+
+rule report_tables:
+    input:
+        study=str(paths.study_table(OUT)),
+        paired=str(paths.paired_table(OUT)),
+        qc=str(paths.qc_table(OUT)),
+        subjects=str(paths.subjects_table(OUT)),
+    output:
+        study=report(
+            str(paths.report_table(OUT, "study")),
+            caption="../report/study_table.rst",
+            category="Tables",
+            labels={"table": "study metrics"},
+        ),
+        paired=report(
+            str(paths.report_table(OUT, "paired")),
+            caption="../report/paired_table.rst",
+            category="Tables",
+            labels={"table": "paired comparison"},
+        ),
+        excluded=report(
+            str(paths.report_table(OUT, "excluded")),
+            caption="../report/excluded_table.rst",
+            category="Tables",
+            labels={"table": "excluded subjects"},
+        ),
+    log:
+        f"{OUT}/logs/report_tables.log",
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/report_tables.py"

@@ -1,0 +1,32 @@
+# Path helpers of the report rules (rules/report.smk).
+
+
+def evaluated_methods():
+    """Every method whose maps may exist: the SVD methods, then the learned models."""
+    return list(config["svd"]["methods"]) + list(config.get("models", []))
+
+
+def subject_figure(subject, kind):
+    return str(paths.subject_figure(OUT, subject, kind))
+
+
+def subject_figure_targets(wildcards):
+    """The per-subject figures of every subject with metrics (after the inspections)."""
+    return [
+        subject_figure(s, kind)
+        for s in usable_subjects()
+        for kind in paths.SUBJECT_FIGURES
+    ]
+
+
+def study_caption(name):
+    """The caption of a study figure: one for every metric's box plot, one per other figure."""
+    if name.startswith("boxplot_") and name != "boxplot_lesion":
+        return "../report/boxplot.rst"
+    return f"../report/{name}.rst"
+
+
+def report_outputs():
+    return [str(paths.study_figure(OUT, name)) for name in paths.STUDY_FIGURES] + [
+        str(paths.report_table(OUT, name)) for name in ("study", "paired", "excluded")
+    ]
