@@ -3,10 +3,4 @@ from bolus.stages import study_outputs
 
 s = snakemake  # noqa: F821 (injected by Snakemake)
 with logged(s):
-    study_outputs(
-        s.params.participants,
-        s.input.inspections,
-        s.input.metrics,
-        s.params.output_dir,
-        seed=s.params.seed,
-    )
+    study_outputs(s.params.participants, s.params.subjects, s.params.output_dir, seed=s.params.seed)

@@ -110,3 +110,21 @@ def study_markdown(output_dir: str | Path) -> Path:
 
 def qc_table(output_dir: str | Path) -> Path:
     return Path(output_dir) / "qc.tsv"
+
+
+#: the per-subject stages, in order; each leaves a verdict ``qc/<participant_id>_<stage>.json``
+STAGES = ("inspect", "convert", "preprocess", "perfusion", "metrics")
+
+
+def verdict(output_dir: str | Path, participant_id: str, stage: str) -> Path:
+    """``<output_dir>/qc/<participant_id>_<stage>.json``: ok / failed (with the reason) /
+    skipped, written by every per-subject stage (see :mod:`bolus.qc`)."""
+    return Path(output_dir) / "qc" / f"{participant_id}_{stage}.json"
+
+
+def log_file(output_dir: str | Path, participant_id: str, stage: str) -> Path:
+    return Path(output_dir) / "logs" / participant_id / f"{stage}.log"
+
+
+def excluded_table(output_dir: str | Path) -> Path:
+    return metrics_dir(output_dir) / "excluded.tsv"

@@ -16,6 +16,7 @@ import pandas as pd
 
 from bolus import paths
 from bolus.config import PerfusionConstants, with_defaults
+from bolus.io import atomic
 from bolus.io.errors import SubjectError
 
 
@@ -42,8 +43,7 @@ def inspect_subject(row: dict, out_json: str | Path, series_rule: str = "most_ti
             record["series"] = source.name
     except SubjectError as exc:
         record.update(status="failed", reason=str(exc))
-    Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_json).write_text(json.dumps(record, indent=2) + "\n")
+    atomic.write_json(out_json, record)
     return record
 
 
@@ -83,8 +83,7 @@ def preprocess_subject(
         table["framewise_displacement_mm"] = 0.0
     header = nib.load(str(dsc)).header  # keeps the repetition time and units of the series
     save_like(corrected, affine, out_mc, header=header)
-    Path(out_motion_tsv).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_motion_tsv, sep="\t", index=False, float_format="%.6g")
+    atomic.write_table(out_motion_tsv, table, float_format="%.6g")
     save_like(brain_mask(corrected, affine).astype(np.uint8), affine, out_mask, dtype=np.uint8)
 
 
@@ -98,11 +97,10 @@ def read_sidecar_timing(dsc_json) -> tuple[np.ndarray, float]:
 
 def write_aif_table(path, times_s: np.ndarray, curve: np.ndarray) -> None:
     """AIF.tsv: header, columns ``time`` (s) and ``concentration`` (ΔR2* 1/s or HU)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(
         {"time": np.asarray(times_s, float), "concentration": np.asarray(curve, float)}
     )
-    table.to_csv(path, sep="\t", index=False, float_format="%.8g")
+    atomic.write_table(path, table, float_format="%.8g")
 
 
 def read_aif_table(path) -> tuple[np.ndarray, np.ndarray]:
@@ -262,41 +260,24 @@ def subject_metrics_table(
 
 
 # ----------------------------------------------------------------------------- study
-def qc_table(participants: pd.DataFrame, inspections: list, metric_tables: list) -> pd.DataFrame:
-    """participant_id, stage, status, reason: the last stage each subject reached."""
-    by_subject = {}
-    for path in inspections:
-        record = read_inspection(path)
-        by_subject[record["participant_id"]] = record
-    finished = {Path(p).name.split("_")[0] for p in metric_tables if Path(p).exists()}
-    rows = []
-    for pid in participants["participant_id"]:
-        record = by_subject.get(pid)
-        if record is None:
-            rows.append((pid, "inspect", "missing", "not inspected"))
-        elif record["status"] != "ok":
-            rows.append((pid, record["stage"], record["status"], record["reason"]))
-        elif pid in finished:
-            rows.append((pid, "metrics", "ok", ""))
-        else:
-            rows.append((pid, "metrics", "missing", "no metrics table (see logs)"))
-    return pd.DataFrame(rows, columns=["participant_id", "stage", "status", "reason"])
-
-
-def study_outputs(participants_tsv, inspections, metric_tables, output_dir, seed: int = 0) -> Path:
-    """subjects.tsv, study.tsv, study.md and qc.tsv for the whole cohort."""
+def study_outputs(participants_tsv, subjects, output_dir, seed: int = 0) -> Path:
+    """qc.tsv, and subjects.tsv, study.tsv, study.md and excluded.tsv over the subjects that
+    completed every stage; the others are listed, with their reason, as exclusions."""
     from bolus.evaluate.aggregate import write_study_tables
     from bolus.participants import read_participants, strata_columns
+    from bolus.qc import completed, exclusions, qc_table
 
     participants = read_participants(participants_tsv, seed=seed)
-    qc = qc_table(participants, inspections, metric_tables)
-    qc_path = paths.qc_table(output_dir)
-    qc_path.parent.mkdir(parents=True, exist_ok=True)
-    qc.to_csv(qc_path, sep="\t", index=False)
+    qc = qc_table(output_dir, subjects)
+    atomic.write_table(paths.qc_table(output_dir), qc)
+    excluded = exclusions(qc)
+    atomic.write_table(paths.excluded_table(output_dir), excluded)
+    done = completed(qc)
     write_study_tables(
-        list(metric_tables),
+        [paths.SubjectPaths(output_dir, pid).metrics_tsv for pid in done],
         output_dir,
         participants=participants.reset_index(drop=True),
         strata=tuple(strata_columns(participants)),
+        excluded=excluded,
     )
     return paths.study_table(output_dir)

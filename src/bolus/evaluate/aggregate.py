@@ -45,6 +45,7 @@ from bolus.evaluate.metrics import (
     pcc,
     rmse,
 )
+from bolus.io import atomic
 
 SUBJECT_COLUMNS = ("participant_id", "method", "map", "region", "metric", "value")
 STATISTICS = ("n", "mean", "sd", "median", "q1", "q3")
@@ -157,10 +158,9 @@ def subject_metrics(
 
 def write_tsv(table: pd.DataFrame, path: str | Path) -> Path:
     """Write a table as BIDS-style TSV (parent folders created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(path, sep="\t", index=False, float_format=FLOAT_FORMAT, na_rep=NA_REP)
-    return path
+    from bolus.io.atomic import write_table
+
+    return write_table(path, table, float_format=FLOAT_FORMAT, na_rep=NA_REP)
 
 
 def read_subject_tables(tables: Iterable[str | Path]) -> pd.DataFrame:
@@ -320,10 +320,13 @@ def write_study_tables(
     output_dir: str | Path,
     participants: pd.DataFrame | str | Path | None = None,
     strata: Sequence[str] = (),
+    excluded: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
     """Write ``metrics/subjects.tsv``, ``metrics/study.tsv`` and ``metrics/study.md``.
 
     ``subject_tables`` is a long table or a list of per-subject TSVs to concatenate.
+    ``excluded`` (participant_id, stage, status, reason; see :func:`bolus.qc.exclusions`)
+    is listed at the end of study.md.
     Returns the paths written, keyed ``subjects``, ``study``, ``markdown``.
     """
     if isinstance(subject_tables, pd.DataFrame):
@@ -337,7 +340,13 @@ def write_study_tables(
         "study": write_tsv(study, paths.study_table(output_dir)),
     }
     markdown = paths.study_markdown(output_dir)
-    markdown.parent.mkdir(parents=True, exist_ok=True)
-    markdown.write_text(study_markdown(study, n_subjects=int(subjects["participant_id"].nunique())))
+    text = study_markdown(study, n_subjects=int(subjects["participant_id"].nunique()))
+    if excluded is not None and len(excluded):
+        text += (
+            f"\n## Excluded subjects ({len(excluded)})\n\n"
+            + markdown_table(excluded[["participant_id", "stage", "reason"]])
+            + "\n"
+        )
+    atomic.write_text(markdown, text)
     written["markdown"] = markdown
     return written
