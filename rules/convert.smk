@@ -35,6 +35,7 @@ rule convert:
     params:
         row=row,
         series=config["dicom"]["series"],
+        modality=config["modality"],
         nifti=sp("{subject}", "dsc"),
         json=sp("{subject}", "dsc_json"),
     script:

@@ -6,6 +6,10 @@ run_stage(
     s,
     "convert",
     lambda: convert_subject(
-        s.params.row, s.params.nifti, s.params.json, series_rule=s.params.series
+        s.params.row,
+        s.params.nifti,
+        s.params.json,
+        series_rule=s.params.series,
+        modality=s.params.modality,
     ),
 )

@@ -253,8 +253,11 @@ def convert_dicom_series(
     """
     import nibabel as nib
 
+    from bolus.io.checks import check_dicom_series
+
     dicom_dir = Path(dicom_dir)
     info = select_series(discover_series(dicom_dir, subject), series_rule, subject, dicom_dir)
+    check_dicom_series(info, subject, dicom_dir)
     identifiers = identifying_values(info.files)
     with tempfile.TemporaryDirectory(prefix="bolus-dcm2niix-") as tmp:
         staged = Path(tmp) / "in"
