@@ -101,4 +101,4 @@ onsuccess:
 onerror:
     from bolus.smk import cohort_finished
 
-    cohort_finished(OUT)
+    cohort_finished(OUT, crashed=True)

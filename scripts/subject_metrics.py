@@ -2,17 +2,13 @@ from bolus.smk import run_stage
 from bolus.stages import subject_metrics_table
 
 s = snakemake  # noqa: F821 (injected by Snakemake)
+p, row = s.params, s.params.row
 run_stage(
     s,
     "metrics",
     lambda: subject_metrics_table(
-        s.wildcards.subject,
-        s.params.prefix,
-        s.params.methods,
-        s.params.mask,
-        s.params.metrics,
-        reference_dir=s.params.row.get("reference_dir"),
-        lesion_mask=s.params.row.get("lesion_mask"),
-        config=s.params.config,
+        s.wildcards.subject, p.prefix, p.methods, p.mask, p.metrics,
+        reference_dir=row.get("reference_dir"), lesion_mask=row.get("lesion_mask"),
+        config=p.config,
     ),
-)
+)  # fmt: skip

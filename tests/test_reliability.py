@@ -253,7 +253,9 @@ def test_a_data_failure_becomes_a_failed_verdict_and_the_job_succeeds(tmp_path):
     log = paths.log_file(tmp_path, "sub-07", "convert").read_text()
     assert log.rstrip().endswith("only 4 time points")
     # the next stage does nothing and says why
-    following = _fake_snakemake(tmp_path, "preprocess", paths.verdict(tmp_path, "sub-07", "convert"))
+    following = _fake_snakemake(
+        tmp_path, "preprocess", paths.verdict(tmp_path, "sub-07", "convert")
+    )
     ran = []
     record = run_stage(following, "preprocess", lambda: ran.append(1))
     assert record["status"] == "skipped" and not ran

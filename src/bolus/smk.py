@@ -80,11 +80,22 @@ def run_stage(snakemake, stage: str, work) -> dict:
         return write_verdict(out, subject, stage, "ok")
 
 
-def cohort_finished(output_dir, log=None) -> int:
-    """End-of-run hook (Snakefile ``onsuccess``): print how many subjects failed and where
-    to look; returns the exit status to use (0 all completed, 3 some excluded)."""
+def cohort_finished(output_dir, log=None, crashed: bool = False) -> int:
+    """End-of-run hook (Snakefile ``onsuccess``/``onerror``): print how many subjects failed
+    and where to look; returns the exit status to use (0 all completed, 3 some excluded).
+
+    ``crashed``: a job failed on an unexpected error (a bug, a missing tool, no memory), not
+    on bad data; the study tables were not (re)written."""
     from bolus.qc import PARTIAL_EXIT_STATUS, summary
 
+    if crashed:
+        print(
+            "bolus: the run stopped on an unexpected error (not a data problem): see the "
+            f"failed job's log above and under {Path(output_dir) / 'logs'}; fix it and re-run "
+            "(finished subjects are not redone)",
+            file=sys.stderr,
+        )
+        return 1
     n_failed, _, text = summary(output_dir)
     print(text, file=sys.stderr)
     return PARTIAL_EXIT_STATUS if n_failed else 0

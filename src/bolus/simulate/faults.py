@@ -131,7 +131,7 @@ def make_faulty_subject(root, kind: str, seed: int, number: int, **acquisition) 
     if kind == "few_timepoints":
         signal = signal[..., :6]
     elif kind == "no_baseline":
-        start = int(np.searchsorted(sim.time_s, sim.parameters["arrival_s"] + 2.0))
+        start = int(np.searchsorted(sim.time_s, sim.parameters["arrival_s"] + 5.0))
         signal = signal[..., start:]
     elif kind == "nonpositive":
         signal = -signal
