@@ -6,6 +6,7 @@ stage that must reject it; its message must name the subject, the file and the c
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -357,3 +358,47 @@ def test_study_tables_list_the_exclusions(tmp_path):
     write_study_tables(table, tmp_path, excluded=excluded)
     text = paths.study_markdown(tmp_path).read_text()
     assert "## Excluded subjects (1)" in text and "DICOM folder does not exist" in text
+
+
+# ----------------------------------------------------------------------------- signal checks
+def _bolus_series(shape=(6, 5, 4), n=30, tr=1.5):
+    """Signal 500 with a 40 % dip from frame 10 (a bolus with a baseline)."""
+    t = np.arange(n) * tr
+    dip = np.where(t >= 15, 0.4 * np.exp(-((t - 19) ** 2) / 8), 0.0)
+    return np.broadcast_to(500 * (1 - dip), shape + (n,)).copy(), t
+
+
+def test_a_series_with_a_baseline_and_a_bolus_passes_the_signal_checks():
+    from bolus.perfusion.checks import check_signal
+
+    data, t = _bolus_series()
+    check_signal(data, t, "sub-01", "dsc.nii.gz")
+
+
+def test_negative_magnitude_signal_is_refused_for_mr_but_not_for_ct():
+    from bolus.perfusion.checks import check_signal
+
+    data, t = _bolus_series()
+    data[0, 0, 0, :] = -5.0
+    with pytest.raises(SubjectError, match=r"sub-01: dsc.nii.gz: negative signal in 1 voxel"):
+        check_signal(data, t, "sub-01", "dsc.nii.gz")
+    check_signal(data - 1000, t, "sub-01", "ctp.nii.gz", modality="ctp")  # HU may be < 0
+
+
+def test_no_arterial_input_function_is_a_subject_failure(tmp_path):
+    """An empty brain mask leaves no voxel to choose an AIF from: the perfusion stage fails
+    for this subject with its reason, instead of with a bare ValueError."""
+    from bolus.io.nifti import save_like
+    from bolus.stages import perfusion_subject
+
+    data, t = _bolus_series()
+    save_like(data, np.eye(4), tmp_path / "sub-05_desc-mc_dsc.nii.gz")
+    save_like(np.zeros(data.shape[:3]), np.eye(4), tmp_path / "mask.nii.gz", dtype=np.uint8)
+    sidecar = {"EchoTime": 0.03, "VolumeTiming": t.tolist()}
+    (tmp_path / "dsc.json").write_text(json.dumps(sidecar))
+    with pytest.raises(SubjectError, match=r"^sub-05: .*no arterial input function: the mask"):
+        perfusion_subject(
+            tmp_path / "sub-05_desc-mc_dsc.nii.gz", tmp_path / "dsc.json",
+            tmp_path / "mask.nii.gz", tmp_path / "c.nii.gz", tmp_path / "aif.tsv",
+            tmp_path / "aifmask.nii.gz", tmp_path / "sub-05",
+        )  # fmt: skip
