@@ -143,7 +143,7 @@ def test_the_cohort_completes_despite_one_subject_of_every_bad_kind(runs):
     proc = runs["mixed"]["proc"]
     assert proc.returncode == PARTIAL_EXIT_STATUS, proc.stderr[-4000:]
     work = runs["mixed"]["work"]
-    faults = pd.read_csv(work / "cohort" / "faults.tsv", sep="\t")
+    faults = pd.read_csv(work / "cohort" / "faults.tsv", sep="\t", dtype=str, keep_default_na=False)
     n = len(GOOD) + len(faults)
     # the run says plainly how many failed and where to look
     assert f"{len(faults)} of {n} subjects failed" in proc.stderr
