@@ -25,10 +25,12 @@ $(DEMO_DIR)/participants.tsv: | $(VENV)/.installed
 	$(BIN)/bolus simulate $(DEMO_DIR) --subjects $(DEMO_SUBJECTS) --seed $(DEMO_SEED)
 
 demo: $(VENV)/.installed $(DEMO_DIR)/participants.tsv
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --profile profiles/local
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --profile profiles/local; \
+	  status=$$?; [ $$status -eq 0 ] || [ $$status -eq 3 ] || exit $$status
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --report results/report.html
 	@echo "study table: $$(pwd)/results/metrics/study.tsv"
 	@echo "report:      $$(pwd)/results/report.html"
+	@$(BIN)/bolus summary results
 
 test: $(VENV)/.installed
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest

@@ -56,6 +56,18 @@ def benchmark(subject, stage):
     return f"{OUT}/benchmarks/{subject}/{stage}.tsv"
 
 
+def verdict(subject, stage):
+    """A stage's verdict (ok / failed with the reason / skipped): the declared output of
+    every per-subject rule, and the input of the next one (see bolus.smk.run_stage)."""
+    return str(paths.verdict(OUT, subject, stage))
+
+
+def final_verdicts():
+    """Each subject's last verdict: inspect's when it failed there, else metrics'."""
+    usable = set(usable_subjects())
+    return [verdict(s, "metrics") if s in usable else inspection(s) for s in SUBJECTS]
+
+
 def usable_subjects():
     """Subjects whose input passed inspection (evaluated after the inspect checkpoints)."""
     from bolus.stages import read_inspection
@@ -75,3 +87,18 @@ def study_outputs():
         str(paths.study_markdown(OUT)),
         str(paths.qc_table(OUT)),
     ]
+
+
+onsuccess:
+    from bolus.smk import cohort_finished
+
+    # exit status 3: the study tables are written, but some subjects were excluded
+    status = cohort_finished(OUT)
+    if status:
+        sys.exit(status)
+
+
+onerror:
+    from bolus.smk import cohort_finished
+
+    cohort_finished(OUT, crashed=True)

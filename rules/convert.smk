@@ -1,4 +1,8 @@
 # DICOM folder (or user NIfTI) → 4D NIfTI + de-identified JSON sidecar.
+# Every per-subject rule declares only its verdict (qc/{subject}_{stage}.json) as output and
+# the previous stage's verdict as input; the data files it reads and writes are params. A
+# subject whose data fail a stage gets a "failed" verdict and the job still succeeds, so
+# the cohort and the study tables go on (bolus.smk.run_stage; README "When subjects fail").
 
 
 checkpoint inspect:
@@ -19,10 +23,9 @@ checkpoint inspect:
 
 rule convert:
     input:
-        inspection("{subject}"),
+        previous=inspection("{subject}"),
     output:
-        nifti=sp("{subject}", "dsc"),
-        json=sp("{subject}", "dsc_json"),
+        verdict=verdict("{subject}", "convert"),
     log:
         logfile("{subject}", "convert"),
     benchmark:
@@ -32,5 +35,8 @@ rule convert:
     params:
         row=row,
         series=config["dicom"]["series"],
+        modality=config["modality"],
+        nifti=sp("{subject}", "dsc"),
+        json=sp("{subject}", "dsc_json"),
     script:
         "../scripts/convert.py"

@@ -3,10 +3,9 @@
 
 rule subject_metrics:
     input:
-        maps=subject_maps("{subject}", config["svd"]["methods"]),
-        mask=sp("{subject}", "brain_mask"),
+        previous=verdict("{subject}", "perfusion"),
     output:
-        sp("{subject}", "metrics_tsv"),
+        verdict=verdict("{subject}", "metrics"),
     log:
         logfile("{subject}", "metrics"),
     benchmark:
@@ -18,26 +17,29 @@ rule subject_metrics:
         prefix=lambda wc: str(Path(OUT) / wc.subject / "perf" / wc.subject),
         methods=config["svd"]["methods"],
         config=config,
+        mask=sp("{subject}", "brain_mask"),
+        metrics=sp("{subject}", "metrics_tsv"),
     script:
         "../scripts/subject_metrics.py"
 
 
 rule study:
     input:
-        inspections=[inspection(s) for s in SUBJECTS],
-        metrics=lambda wc: [sp(s, "metrics_tsv") for s in usable_subjects()],
+        verdicts=lambda wc: final_verdicts(),
     output:
         subjects=str(paths.subjects_table(OUT)),
         study=str(paths.study_table(OUT)),
         markdown=str(paths.study_markdown(OUT)),
         qc=str(paths.qc_table(OUT)),
         paired=str(paths.paired_table(OUT)),
+        excluded=str(paths.excluded_table(OUT)),
     log:
         f"{OUT}/logs/study.log",
     conda:
         "../envs/metrics.yaml"
     params:
         participants=config["participants"],
+        subjects=SUBJECTS,
         seed=config["seed"],
         config=config,
         output_dir=lambda wildcards, output: str(Path(output.qc).parent),

@@ -3,14 +3,9 @@
 
 rule perfusion:
     input:
-        mc=sp("{subject}", "mc_dsc"),
-        json=sp("{subject}", "dsc_json"),
-        mask=sp("{subject}", "brain_mask"),
+        previous=verdict("{subject}", "preprocess"),
     output:
-        conc=sp("{subject}", "conc"),
-        aif=sp("{subject}", "aif_tsv"),
-        aif_mask=sp("{subject}", "aif_mask"),
-        maps=subject_maps("{subject}", config["svd"]["methods"]),
+        verdict=verdict("{subject}", "perfusion"),
     log:
         logfile("{subject}", "perfusion"),
     benchmark:
@@ -20,5 +15,11 @@ rule perfusion:
     params:
         prefix=lambda wc: str(Path(OUT) / wc.subject / "perf" / wc.subject),
         config=config,
+        mc=sp("{subject}", "mc_dsc"),
+        json=sp("{subject}", "dsc_json"),
+        mask=sp("{subject}", "brain_mask"),
+        conc=sp("{subject}", "conc"),
+        aif=sp("{subject}", "aif_tsv"),
+        aif_mask=sp("{subject}", "aif_mask"),
     script:
         "../scripts/perfusion.py"

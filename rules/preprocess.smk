@@ -3,11 +3,9 @@
 
 rule preprocess:
     input:
-        sp("{subject}", "dsc"),
+        previous=verdict("{subject}", "convert"),
     output:
-        mc=sp("{subject}", "mc_dsc"),
-        motion=sp("{subject}", "motion_tsv"),
-        mask=sp("{subject}", "brain_mask"),
+        verdict=verdict("{subject}", "preprocess"),
     log:
         logfile("{subject}", "preprocess"),
     benchmark:
@@ -17,5 +15,9 @@ rule preprocess:
     params:
         motion=config["motion"]["enabled"],
         transform=config["motion"]["transform"],
+        dsc=sp("{subject}", "dsc"),
+        mc=sp("{subject}", "mc_dsc"),
+        motion_tsv=sp("{subject}", "motion_tsv"),
+        mask=sp("{subject}", "brain_mask"),
     script:
         "../scripts/preprocess.py"

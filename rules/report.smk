@@ -9,10 +9,7 @@ report: "../report/workflow.rst"
 
 rule subject_figures:
     input:
-        metrics=sp("{subject}", "metrics_tsv"),
-        mask=sp("{subject}", "brain_mask"),
-        aif=sp("{subject}", "aif_tsv"),
-        motion=sp("{subject}", "motion_tsv"),
+        previous=verdict("{subject}", "metrics"),
     output:
         montage=report(
             subject_figure("{subject}", "montage"),
@@ -46,6 +43,9 @@ rule subject_figures:
         prefix=lambda wc: str(Path(OUT) / wc.subject / "perf" / wc.subject),
         methods=evaluated_methods(),
         config=config,
+        mask=sp("{subject}", "brain_mask"),
+        aif=sp("{subject}", "aif_tsv"),
+        motion=sp("{subject}", "motion_tsv"),
     script:
         "../scripts/subject_figures.py"
 

@@ -1,15 +1,12 @@
-from bolus.smk import logged
+from bolus.smk import run_stage
 from bolus.stages import perfusion_subject
 
 s = snakemake  # noqa: F821 (injected by Snakemake)
-with logged(s):
-    perfusion_subject(
-        s.input.mc,
-        s.input.json,
-        s.input.mask,
-        s.output.conc,
-        s.output.aif,
-        s.output.aif_mask,
-        s.params.prefix,
-        config=s.params.config,
-    )
+p = s.params
+run_stage(
+    s,
+    "perfusion",
+    lambda: perfusion_subject(
+        p.mc, p.json, p.mask, p.conc, p.aif, p.aif_mask, p.prefix, config=p.config
+    ),
+)

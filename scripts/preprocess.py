@@ -1,13 +1,16 @@
-from bolus.smk import logged
+from bolus.smk import run_stage
 from bolus.stages import preprocess_subject
 
 s = snakemake  # noqa: F821 (injected by Snakemake)
-with logged(s):
-    preprocess_subject(
-        s.input[0],
-        s.output.mc,
-        s.output.motion,
-        s.output.mask,
+run_stage(
+    s,
+    "preprocess",
+    lambda: preprocess_subject(
+        s.params.dsc,
+        s.params.mc,
+        s.params.motion_tsv,
+        s.params.mask,
         motion=s.params.motion,
         transform=s.params.transform,
-    )
+    ),
+)

@@ -5,8 +5,7 @@ s = snakemake  # noqa: F821 (injected by Snakemake)
 with logged(s):
     study_outputs(
         s.params.participants,
-        s.input.inspections,
-        s.input.metrics,
+        s.params.subjects,
         s.params.output_dir,
         seed=s.params.seed,
         config=s.params.config,

@@ -1,16 +1,14 @@
-from bolus.smk import logged
+from bolus.smk import run_stage
 from bolus.stages import subject_metrics_table
 
 s = snakemake  # noqa: F821 (injected by Snakemake)
-with logged(s):
-    subject_metrics_table(
-        s.wildcards.subject,
-        s.params.prefix,
-        s.params.methods,
-        s.input.mask,
-        s.output[0],
-        reference_dir=s.params.row.get("reference_dir"),
-        lesion_mask=s.params.row.get("lesion_mask"),
-        tissue_labels=s.params.row.get("tissue_labels"),
-        config=s.params.config,
-    )
+p, row = s.params, s.params.row
+run_stage(
+    s,
+    "metrics",
+    lambda: subject_metrics_table(
+        s.wildcards.subject, p.prefix, p.methods, p.mask, p.metrics,
+        reference_dir=row.get("reference_dir"), lesion_mask=row.get("lesion_mask"),
+        tissue_labels=row.get("tissue_labels"), config=p.config,
+    ),
+)  # fmt: skip

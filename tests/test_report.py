@@ -76,7 +76,8 @@ def reported(tmp_path_factory):
     }
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     run = snakemake(work, "--profile", str(REPO / "profiles" / "local"), "--cores", "2")
-    assert run.returncode == 0, run.stderr[-4000:]
+    # exit status 3: the study tables are written, and a subject (sub-04) was excluded
+    assert run.returncode == 3, run.stderr[-4000:]
     report = snakemake(work, "--report", "results/report.html")
     assert report.returncode == 0, report.stderr[-4000:]
     return work / "results"

@@ -116,23 +116,20 @@ def test_comparison_is_restricted_to_where_the_reference_is_defined(two_methods,
 
 
 def test_qc_table_reports_the_stage_each_subject_reached(tmp_path):
-    from bolus.stages import qc_table
+    from bolus.qc import qc_table, write_verdict
 
-    inspections = []
     for pid, status in (("sub-01", "ok"), ("sub-02", "ok"), ("sub-03", "failed")):
-        path = tmp_path / f"{pid}_inspect.json"
-        record = {"participant_id": pid, "stage": "inspect", "status": status,
-                  "reason": f"{pid}: bad" if status == "failed" else ""}  # fmt: skip
-        path.write_text(json.dumps(record))
-        inspections.append(path)
-    finished = tmp_path / "sub-01_metrics.tsv"
-    finished.write_text("participant_id\n")
-    participants = pd.DataFrame({"participant_id": ["sub-01", "sub-02", "sub-03", "sub-04"]})
-    qc = qc_table(participants, inspections, [finished, tmp_path / "sub-02_metrics.tsv"])
-    assert qc.set_index("participant_id")["status"].to_dict() == {
+        write_verdict(paths.verdict(tmp_path, pid, "inspect"), pid, "inspect", status,
+                      f"{pid}: bad" if status == "failed" else "")  # fmt: skip
+    for stage in paths.STAGES[1:]:
+        write_verdict(paths.verdict(tmp_path, "sub-01", stage), "sub-01", stage, "ok")
+    qc = qc_table(tmp_path, ["sub-01", "sub-02", "sub-03", "sub-04"])
+    last = qc.groupby("participant_id").tail(1).set_index("participant_id")
+    assert last["status"].to_dict() == {
         "sub-01": "ok", "sub-02": "missing", "sub-03": "failed", "sub-04": "missing"
     }  # fmt: skip
-    assert qc.set_index("participant_id").loc["sub-03", "reason"] == "sub-03: bad"
+    assert last.loc["sub-02", "stage"] == "convert"
+    assert last.loc["sub-03", "reason"] == "sub-03: bad"
 
 
 def test_preprocessed_series_keep_the_repetition_time(tmp_path):

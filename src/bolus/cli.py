@@ -24,8 +24,22 @@ def cmd_simulate(args) -> int:
     options = {k: v for k, v in vars(args).items() if k in SIMULATION_OPTIONS}
     if "matrix" in options:
         options["matrix"] = tuple(options["matrix"])
-    print(simulate_cohort(args.out, args.subjects, args.seed, **options))
+    participants = simulate_cohort(args.out, args.subjects, args.seed, **options)
+    if args.fault:
+        from bolus.simulate.faults import SUBJECT_FAULTS, add_faulty_subjects, break_participants
+
+        kinds = [k for k in args.fault if k in SUBJECT_FAULTS]
+        add_faulty_subjects(participants, kinds, args.seed, **options)
+        for kind in (k for k in args.fault if k not in SUBJECT_FAULTS):
+            break_participants(participants, kind)
+    print(participants)
     return 0
+
+
+def cmd_summary(args) -> int:
+    from bolus.smk import cohort_finished
+
+    return cohort_finished(args.output_dir)
 
 
 # Options passed to simulate_cohort only when given: its signature holds the defaults.
@@ -107,7 +121,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--motion-mm", dest="motion_mm", type=float, default=unset, help="peak motion (mm)"
     )
+    from bolus.simulate.faults import COHORT_FAULTS, SUBJECT_FAULTS
+
+    p.add_argument(
+        "--fault",
+        action="append",
+        choices=sorted(SUBJECT_FAULTS) + list(COHORT_FAULTS),
+        help="add one subject with this kind of bad input (repeatable; faults.tsv lists them), "
+        "or break participants.tsv (duplicate_id, malformed_id, malformed_tsv)",
+    )
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        "summary",
+        help="how many subjects failed, and why (from qc.tsv); exit 3 when any did",
+    )
+    p.add_argument("output_dir", nargs="?", default="results")
+    p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("convert", help="DICOM folder or 4D NIfTI → <prefix>_dsc.nii.gz + .json")
     p.add_argument("source", help="DICOM folder, or a 4D NIfTI with a JSON sidecar beside it")

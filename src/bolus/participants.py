@@ -46,6 +46,11 @@ def read_participants(path: str | Path, seed: int = 0) -> pd.DataFrame:
         raise FileNotFoundError(f"participants file not found: {path}")
     table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     table.columns = [c.strip() for c in table.columns]
+    if "participant_id" not in table.columns and len(table.columns) == 1:
+        raise ValueError(
+            f"{path}: not a tab-separated table: the header is one column "
+            f"({table.columns[0][:60]!r}); separate the columns with tabs"
+        )
     if "participant_id" not in table.columns:
         raise ValueError(f"{path}: no participant_id column (columns: {', '.join(table.columns)})")
     table = table.map(lambda v: v.strip() or None if isinstance(v, str) else v)

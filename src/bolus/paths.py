@@ -161,3 +161,21 @@ def study_figure(output_dir: str | Path, name: str) -> Path:
 def report_html(output_dir: str | Path) -> Path:
     """The Snakemake HTML report (``snakemake --report``)."""
     return Path(output_dir) / "report.html"
+
+
+#: the per-subject stages, in order; each leaves a verdict ``qc/<participant_id>_<stage>.json``
+STAGES = ("inspect", "convert", "preprocess", "perfusion", "metrics")
+
+
+def verdict(output_dir: str | Path, participant_id: str, stage: str) -> Path:
+    """``<output_dir>/qc/<participant_id>_<stage>.json``: ok / failed (with the reason) /
+    skipped, written by every per-subject stage (see :mod:`bolus.qc`)."""
+    return Path(output_dir) / "qc" / f"{participant_id}_{stage}.json"
+
+
+def log_file(output_dir: str | Path, participant_id: str, stage: str) -> Path:
+    return Path(output_dir) / "logs" / participant_id / f"{stage}.log"
+
+
+def excluded_table(output_dir: str | Path) -> Path:
+    return metrics_dir(output_dir) / "excluded.tsv"

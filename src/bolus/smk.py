@@ -35,3 +35,67 @@ def logged(snakemake):
         finally:
             logging.getLogger().removeHandler(handler)
             sys.stdout, sys.stderr = old_out, old_err
+
+
+def _subject_folder(verdict_path: Path, subject: str) -> Path:
+    from bolus import paths
+
+    return paths.SubjectPaths(verdict_path.parent.parent, subject).dsc.parent
+
+
+def run_stage(snakemake, stage: str, work) -> dict:
+    """Run one per-subject stage and leave its verdict (``snakemake.output.verdict``).
+
+    * the previous stage's verdict (``snakemake.input.previous``) is not ok: nothing is
+      done, the verdict says ``skipped``;
+    * ``work()`` raises :class:`~bolus.io.errors.SubjectError` (bad data: the message names
+      subject, file and cause): the verdict says ``failed`` with that reason, the log ends
+      with it, and the job *succeeds*, so the other subjects and the study tables go on;
+    * any other exception is a bug or a broken installation: it is logged and re-raised,
+      the job fails, and Snakemake reports it (``--keep-going`` finishes the other jobs).
+
+    Temporary files a killed earlier run left in the subject's folder are removed first.
+    """
+    from bolus.io.atomic import remove_stale_partials
+    from bolus.io.errors import SubjectError
+    from bolus.qc import read_verdict, write_verdict
+
+    subject = snakemake.wildcards.subject
+    out = Path(str(snakemake.output.verdict))
+    previous = getattr(snakemake.input, "previous", None)
+    with logged(snakemake):
+        remove_stale_partials(_subject_folder(out, subject))
+        if previous is not None:
+            before = read_verdict(str(previous))
+            if before.get("status") != "ok":
+                print(f"{subject}: {stage} skipped: {before.get('stage')} did not succeed")
+                return write_verdict(
+                    out, subject, stage, "skipped", f"{before.get('stage')} {before['status']}"
+                )
+        try:
+            work()
+        except SubjectError as exc:
+            print(f"\nFAILED {stage}: {exc}")
+            return write_verdict(out, subject, stage, "failed", str(exc))
+        return write_verdict(out, subject, stage, "ok")
+
+
+def cohort_finished(output_dir, log=None, crashed: bool = False) -> int:
+    """End-of-run hook (Snakefile ``onsuccess``/``onerror``): print how many subjects failed
+    and where to look; returns the exit status to use (0 all completed, 3 some excluded).
+
+    ``crashed``: a job failed on an unexpected error (a bug, a missing tool, no memory), not
+    on bad data; the study tables were not (re)written."""
+    from bolus.qc import PARTIAL_EXIT_STATUS, summary
+
+    if crashed:
+        print(
+            "bolus: the run stopped on an unexpected error (not a data problem): see the "
+            f"failed job's log above and under {Path(output_dir) / 'logs'}; fix it and re-run "
+            "(finished subjects are not redone)",
+            file=sys.stderr,
+        )
+        return 1
+    n_failed, _, text = summary(output_dir)
+    print(text, file=sys.stderr)
+    return PARTIAL_EXIT_STATUS if n_failed else 0

@@ -16,6 +16,7 @@ import pandas as pd
 
 from bolus import paths
 from bolus.config import PerfusionConstants, with_defaults
+from bolus.io import atomic
 from bolus.io.errors import SubjectError
 
 
@@ -26,6 +27,7 @@ def inspect_subject(row: dict, out_json: str | Path, series_rule: str = "most_ti
     Writes ``{"participant_id", "status": "ok"|"failed", "reason", "series"}``: the workflow
     goes on with the subjects whose status is ok and reports the others in qc.tsv.
     """
+    from bolus.io.checks import check_dicom_series
     from bolus.io.dicom import discover_series, select_series
 
     pid = row["participant_id"]
@@ -35,6 +37,7 @@ def inspect_subject(row: dict, out_json: str | Path, series_rule: str = "most_ti
             found = discover_series(row["dicom_dir"], pid)
             chosen = select_series(found, series_rule, pid, row["dicom_dir"])
             record["series"] = chosen.summary()
+            check_dicom_series(chosen, pid, row["dicom_dir"])
         else:
             source = Path(row["dsc_nifti"])
             if not source.exists():
@@ -42,8 +45,7 @@ def inspect_subject(row: dict, out_json: str | Path, series_rule: str = "most_ti
             record["series"] = source.name
     except SubjectError as exc:
         record.update(status="failed", reason=str(exc))
-    Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_json).write_text(json.dumps(record, indent=2) + "\n")
+    atomic.write_json(out_json, record)
     return record
 
 
@@ -52,16 +54,27 @@ def read_inspection(path: str | Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- convert
-def convert_subject(row: dict, out_nifti, out_json, series_rule: str = "most_timepoints") -> dict:
-    """DICOM folder (dcm2niix) or user NIfTI → ``sub-<label>_dsc.nii.gz`` + JSON sidecar."""
+def convert_subject(
+    row: dict, out_nifti, out_json, series_rule: str = "most_timepoints", modality=None
+) -> dict:
+    """DICOM folder (dcm2niix) or user NIfTI → ``sub-<label>_dsc.nii.gz`` + JSON sidecar,
+    then checked to be quantifiable (:func:`bolus.perfusion.checks.check_signal`)."""
     from bolus.io.dicom import convert_dicom_series, import_nifti_series
+    from bolus.io.nifti import load_volume
+    from bolus.perfusion.checks import check_signal
 
     pid = row["participant_id"]
     if row.get("dicom_dir"):
-        return convert_dicom_series(
-            row["dicom_dir"], out_nifti, out_json, subject=pid, series_rule=series_rule
+        source = row["dicom_dir"]
+        sidecar = convert_dicom_series(
+            source, out_nifti, out_json, subject=pid, series_rule=series_rule
         )
-    return import_nifti_series(row["dsc_nifti"], out_nifti, out_json, subject=pid)
+    else:
+        source = row["dsc_nifti"]
+        sidecar = import_nifti_series(source, out_nifti, out_json, subject=pid)
+    modality = modality or with_defaults({})["modality"]
+    check_signal(load_volume(out_nifti)[0], sidecar["VolumeTiming"], pid, source, modality)
+    return sidecar
 
 
 # ----------------------------------------------------------------------------- preprocess
@@ -83,8 +96,7 @@ def preprocess_subject(
         table["framewise_displacement_mm"] = 0.0
     header = nib.load(str(dsc)).header  # keeps the repetition time and units of the series
     save_like(corrected, affine, out_mc, header=header)
-    Path(out_motion_tsv).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_motion_tsv, sep="\t", index=False, float_format="%.6g")
+    atomic.write_table(out_motion_tsv, table, float_format="%.6g")
     save_like(brain_mask(corrected, affine).astype(np.uint8), affine, out_mask, dtype=np.uint8)
 
 
@@ -98,11 +110,10 @@ def read_sidecar_timing(dsc_json) -> tuple[np.ndarray, float]:
 
 def write_aif_table(path, times_s: np.ndarray, curve: np.ndarray) -> None:
     """AIF.tsv: header, columns ``time`` (s) and ``concentration`` (ΔR2* 1/s or HU)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(
         {"time": np.asarray(times_s, float), "concentration": np.asarray(curve, float)}
     )
-    table.to_csv(path, sep="\t", index=False, float_format="%.8g")
+    atomic.write_table(path, table, float_format="%.8g")
 
 
 def read_aif_table(path) -> tuple[np.ndarray, np.ndarray]:
@@ -144,6 +155,11 @@ def compute_maps(conc, times_s, aif_curve, methods, mask, config) -> dict[str, d
     }
 
 
+def _subject_of(path) -> str:
+    """``sub-XX`` from a BIDS file name (for messages)."""
+    return Path(path).name.split("_")[0]
+
+
 def perfusion_subject(
     mc_dsc, dsc_json, mask_path, out_conc, out_aif_tsv, out_aif_mask, map_prefix, config=None
 ) -> None:
@@ -161,7 +177,12 @@ def perfusion_subject(
     else:
         conc, _ = concentration_from_signal(series, te_s, times, mask=mask)
     save_like(conc.astype(np.float32), affine, out_conc, header=nib.load(str(mc_dsc)).header)
-    aif = select_aif(conc, times, mask, n_voxels=config["aif"]["n_voxels"])
+    try:
+        aif = select_aif(conc, times, mask, n_voxels=config["aif"]["n_voxels"])
+    except ValueError as exc:  # empty mask, no curve with a bolus: the data, not the code
+        raise SubjectError(
+            _subject_of(mc_dsc), mc_dsc, f"no arterial input function: {exc}"
+        ) from exc
     write_aif_table(out_aif_tsv, aif.times_s, aif.curve)
     save_like(aif.voxel_mask.astype(np.uint8), affine, out_aif_mask, dtype=np.uint8)
     for method, maps in compute_maps(
@@ -187,6 +208,11 @@ def maps_from_files(conc_path, aif_tsv, out_prefix, method: str, mask_path=None,
 
 
 # ----------------------------------------------------------------------------- metrics
+#: share of the brain mask where the reference maps must be defined (after resampling into
+#: the DSC grid); reference maps leave out CSF and vessels (≈ 10–20 % of the mask)
+MIN_REFERENCE_COVERAGE = 0.25
+
+
 def load_reference_maps(reference_dir, target_shape, target_affine) -> dict[str, np.ndarray]:
     """The reference maps present in ``reference_dir`` (``cbf.nii.gz`` …), resampled into
     the subject's DSC grid by world coordinates (any grid or orientation of the same head)."""
@@ -198,7 +224,10 @@ def load_reference_maps(reference_dir, target_shape, target_affine) -> dict[str,
         path = next((p for p in candidates if p.exists()), None)
         if path is not None:
             data, affine = load_volume(path)
-            found[name] = resample_to_grid(data, affine, target_shape, target_affine, order=1)
+            # outside the reference's field of view the reference is undefined, not 0
+            found[name] = resample_to_grid(
+                data, affine, target_shape, target_affine, order=1, cval=np.nan
+            )
     return found
 
 
@@ -246,6 +275,15 @@ def subject_metrics_table(
     # Compare only where the reference is defined: reference maps leave out what is not
     # tissue (CSF, vessels) as NaN, and a lesion there would be an artefact of the comparison.
     defined = np.logical_and.reduce([np.isfinite(r) for r in reference.values()])
+    coverage = (mask & defined).sum() / max(int(mask.sum()), 1)
+    if coverage < MIN_REFERENCE_COVERAGE:
+        raise SubjectError(
+            participant_id,
+            reference_dir or reference_name,
+            f"the reference maps cover {100 * coverage:.0f} % of the brain mask in the DSC "
+            f"grid (need {100 * MIN_REFERENCE_COVERAGE:.0f} %): another head, another field of "
+            "view, or a wrong affine",
+        )
     mask = mask & defined
     lesion = None
     if lesion_mask:
@@ -267,48 +305,28 @@ def subject_metrics_table(
 
 
 # ----------------------------------------------------------------------------- study
-def qc_table(participants: pd.DataFrame, inspections: list, metric_tables: list) -> pd.DataFrame:
-    """participant_id, stage, status, reason: the last stage each subject reached."""
-    by_subject = {}
-    for path in inspections:
-        record = read_inspection(path)
-        by_subject[record["participant_id"]] = record
-    finished = {Path(p).name.split("_")[0] for p in metric_tables if Path(p).exists()}
-    rows = []
-    for pid in participants["participant_id"]:
-        record = by_subject.get(pid)
-        if record is None:
-            rows.append((pid, "inspect", "missing", "not inspected"))
-        elif record["status"] != "ok":
-            rows.append((pid, record["stage"], record["status"], record["reason"]))
-        elif pid in finished:
-            rows.append((pid, "metrics", "ok", ""))
-        else:
-            rows.append((pid, "metrics", "missing", "no metrics table (see logs)"))
-    return pd.DataFrame(rows, columns=["participant_id", "stage", "status", "reason"])
-
-
-def study_outputs(
-    participants_tsv, inspections, metric_tables, output_dir, seed: int = 0, config=None
-) -> Path:
-    """subjects.tsv, study.tsv, paired.tsv, study.md and qc.tsv for the whole cohort
-    (strata and baseline from config ``study``)."""
+def study_outputs(participants_tsv, subjects, output_dir, seed: int = 0, config=None) -> Path:
+    """qc.tsv, and subjects.tsv, study.tsv, paired.tsv, study.md and excluded.tsv over the
+    subjects that completed every stage (strata and baseline from config ``study``); the
+    others are listed, with their reason, as exclusions."""
     from bolus.evaluate.aggregate import available_strata, write_study_tables
     from bolus.participants import read_participants
+    from bolus.qc import completed, exclusions, qc_table
 
     participants = read_participants(participants_tsv, seed=seed)
-    qc = qc_table(participants, inspections, metric_tables)
-    qc_path = paths.qc_table(output_dir)
-    qc_path.parent.mkdir(parents=True, exist_ok=True)
-    qc.to_csv(qc_path, sep="\t", index=False)
+    qc = qc_table(output_dir, subjects)
+    atomic.write_table(paths.qc_table(output_dir), qc)
+    excluded = exclusions(qc)
+    atomic.write_table(paths.excluded_table(output_dir), excluded)
+    done = completed(qc)
     study = with_defaults(config)["study"]
     participants = participants.reset_index(drop=True)
     write_study_tables(
-        list(metric_tables),
+        [paths.SubjectPaths(output_dir, pid).metrics_tsv for pid in done],
         output_dir,
         participants=participants,
         strata=available_strata(participants, study["strata"]),
         baseline=study["baseline"],
-        qc=qc,
+        excluded=excluded,
     )
     return paths.study_table(output_dir)

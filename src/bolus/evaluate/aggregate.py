@@ -48,6 +48,7 @@ from bolus.evaluate.metrics import (
     regional_means,
 )
 from bolus.evaluate.regions import subject_regions
+from bolus.io import atomic
 
 SUBJECT_COLUMNS = ("participant_id", "method", "map", "region", "metric", "value")
 STATISTICS = ("n", "mean", "sd", "median", "q1", "q3")
@@ -159,10 +160,9 @@ _TEXT_COLUMNS = ("participant_id", "method", "map", "region", "metric")
 
 def write_tsv(table: pd.DataFrame, path: str | Path) -> Path:
     """Write a table as BIDS-style TSV (parent folders created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(path, sep="\t", index=False, float_format=FLOAT_FORMAT, na_rep=NA_REP)
-    return path
+    from bolus.io.atomic import write_table
+
+    return write_table(path, table, float_format=FLOAT_FORMAT, na_rep=NA_REP)
 
 
 def _empty_subjects() -> pd.DataFrame:
@@ -602,13 +602,15 @@ def write_study_tables(
     strata: Sequence[str] = (),
     baseline: str | None = None,
     qc: pd.DataFrame | str | Path | None = None,
+    excluded: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
     """Write ``metrics/subjects.tsv``, ``study.tsv``, ``paired.tsv`` and ``study.md``.
 
     ``subject_tables`` is a long table or a list of per-subject TSVs to concatenate
     (read one at a time). ``baseline`` None takes the config default (``study.baseline``).
-    ``qc`` (qc.tsv or its frame) names the excluded subjects. Returns the paths written,
-    keyed ``subjects``, ``study``, ``paired``, ``markdown``.
+    ``qc`` (qc.tsv or its frame) names the excluded subjects; ``excluded`` (participant_id,
+    stage, status, reason; see :func:`bolus.qc.exclusions`) gives them directly instead.
+    Returns the paths written, keyed ``subjects``, ``study``, ``paired``, ``markdown``.
     """
     if baseline is None:
         from bolus.config import schema_defaults
@@ -623,16 +625,17 @@ def write_study_tables(
     study = study_table(subjects, participants, strata)
     paired = paired_table(subjects, baseline)
     included = subjects["participant_id"].astype(str).unique()
-    excluded = excluded_subjects(qc, included) if qc is not None else None
+    if excluded is None and qc is not None:
+        excluded = excluded_subjects(qc, included)
     written = {
         "subjects": paths.subjects_table(output_dir),
         "study": write_tsv(study, paths.study_table(output_dir)),
         "paired": write_tsv(paired, paths.paired_table(output_dir)),
     }
     markdown = paths.study_markdown(output_dir)
-    markdown.parent.mkdir(parents=True, exist_ok=True)
-    markdown.write_text(
-        study_markdown(study, len(included), paired=paired, excluded=excluded, baseline=baseline)
+    atomic.write_text(
+        markdown,
+        study_markdown(study, len(included), paired=paired, excluded=excluded, baseline=baseline),
     )
     written["markdown"] = markdown
     return written

@@ -106,6 +106,16 @@ def _save(figure: Figure, out_png: str | Path) -> Path:
     return out_png
 
 
+def notice_figure(out_png: str | Path, title: str, text: str) -> Path:
+    """A text-only panel: what a subject's figure would show, had the subject completed."""
+    import textwrap
+
+    figure = _new_figure(6.0, 2.0)
+    figure.text(0.03, 0.8, title, fontsize=11, weight="bold", va="top")
+    figure.text(0.03, 0.55, textwrap.fill(text, 90), fontsize=9, va="top")
+    return _save(figure, out_png)
+
+
 def ordered_methods(methods) -> list[str]:
     """Classic SVD methods first (sSVD, cSVD, oSVD), then the others alphabetically."""
     methods = [str(m) for m in dict.fromkeys(methods)]

@@ -120,6 +120,22 @@ def subject_figures(
     return written
 
 
+def subject_figures_after(verdict_path, participant_id: str, *args, **kwargs) -> list[Path]:
+    """:func:`subject_figures` when the subject's last stage (``verdict_path``) succeeded;
+    otherwise each figure is a notice naming the stage that failed and why (so an excluded
+    subject still has its place, and its reason, in the report)."""
+    from bolus.evaluate.figures import notice_figure
+    from bolus.qc import read_verdict, subject_chain
+
+    if read_verdict(verdict_path).get("status") == "ok":
+        return subject_figures(participant_id, *args, **kwargs)
+    output_dir = Path(verdict_path).parent.parent
+    last = (subject_chain(output_dir, participant_id) or [{}])[-1]
+    reason = f"{last.get('stage', '?')} {last.get('status', 'missing')}: {last.get('reason', '')}"
+    outs = args[-3:]  # montage, aif, motion
+    return [notice_figure(o, f"{participant_id}: excluded", reason) for o in outs]
+
+
 def study_figures(subjects_tsv, output_dir) -> dict[str, Path]:
     """Every study figure (:data:`bolus.paths.STUDY_FIGURES`) from ``subjects.tsv``."""
     from bolus.evaluate.aggregate import read_subject_tables

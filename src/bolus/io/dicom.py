@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bolus.io import atomic
 from bolus.io.errors import SubjectError
 
 # Header fields that identify a person, a place or a device. Their values are collected from
@@ -252,8 +253,11 @@ def convert_dicom_series(
     """
     import nibabel as nib
 
+    from bolus.io.checks import check_dicom_series
+
     dicom_dir = Path(dicom_dir)
     info = select_series(discover_series(dicom_dir, subject), series_rule, subject, dicom_dir)
+    check_dicom_series(info, subject, dicom_dir)
     identifiers = identifying_values(info.files)
     with tempfile.TemporaryDirectory(prefix="bolus-dcm2niix-") as tmp:
         staged = Path(tmp) / "in"
@@ -312,9 +316,8 @@ def convert_dicom_series(
         header_text += bytes(image.header["db_name"]).decode(errors="ignore")
         assert_no_identifiers(header_text, identifiers, subject, "NIfTI header")
         out_nifti, out_json = Path(out_nifti), Path(out_json)
-        out_nifti.parent.mkdir(parents=True, exist_ok=True)
-        nib.save(image, out_nifti)
-        out_json.write_text(text + "\n")
+        atomic.save_image(image, out_nifti)
+        atomic.write_text(out_json, text + "\n")
     return clean
 
 
@@ -347,8 +350,7 @@ def import_nifti_series(
         clean["VolumeTiming"] = [
             round(k * float(sidecar["RepetitionTime"]), 6) for k in range(shape[3])
         ]
-    out_nifti = Path(out_nifti)
-    out_nifti.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine, image.header), out_nifti)
-    Path(out_json).write_text(json.dumps(clean, indent=2) + "\n")
+    copy = nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine, image.header)
+    atomic.save_image(copy, out_nifti)
+    atomic.write_json(out_json, clean)
     return clean

@@ -66,10 +66,9 @@ def save_like(
     img.header.set_slope_inter(1.0, 0.0)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
-    return path
+    from bolus.io.atomic import save_image
+
+    return save_image(img, path)  # whole or absent, never half written
 
 
 def voxel_size_mm(affine: np.ndarray) -> tuple[float, float, float]:
