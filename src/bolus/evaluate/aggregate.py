@@ -570,8 +570,8 @@ def study_markdown(
             sections.append("## Excluded subjects\n\nNone.")
         else:
             sections.append(
-                "## Excluded subjects\n\nNot in the tables below, with the reason from "
-                "`qc.tsv`:\n\n" + markdown_table(excluded)
+                f"## Excluded subjects ({len(excluded)})\n\nNot in the tables below, with the "
+                "reason from `qc.tsv`:\n\n" + markdown_table(excluded)
             )
     if study.empty:
         sections.append("No metrics were computed.")
