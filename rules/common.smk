@@ -9,7 +9,7 @@ sys.path.insert(
     0, str(Path(workflow.basedir) / "src")
 )  # the library, even when not installed
 # the checkout that envs/*.post-deploy.sh install bolus from (--sdm conda)
-os.environ["BOLUS_SOURCE"] = str(Path(workflow.basedir))
+os.environ.update(BOLUS_SOURCE=str(Path(workflow.basedir)))
 
 from bolus import paths  # noqa: E402
 from bolus.config import validate_config  # noqa: E402
