@@ -39,6 +39,8 @@ def slurm_cluster():
     proc = subprocess.run(
         ["bash", str(CLUSTER), "start"], capture_output=True, text=True, timeout=600
     )
+    if proc.returncode == 4:  # this machine has a Slurm configuration of its own: leave it be
+        pytest.skip(proc.stderr.strip())
     assert proc.returncode == 0, f"{CLUSTER} start failed:\n{proc.stderr[-4000:]}"
     started = proc.stdout.strip().splitlines()[-1] == "started"
     yield

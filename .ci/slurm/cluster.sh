@@ -30,11 +30,15 @@ NODE=$(hostname -s)
 
 log() { echo "cluster.sh: $*" >&2; }
 
+running() { # running PID: the process exists and has not exited (a zombie has)
+  [[ -r /proc/$1/status ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
+
 alive() { # alive PIDFILE NAME: the process in PIDFILE is running and is NAME
   local pid
   [[ -s $1 ]] || return 1
   pid=$(<"$1")
-  [[ -r /proc/$pid/comm ]] && [[ $(</proc/"$pid"/comm) == "$2"* ]]
+  running "$pid" && [[ $(</proc/"$pid"/comm) == "$2"* ]]
 }
 
 install_packages() {
@@ -157,7 +161,7 @@ stop_one() { # stop_one PIDFILE NAME
   pid=$(<"$1")
   kill "$pid"
   for _ in $(seq 1 50); do
-    [[ -d /proc/$pid ]] || return 0
+    running "$pid" || return 0
     sleep 0.2
   done
   log "$2 ($pid) did not stop in 10 s; killing it"
