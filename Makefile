@@ -7,7 +7,7 @@ DEMO_SUBJECTS ?= 4
 DEMO_SEED ?= 2026
 CORES ?= all
 
-.PHONY: install demo test test-fast lint format install-profile clean
+.PHONY: install demo test test-fast lint format install-profile slurm-up slurm-down clean
 
 $(BIN)/activate:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -41,18 +41,26 @@ test-fast: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
-	$(BIN)/snakefmt --check Snakefile rules
+	$(BIN)/snakefmt --check Snakefile rules tests/slurm
 	$(BIN)/snakemake --lint --config participants=tests/data/lint_participants.tsv
 
 format: $(VENV)/.installed
 	$(BIN)/ruff check --fix src tests benchmarks scripts
 	$(BIN)/ruff format src tests benchmarks scripts
-	$(BIN)/snakefmt Snakefile rules
+	$(BIN)/snakefmt Snakefile rules tests/slurm
 
 install-profile:
 	mkdir -p $(HOME)/.config/snakemake/slurm
 	cp profiles/slurm/config.yaml $(HOME)/.config/snakemake/slurm/config.yaml
 	@echo "installed: snakemake --profile slurm now uses $(HOME)/.config/snakemake/slurm"
+
+# A single-node Slurm on this machine (tests/test_slurm.py starts and stops it by itself);
+# installs Debian's slurm-wlm and munge when missing (needs root).
+slurm-up:
+	bash .ci/slurm/cluster.sh start
+
+slurm-down:
+	bash .ci/slurm/cluster.sh stop
 
 clean:
 	rm -rf results .snakemake $(DEMO_DIR)

@@ -1,4 +1,5 @@
 # Configuration and sample sheet, validated before any job runs; path helpers.
+import os
 import sys
 from pathlib import Path
 
@@ -7,6 +8,8 @@ from snakemake.utils import validate
 sys.path.insert(
     0, str(Path(workflow.basedir) / "src")
 )  # the library, even when not installed
+# the checkout that envs/*.post-deploy.sh install bolus from (--sdm conda)
+os.environ.update(BOLUS_SOURCE=str(Path(workflow.basedir)))
 
 from bolus import paths  # noqa: E402
 from bolus.config import validate_config  # noqa: E402

@@ -46,7 +46,10 @@ def test_conda_envs_are_pinned(env_file):
             for requirement in dep["pip"]:
                 assert requirement == ".." or "==" in requirement, requirement
         elif dep != "pip":
-            assert re.fullmatch(r"[\w.-]+=[\w.]+", dep), f"{env_file.name}: unpinned {dep}"
+            # name=version, optionally =build (e.g. pytorch=2.7.1=cuda126*)
+            assert re.fullmatch(r"[\w.-]+=[\w.]+(=[\w.*]+)?", dep), (
+                f"{env_file.name}: unpinned {dep}"
+            )
 
 
 def test_profiles_name_only_real_rules():
