@@ -178,7 +178,9 @@ def _series_matcher(rule):
         try:
             pattern = re.compile(text[6:], re.IGNORECASE)
         except re.error as exc:
-            raise ValueError(f"dicom.series={rule!r} is not a valid regular expression: {exc}")
+            raise ValueError(
+                f"dicom.series={rule!r} is not a valid regular expression: {exc}"
+            ) from exc
         return f"description matching /{pattern.pattern}/", lambda s: bool(
             pattern.search(s.description)
         )
@@ -487,8 +489,7 @@ def convert_dicom_series(
             # Philips (and gated) series: a per-slice TriggerTime makes dcm2niix split the
             # series by trigger time; the time axis of a perfusion series is the acquisition
             log.info(
-                "%s: dcm2niix split the series in %d; converting again with "
-                "--ignore_trigger_times",
+                "%s: dcm2niix split the series in %d; converting again with --ignore_trigger_times",
                 subject,
                 len(niftis),
             )
@@ -535,7 +536,10 @@ def convert_dicom_series(
         ):
             log.warning("%s: dropping dcm2niix's SliceTiming (inconsistent with TR)", subject)
             del clean["SliceTiming"]
-        if "FrameTimesStart" in sidecar or len(set(np.round(np.diff(clean["VolumeTiming"]), 3))) > 1:
+        if (
+            "FrameTimesStart" in sidecar
+            or len(set(np.round(np.diff(clean["VolumeTiming"]), 3))) > 1
+        ):
             log.info(
                 "%s: irregular volume timing (dcm2niix RepetitionTime %.4g s); the time axis is "
                 "the volumes' acquisition times: %s",

@@ -89,7 +89,8 @@ def convention(name: str) -> VendorConvention:
     try:
         return CONVENTIONS[name.lower()]
     except KeyError:
-        raise ValueError(f"unknown vendor convention {name!r} (known: {', '.join(VENDORS)})")
+        known = ", ".join(VENDORS)
+        raise ValueError(f"unknown vendor convention {name!r} (known: {known})") from None
 
 
 def irregular_frames(n_fine: int, n_frames: int, rng: np.random.Generator) -> np.ndarray:
