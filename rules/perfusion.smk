@@ -10,6 +10,7 @@ rule perfusion:
         conc=sp("{subject}", "conc"),
         aif=sp("{subject}", "aif_tsv"),
         aif_mask=sp("{subject}", "aif_mask"),
+        tissue_mask=sp("{subject}", "tissue_mask"),
         maps=subject_maps("{subject}", config["svd"]["methods"]),
     log:
         logfile("{subject}", "perfusion"),
@@ -20,5 +21,6 @@ rule perfusion:
     params:
         prefix=lambda wc: str(Path(OUT) / wc.subject / "perf" / wc.subject),
         config=config,
+        user_aif_mask=lambda wc: row(wc).get("aif_mask") or "",
     script:
         "../scripts/perfusion.py"

@@ -17,5 +17,7 @@ rule preprocess:
     params:
         motion=config["motion"]["enabled"],
         transform=config["motion"]["transform"],
+        fd_threshold_mm=config["motion"]["fd_threshold_mm"],
+        user_mask=lambda wc: row(wc).get("brain_mask") or "",
     script:
         "../scripts/preprocess.py"

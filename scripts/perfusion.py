@@ -12,4 +12,6 @@ with logged(s):
         s.output.aif_mask,
         s.params.prefix,
         config=s.params.config,
+        out_tissue_mask=s.output.tissue_mask,
+        user_aif_mask=s.params.user_aif_mask,
     )

@@ -10,4 +10,7 @@ with logged(s):
         s.output.mask,
         motion=s.params.motion,
         transform=s.params.transform,
+        fd_threshold_mm=s.params.fd_threshold_mm,
+        workers=s.threads,
+        user_mask=s.params.user_mask,
     )
