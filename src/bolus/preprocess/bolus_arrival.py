@@ -37,10 +37,13 @@ def baseline_frames(mean_signal_curve, times_s, *, skip_frames: int | None = Non
 
     1. skip the first ``skip_frames`` frames (steady state; default 2 for ≥ 20 frames,
        1 for ≥ 8, else 0);
-    2. on the curve smoothed by a 3-frame moving average, the bolus is the largest deviation from the median of the curve (the bolus passage is
-       a minority of frames, so the median is close to the baseline level);
-    3. the pre-peak baseline level is the median of the frames before that extremum, and the
-       noise σ the robust (MAD) spread of their frame-to-frame differences / √2;
+    2. on the curve smoothed by a 3-frame moving average, the bolus is the largest deviation
+       from a robust (Theil–Sen) line through the curve (the bolus passage is a minority of
+       frames, so the line follows the baseline level and any drift of it);
+    3. the pre-peak baseline level is a robust (Theil–Sen) straight line through the frames
+       before that extremum — a drift (head motion, scanner) is not mistaken for the bolus —
+       refitted on the baseline found (up to 3 times), and the noise σ the robust (MAD)
+       spread of their frame-to-frame differences / √2;
     4. walking back from the extremum, the bolus has arrived while the deviation exceeds
        max(10 % of the peak deviation, 3σ); the first frame that falls below is the last
        frame the bolus has not reached — it is left out as a one-frame safety margin.
@@ -64,22 +67,42 @@ def baseline_frames(mean_signal_curve, times_s, *, skip_frames: int | None = Non
     # the rising edge by at most one frame, so the baseline can only get shorter
     curve = uniform_filter1d(curve, size=3, mode="nearest") if n >= 6 else curve
     tail = curve[first:]
-    deviation = tail - np.median(tail)
+    tail_slope, tail_intercept = _theil_sen(np.arange(first, n, dtype=float), tail)
+    deviation = tail - (tail_intercept + tail_slope * np.arange(first, n))
     peak = first + int(np.argmax(np.abs(deviation)))
-    direction = np.sign(curve[peak] - np.median(tail)) or 1.0
+    direction = np.sign(deviation[peak - first]) or 1.0
     if peak - first < 2:
         return slice(first, first + 1)
 
     pre = curve[first:peak]
-    level = np.median(pre)
     differences = np.diff(pre)
     sigma = 1.4826 * np.median(np.abs(differences - np.median(differences))) / np.sqrt(2.0)
-    height = direction * (curve[peak] - level)
-    threshold = max(_ARRIVAL_FRACTION * height, _ARRIVAL_NOISE_SIGMAS * sigma)
-
-    k = peak
-    while k > first and direction * (curve[k] - level) > threshold:
-        k -= 1
-    # frame k is the last one below threshold; leave it out as a margin
-    stop = max(k, first + 1)
+    frames = np.arange(n, dtype=float)
+    # the baseline level may drift (head motion, scanner drift): a robust straight line
+    # (Theil–Sen) through the pre-peak frames, refitted on the baseline it finds
+    slope, intercept = _theil_sen(frames[first:peak], pre)
+    stop = peak
+    for _ in range(3):
+        level = intercept + slope * frames
+        height = direction * (curve[peak] - level[peak])
+        threshold = max(_ARRIVAL_FRACTION * height, _ARRIVAL_NOISE_SIGMAS * sigma)
+        k = peak
+        while k > first and direction * (curve[k] - level[k]) > threshold:
+            k -= 1
+        # frame k is the last one below threshold; leave it out as a margin
+        new_stop = max(k, first + 1)
+        if new_stop == stop or new_stop - first < 3:
+            stop = new_stop
+            break
+        stop = new_stop
+        slope, intercept = _theil_sen(frames[first:stop], curve[first:stop])
     return slice(first, stop)
+
+
+def _theil_sen(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Slope (median of pairwise slopes) and intercept (median residual) of a robust line."""
+    if x.size < 2:
+        return 0.0, float(np.median(y)) if y.size else 0.0
+    i, j = np.triu_indices(x.size, k=1)
+    slope = float(np.median((y[j] - y[i]) / (x[j] - x[i])))
+    return slope, float(np.median(y - slope * x))
