@@ -21,5 +21,7 @@ rule perfusion:
         conc=sp("{subject}", "conc"),
         aif=sp("{subject}", "aif_tsv"),
         aif_mask=sp("{subject}", "aif_mask"),
+        tissue_mask=sp("{subject}", "tissue_mask"),
+        user_aif_mask=lambda wc: row(wc).get("aif_mask") or "",
     script:
         "../scripts/perfusion.py"

@@ -19,5 +19,7 @@ rule preprocess:
         mc=sp("{subject}", "mc_dsc"),
         motion_tsv=sp("{subject}", "motion_tsv"),
         mask=sp("{subject}", "brain_mask"),
+        fd_threshold_mm=config["motion"]["fd_threshold_mm"],
+        user_mask=lambda wc: row(wc).get("brain_mask") or "",
     script:
         "../scripts/preprocess.py"

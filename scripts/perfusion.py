@@ -7,6 +7,7 @@ run_stage(
     s,
     "perfusion",
     lambda: perfusion_subject(
-        p.mc, p.json, p.mask, p.conc, p.aif, p.aif_mask, p.prefix, config=p.config
+        p.mc, p.json, p.mask, p.conc, p.aif, p.aif_mask, p.prefix, config=p.config,
+        out_tissue_mask=p.tissue_mask, user_aif_mask=p.user_aif_mask,
     ),
-)
+)  # fmt: skip

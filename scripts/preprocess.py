@@ -12,5 +12,8 @@ run_stage(
         s.params.mask,
         motion=s.params.motion,
         transform=s.params.transform,
+        fd_threshold_mm=s.params.fd_threshold_mm,
+        workers=s.threads,
+        user_mask=s.params.user_mask,
     ),
 )

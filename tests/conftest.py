@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DCM_QA = REPO.parent / "shared" / "data" / "dcm_qa_nih"
+# ../shared/data/dcm_qa_nih beside the checkout (or beside the folder of worktrees), or
+# $BOLUS_DCM_QA: read in place, never copied.
+_DCM_QA_CANDIDATES = [
+    Path(p)
+    for p in (
+        os.environ.get("BOLUS_DCM_QA", ""),
+        REPO.parent / "shared" / "data" / "dcm_qa_nih",
+        REPO.parents[1] / "shared" / "data" / "dcm_qa_nih",
+    )
+    if str(p)
+]
+DCM_QA = next((p for p in _DCM_QA_CANDIDATES if (p / "In").is_dir()), _DCM_QA_CANDIDATES[-1])
 
 
 @pytest.fixture(scope="session")

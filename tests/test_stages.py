@@ -147,5 +147,6 @@ def test_preprocessed_series_keep_the_repetition_time(tmp_path):
         motion=False,
     )  # fmt: skip
     assert nib.load(out / "mc.nii.gz").header.get_zooms()[3] == pytest.approx(1.5)
-    assert pd.read_csv(out / "motion.tsv", sep="\t").shape == (8, 8)
+    motion = pd.read_csv(out / "motion.tsv", sep="\t")
+    assert motion.shape == (8, 9) and (motion["fd_above_threshold"] == 0).all()
     assert nib.load(out / "mask.nii.gz").get_fdata().sum() > 0

@@ -16,6 +16,8 @@ PATH_COLUMNS = (
     "lesion_mask",
     "tof_dicom_dir",
     "tissue_labels",
+    "brain_mask",
+    "aif_mask",
 )
 SPLIT_FRACTIONS = (("train", 0.6), ("val", 0.2), ("test", 0.2))
 

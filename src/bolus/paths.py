@@ -65,6 +65,11 @@ class SubjectPaths:
         return self._p("mask", desc="brain")
 
     @property
+    def tissue_mask(self) -> Path:
+        """Brain without CSF and large vessels, for metrics (written by the perfusion stage)."""
+        return self._p("mask", desc="tissue")
+
+    @property
     def conc(self) -> Path:
         return self._p("dsc", desc="conc")
 

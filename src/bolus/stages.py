@@ -79,25 +79,60 @@ def convert_subject(
 
 # ----------------------------------------------------------------------------- preprocess
 def preprocess_subject(
-    dsc, out_mc, out_motion_tsv, out_mask, *, motion: bool = True, transform: str = "Rigid"
+    dsc,
+    out_mc,
+    out_motion_tsv,
+    out_mask,
+    *,
+    motion: bool = True,
+    transform: str = "Rigid",
+    fd_threshold_mm: float | None = None,
+    workers: int = 1,
+    user_mask=None,
 ) -> None:
-    """Motion correction (ANTs rigid) then brain mask (template propagation + refinement)."""
-    from bolus.io.nifti import load_volume, save_like, voxel_size_mm
-    from bolus.preprocess.mask import brain_mask
-    from bolus.preprocess.motion import MOTION_COLUMNS, motion_correct
+    """Motion correction (ANTs rigid to the mean pre-bolus volume) then brain mask (template
+    propagation + refinement, or ``user_mask`` resampled onto the series' grid).
 
+    ANTs' temporary transforms live in a private folder beside the outputs, removed at the end.
+    ``motion.tsv`` flags volumes with FD above ``fd_threshold_mm`` (config
+    ``motion.fd_threshold_mm``; None: the schema's default).
+    """
+    import tempfile
+
+    from bolus.config import schema_defaults
+    from bolus.io.nifti import load_volume, save_like, voxel_size_mm
+    from bolus.preprocess.mask import brain_mask, user_brain_mask
+    from bolus.preprocess.motion import MOTION_COLUMNS, motion_correct, pre_bolus_reference
+
+    if fd_threshold_mm is None:
+        fd_threshold_mm = float(schema_defaults()["motion"]["fd_threshold_mm"])
     series, affine = load_volume(dsc)
-    if motion:
-        corrected, table = motion_correct(series, voxel_size_mm(affine), transform=transform)
-    else:
-        corrected = series.astype(np.float32)
-        table = pd.DataFrame(0.0, index=range(series.shape[-1]), columns=list(MOTION_COLUMNS))
-        table.insert(0, "volume", np.arange(series.shape[-1]))
-        table["framewise_displacement_mm"] = 0.0
-    header = nib.load(str(dsc)).header  # keeps the repetition time and units of the series
-    save_like(corrected, affine, out_mc, header=header)
-    atomic.write_table(out_motion_tsv, table, float_format="%.6g")
-    save_like(brain_mask(corrected, affine).astype(np.uint8), affine, out_mask, dtype=np.uint8)
+    Path(out_mc).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".bolus-preprocess-", dir=Path(out_mc).parent) as tmp:
+        if motion:
+            corrected, table = motion_correct(
+                series,
+                voxel_size_mm(affine),
+                transform=transform,
+                workers=workers,
+                work_dir=tmp,
+                fd_threshold_mm=fd_threshold_mm,
+            )
+        else:
+            corrected = series.astype(np.float32)
+            table = pd.DataFrame(0.0, index=range(series.shape[-1]), columns=list(MOTION_COLUMNS))
+            table.insert(0, "volume", np.arange(series.shape[-1]))
+            table["framewise_displacement_mm"] = 0.0
+            table["fd_above_threshold"] = 0
+        header = nib.load(str(dsc)).header  # keeps the repetition time and units of the series
+        save_like(corrected, affine, out_mc, header=header)
+        atomic.write_table(out_motion_tsv, table, float_format="%.6g")
+        if user_mask:
+            mask = user_brain_mask(user_mask, corrected.shape[:3], affine)
+        else:
+            reference, _ = pre_bolus_reference(corrected)
+            mask = brain_mask(corrected, affine, mean_volume=reference, work_dir=tmp)
+    save_like(mask.astype(np.uint8), affine, out_mask, dtype=np.uint8)
 
 
 # ----------------------------------------------------------------------------- perfusion
@@ -161,9 +196,21 @@ def _subject_of(path) -> str:
 
 
 def perfusion_subject(
-    mc_dsc, dsc_json, mask_path, out_conc, out_aif_tsv, out_aif_mask, map_prefix, config=None
+    mc_dsc,
+    dsc_json,
+    mask_path,
+    out_conc,
+    out_aif_tsv,
+    out_aif_mask,
+    map_prefix,
+    config=None,
+    *,
+    out_tissue_mask=None,
+    user_aif_mask=None,
 ) -> None:
-    """Signal → concentration → automatic AIF → SVD maps for every configured method."""
+    """Signal → concentration → AIF (automatic, or the mean curve of ``user_aif_mask``) →
+    SVD maps for every configured method; ``out_tissue_mask``: the brain without CSF and
+    large vessels (:func:`bolus.preprocess.mask.tissue_mask`, from the first method's CBV)."""
     from bolus.io.nifti import load_volume, save_like
     from bolus.perfusion.aif import select_aif
     from bolus.perfusion.concentration import concentration_from_signal, ct_concentration
@@ -178,17 +225,29 @@ def perfusion_subject(
         conc, _ = concentration_from_signal(series, te_s, times, mask=mask)
     save_like(conc.astype(np.float32), affine, out_conc, header=nib.load(str(mc_dsc)).header)
     try:
-        aif = select_aif(conc, times, mask, n_voxels=config["aif"]["n_voxels"])
+        if user_aif_mask:
+            from bolus.perfusion.aif import aif_from_mask
+            from bolus.preprocess.mask import user_brain_mask
+
+            voxels = user_brain_mask(user_aif_mask, mask.shape, affine)
+            aif = aif_from_mask(conc, times, voxels)
+        else:
+            aif = select_aif(conc, times, mask, n_voxels=config["aif"]["n_voxels"])
     except ValueError as exc:  # empty mask, no curve with a bolus: the data, not the code
         raise SubjectError(
             _subject_of(mc_dsc), mc_dsc, f"no arterial input function: {exc}"
         ) from exc
     write_aif_table(out_aif_tsv, aif.times_s, aif.curve)
     save_like(aif.voxel_mask.astype(np.uint8), affine, out_aif_mask, dtype=np.uint8)
-    for method, maps in compute_maps(
-        conc, times, aif.curve, config["svd"]["methods"], mask, config
-    ).items():
+    all_maps = compute_maps(conc, times, aif.curve, config["svd"]["methods"], mask, config)
+    for method, maps in all_maps.items():
         write_maps(maps, affine, map_prefix, method)
+    if out_tissue_mask:
+        from bolus.preprocess.mask import tissue_mask
+
+        first = all_maps[config["svd"]["methods"][0]]
+        tissue = tissue_mask(mask, cbv=first["cbv"], conc=conc, aif_curve=aif.curve)
+        save_like(tissue.astype(np.uint8), affine, out_tissue_mask, dtype=np.uint8)
 
 
 def maps_from_files(conc_path, aif_tsv, out_prefix, method: str, mask_path=None, config=None):

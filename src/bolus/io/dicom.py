@@ -12,6 +12,7 @@ and every identifier value read from the DICOM headers is searched for in what w
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,6 +26,10 @@ import numpy as np
 
 from bolus.io import atomic
 from bolus.io.errors import SubjectError
+
+log = logging.getLogger(__name__)
+if log.level == logging.NOTSET:
+    log.setLevel(logging.INFO)  # what was found and chosen reaches the subject's log
 
 # Header fields that identify a person, a place or a device. Their values are collected from
 # the input so we can prove none of them reaches an output.
@@ -160,26 +165,66 @@ def discover_series(folder: str | Path, subject: str = "") -> list[SeriesInfo]:
     return sorted(series.values(), key=lambda s: (s.number is None, s.number or 0, s.uid))
 
 
-def select_series(series: list[SeriesInfo], rule: str, subject: str, folder) -> SeriesInfo:
-    """Pick the perfusion series.
+def _series_matcher(rule):
+    """(what the rule asks, predicate on SeriesInfo) for a ``dicom.series`` value other than
+    ``most_timepoints``: ``number:N`` or a bare integer N (SeriesNumber), ``regex:PATTERN``
+    (re.search on SeriesDescription, case-insensitive), else a case-insensitive substring of
+    SeriesDescription."""
+    text = str(rule).strip()
+    number = re.fullmatch(r"(?:number:)?\s*(\d+)", text, re.IGNORECASE)
+    if number:
+        wanted = int(number.group(1))
+        return f"series number {wanted}", lambda s: s.number == wanted
+    if text.lower().startswith("regex:"):
+        try:
+            pattern = re.compile(text[6:], re.IGNORECASE)
+        except re.error as exc:
+            raise ValueError(
+                f"dicom.series={rule!r} is not a valid regular expression: {exc}"
+            ) from exc
+        return f"description matching /{pattern.pattern}/", lambda s: bool(
+            pattern.search(s.description)
+        )
+    return f"description containing {text!r}", lambda s: text.lower() in s.description.lower()
 
-    ``rule`` = ``most_timepoints``: the dynamic series with the most time points (ties: the
-    most images, then the lowest series number); anything else: a case-insensitive substring
-    of SeriesDescription, among dynamic series.
+
+def select_series(series: list[SeriesInfo], rule, subject: str, folder) -> SeriesInfo:
+    """Pick the perfusion series and log what was found and what was chosen.
+
+    ``rule`` (config ``dicom.series``) = ``most_timepoints``: the dynamic series with the most
+    time points (ties: the most images, then the lowest series number); ``number:N`` or ``N``:
+    the series with SeriesNumber N; ``regex:PATTERN``: SeriesDescription matching PATTERN
+    (case-insensitive ``re.search``); anything else: a case-insensitive substring of
+    SeriesDescription. Only dynamic series qualify; several matches: the most time points.
     """
     found = ", ".join(s.summary() for s in series) or "no DICOM images"
+    log.info("%s: DICOM series found in %s: %s", subject, folder, found)
     dynamic = [s for s in series if s.is_dynamic]
     if not dynamic:
         raise SubjectError(
             subject, folder, f"DICOM folder holds no dynamic series (found: {found})"
         )
-    if rule != "most_timepoints":
-        dynamic = [s for s in dynamic if rule.lower() in s.description.lower()]
+    wanted = "the dynamic series with the most time points"
+    if str(rule) != "most_timepoints":
+        try:
+            wanted, matches = _series_matcher(rule)
+        except ValueError as exc:
+            raise SubjectError(subject, folder, str(exc)) from exc
+        dynamic = [s for s in dynamic if matches(s)]
         if not dynamic:
             raise SubjectError(
                 subject, folder, f"no dynamic series matches dicom.series={rule!r} (found: {found})"
             )
-    return max(dynamic, key=lambda s: (s.n_timepoints, s.n_files, -(s.number or 0)))
+    chosen = max(dynamic, key=lambda s: (s.n_timepoints, s.n_files, -(s.number or 0)))
+    log.info(
+        "%s: chose series %s, %s (dicom.series=%s: %s)",
+        subject,
+        chosen.number,
+        chosen.summary(),
+        rule,
+        wanted,
+    )
+    return chosen
 
 
 def identifying_values(files: list[Path], limit: int = 5) -> set[str]:
@@ -238,6 +283,183 @@ def volume_times(info: SeriesInfo, n_volumes: int, tr_s: float) -> list[float]:
     return [round(k * tr_s, 6) for k in range(n_volumes)]
 
 
+def _run_dcm2niix(staged: Path, converted: Path, extra: list[str], subject, dicom_dir):
+    """Run dcm2niix on the staged files; returns the images it wrote (sorted)."""
+    for old in converted.iterdir():
+        old.unlink()
+    cmd = [dcm2niix_executable(), "-z", "y", "-b", "y", "-ba", "y", "-f", "dsc", *extra]
+    cmd += ["-o", str(converted), str(staged)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join(
+            proc.stdout.strip().splitlines()[-3:] + proc.stderr.strip().splitlines()[-3:]
+        )
+        raise SubjectError(subject, dicom_dir, f"dcm2niix failed (exit {proc.returncode}): {tail}")
+    for line in proc.stdout.splitlines():
+        if line.startswith("Warning"):
+            log.info("%s: dcm2niix %s", subject, line.strip())
+    return sorted(converted.glob("*.nii*"))
+
+
+def affine_from_headers(files) -> tuple[np.ndarray, tuple[int, int, int]] | None:
+    """RAS affine and (columns, rows, slices) of a classic single-frame series from its
+    headers, in dcm2niix's convention (i = column, j = row reversed, k = slices along the
+    normal ascending); None if the images do not share one orientation and pixel grid."""
+    import pydicom
+
+    geometry = set()
+    positions = set()
+    for path in files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        needed = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows")
+        if any(k not in ds for k in needed):
+            return None
+        geometry.add(
+            (
+                tuple(round(float(v), 4) for v in ds.ImageOrientationPatient),
+                tuple(round(float(v), 4) for v in ds.PixelSpacing),
+                int(ds.Rows),
+                int(ds.Columns),
+            )
+        )
+        positions.add(tuple(float(v) for v in ds.ImagePositionPatient))
+    if len(geometry) != 1:
+        return None
+    orientation, (row_spacing, column_spacing), rows, columns = geometry.pop()
+    row_dir, col_dir = np.asarray(orientation[:3]), np.asarray(orientation[3:])
+    normal = np.cross(row_dir, col_dir)
+    ordered = sorted(positions, key=lambda p: float(np.dot(normal, p)))
+    along = np.array([np.dot(normal, p) for p in ordered])
+    step = float(np.median(np.diff(along))) if len(ordered) > 1 else 1.0
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * column_spacing
+    lps[:3, 1] = -col_dir * row_spacing
+    lps[:3, 2] = normal * step
+    lps[:3, 3] = np.asarray(ordered[0]) + col_dir * row_spacing * (rows - 1)
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, (columns, rows, len(ordered))
+
+
+def header_ordered_series(files, affine: np.ndarray, shape) -> np.ndarray | None:
+    """The series rebuilt from the DICOM pixels in acquisition order, in the grid of a
+    converted image (``affine`` RAS, ``shape`` (x, y, z, t)); None where that cannot be done
+    (mosaics, multi-frame files, missing geometry, slices that do not fall on the grid).
+
+    Each slice position's images are ordered by (TemporalPositionIdentifier or
+    AcquisitionNumber, AcquisitionTime, InstanceNumber), never by InstanceNumber alone: a
+    slice-major numbering (all time points of a slice, then the next slice) must not scramble
+    the volumes. Each image goes where its pixels' world coordinates (ImagePositionPatient,
+    ImageOrientationPatient, PixelSpacing) fall in the grid. Values: stored × RescaleSlope +
+    RescaleIntercept.
+    """
+    import pydicom
+
+    if len(shape) != 4:
+        return None
+    inverse = np.linalg.inv(np.asarray(affine, float))
+    lps_to_ras = np.array([-1.0, -1.0, 1.0])
+    by_position: dict[tuple, list] = {}
+    for path in files:
+        ds = pydicom.dcmread(path)
+        needed = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "PixelData")
+        if any(k not in ds for k in needed) or int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            return None
+        temporal = ds.get("TemporalPositionIdentifier") or ds.get("AcquisitionNumber") or 0
+        key = (
+            int(temporal),
+            _seconds_of_day(ds.get("AcquisitionTime")) or 0.0,
+            int(ds.get("InstanceNumber") or 0),
+        )
+        position = tuple(round(float(v), 2) for v in ds.ImagePositionPatient)
+        by_position.setdefault(position, []).append((key, ds))
+    counts = {len(v) for v in by_position.values()}
+    if counts != {shape[3]}:
+        return None
+    out = np.zeros(shape, dtype=np.float32)
+    filled = np.zeros(shape[2:], dtype=int)
+    for images in by_position.values():
+        images.sort(key=lambda item: item[0])
+        for t, (_, ds) in enumerate(images):
+            pixels = ds.pixel_array.astype(np.float32)
+            if pixels.ndim != 2:
+                return None
+            orientation = np.asarray(ds.ImageOrientationPatient, float)
+            row_spacing, column_spacing = (float(v) for v in ds.PixelSpacing)
+            r, c = np.indices(pixels.shape)
+            world = (
+                np.asarray(ds.ImagePositionPatient, float)
+                + (c * column_spacing)[..., None] * orientation[:3]
+                + (r * row_spacing)[..., None] * orientation[3:]
+            ) * lps_to_ras
+            index = world @ inverse[:3, :3].T + inverse[:3, 3]
+            rounded = np.rint(index).astype(int)
+            if np.abs(index - rounded).max() > 0.1:
+                return None
+            if (rounded < 0).any() or (rounded >= np.asarray(shape[:3])).any():
+                return None
+            slope = float(ds.get("RescaleSlope", 1) or 1)
+            intercept = float(ds.get("RescaleIntercept", 0) or 0)
+            i, j, k = rounded[..., 0], rounded[..., 1], rounded[..., 2]
+            out[i, j, k, t] = pixels * slope + intercept
+            filled[np.unique(k), t] += 1
+    if not (filled == 1).all():
+        return None
+    return out
+
+
+def _checked_volume_order(image, info: SeriesInfo, subject: str):
+    """dcm2niix's image if its voxels are the series in acquisition order; else the image
+    rebuilt from the headers' order (logged). Mosaics and multi-frame files are trusted."""
+    import nibabel as nib
+
+    if info.mosaic:
+        return image
+    geometry = affine_from_headers(info.files)
+    if geometry is None:
+        log.info("%s: volume order not cross-checked (geometry not classic single-frame)", subject)
+        return image
+    affine, grid = geometry
+    shape = (*grid, info.n_timepoints)
+    same_grid = tuple(image.shape) == shape and np.allclose(image.affine, affine, atol=1e-3)
+    rebuilt = header_ordered_series(info.files, affine, shape)
+    if rebuilt is None:
+        log.info("%s: volume order not cross-checked (images off the slice grid)", subject)
+        return image
+    if not same_grid:
+        log.warning(
+            "%s: dcm2niix's geometry (shape %s) is not the headers' (shape %s): slices or "
+            "volumes were mixed; rebuilding the series from the headers",
+            subject,
+            tuple(image.shape),
+            shape,
+        )
+        header = image.header.copy()
+        header.set_data_dtype(np.float32)
+        rebuilt_image = nib.Nifti1Image(rebuilt, affine, header)
+        rebuilt_image.set_qform(affine, code=1)
+        rebuilt_image.set_sform(affine, code=1)
+        return rebuilt_image
+    converted = image.get_fdata(dtype=np.float32)
+    # dcm2niix may scale (e.g. Philips precise values): fit the linear map between the two
+    # value distributions, which a reordering of voxels does not change
+    step = max(1, converted.size // 200_000)
+    slope, intercept = np.polyfit(
+        np.sort(rebuilt.ravel())[::step], np.sort(converted.ravel())[::step], 1
+    )
+    expected = rebuilt * np.float32(slope) + np.float32(intercept)
+    tolerance = 1e-3 * max(float(np.ptp(converted)), 1e-6)
+    if np.abs(expected - converted).max() <= tolerance:
+        return image
+    log.warning(
+        "%s: dcm2niix's volume order differs from the acquisition order in the headers "
+        "(InstanceNumber not time-major?); using the order from TemporalPositionIdentifier/"
+        "AcquisitionNumber/AcquisitionTime and ImagePositionPatient",
+        subject,
+    )
+    header = image.header.copy()
+    header.set_data_dtype(np.float32)
+    return nib.Nifti1Image(expected.astype(np.float32), image.affine, header)
+
+
 def convert_dicom_series(
     dicom_dir: str | Path,
     out_nifti: str | Path,
@@ -266,17 +488,18 @@ def convert_dicom_series(
             os.symlink(path.resolve(), staged / f"{i:06d}.dcm")
         converted = Path(tmp) / "out"
         converted.mkdir()
-        cmd = [dcm2niix_executable(), "-z", "y", "-b", "y", "-ba", "y", "-f", "dsc"]
-        cmd += ["-o", str(converted), str(staged)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = "\n".join(
-                proc.stdout.strip().splitlines()[-3:] + proc.stderr.strip().splitlines()[-3:]
+        niftis = _run_dcm2niix(staged, converted, [], subject, dicom_dir)
+        if len(niftis) > 1:
+            # Philips (and gated) series: a per-slice TriggerTime makes dcm2niix split the
+            # series by trigger time; the time axis of a perfusion series is the acquisition
+            log.info(
+                "%s: dcm2niix split the series in %d; converting again with --ignore_trigger_times",
+                subject,
+                len(niftis),
             )
-            raise SubjectError(
-                subject, dicom_dir, f"dcm2niix failed (exit {proc.returncode}): {tail}"
+            niftis = _run_dcm2niix(
+                staged, converted, ["--ignore_trigger_times"], subject, dicom_dir
             )
-        niftis = sorted(converted.glob("*.nii*"))
         if len(niftis) != 1:
             names = ", ".join(p.name for p in niftis) or "nothing"
             raise SubjectError(
@@ -307,8 +530,27 @@ def convert_dicom_series(
         for key in ("EchoTime", "RepetitionTime"):
             if not isinstance(sidecar.get(key), int | float) or sidecar[key] <= 0:
                 raise SubjectError(subject, dicom_dir, f"converted series has no valid {key}")
+        image = _checked_volume_order(image, info, subject)
         clean = deidentified_sidecar(sidecar)
         clean["VolumeTiming"] = volume_times(info, shape[3], float(sidecar["RepetitionTime"]))
+        slice_timing = clean.get("SliceTiming")
+        excitation = float(clean.get("RepetitionTimeExcitation", clean["RepetitionTime"]))
+        if slice_timing is not None and (
+            len(slice_timing) != image.shape[2] or max(slice_timing) >= excitation
+        ):
+            log.warning("%s: dropping dcm2niix's SliceTiming (inconsistent with TR)", subject)
+            del clean["SliceTiming"]
+        if (
+            "FrameTimesStart" in sidecar
+            or len(set(np.round(np.diff(clean["VolumeTiming"]), 3))) > 1
+        ):
+            log.info(
+                "%s: irregular volume timing (dcm2niix RepetitionTime %.4g s); the time axis is "
+                "the volumes' acquisition times: %s",
+                subject,
+                float(sidecar["RepetitionTime"]),
+                clean["VolumeTiming"],
+            )
         clean["SourceSeriesDescription"] = info.description
         text = json.dumps(clean, indent=2)
         assert_no_identifiers(text, identifiers, subject, "sidecar JSON")

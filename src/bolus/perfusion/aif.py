@@ -221,6 +221,30 @@ def select_aif(conc, times_s, mask, n_voxels: int | None = None) -> AIFResult:
     )
 
 
+def aif_from_mask(conc, times_s, voxel_mask) -> AIFResult:
+    """The AIF as the mean baseline-corrected curve of user-chosen voxels (participants.tsv
+    ``aif_mask``), which override the automatic search; no VOF."""
+    conc = np.asarray(conc)
+    times = np.asarray(times_s, dtype=float)
+    voxels = np.asarray(voxel_mask).astype(bool)
+    if voxels.shape != conc.shape[:-1]:
+        raise ValueError(f"AIF mask has shape {voxels.shape}, the data {conc.shape[:-1]}")
+    if not voxels.any():
+        raise ValueError("the AIF mask is empty on the DSC grid")
+    curves = np.nan_to_num(conc[voxels].astype(float))
+    baseline = baseline_frames(curves.mean(axis=0), times)
+    curve = curves.mean(axis=0)
+    curve = curve - curve[baseline].mean()
+    return AIFResult(
+        times_s=times.copy(),
+        curve=curve,
+        voxel_mask=voxels,
+        vof_curve=None,
+        scores=voxels.astype(np.float32),
+        baseline=baseline,
+    )
+
+
 def aif_table(result: AIFResult) -> pd.DataFrame:
     """The AIF as a table with columns ``time`` (s) and ``concentration`` (AIF.tsv layout)."""
     return pd.DataFrame(

@@ -16,82 +16,10 @@ frame in seconds. No file I/O here.
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import uniform_filter1d
 
-# Steady-state frames skipped at the start of a dynamic series (T1 saturation of the first
-# volumes makes them brighter), depending on how many frames the series has.
-_STEADY_STATE_FRAMES = ((20, 2), (8, 1), (0, 0))
+from bolus.preprocess.bolus_arrival import baseline_frames
 
-# Fraction of the bolus' peak deviation below which a frame still counts as baseline.
-_ARRIVAL_FRACTION = 0.1
-# ... and the noise multiple (robust σ of the frame-to-frame differences) it must exceed.
-_ARRIVAL_NOISE_SIGMAS = 3.0
-
-
-def _steady_state_frames(n_frames: int) -> int:
-    for minimum, skip in _STEADY_STATE_FRAMES:
-        if n_frames >= minimum:
-            return skip
-    return 0
-
-
-def baseline_frames(mean_signal_curve, times_s, *, skip_frames: int | None = None) -> slice:
-    """Frames before the bolus arrives: ``slice(first, stop)`` into the time axis.
-
-    ``mean_signal_curve`` is one curve (T,), typically the mean over the brain: DSC signal
-    (the bolus is a dip) or CT HU / a concentration curve (the bolus is a peak); the
-    direction is detected, not assumed.
-
-    Method (robust to noise, no model fit):
-
-    1. skip the first ``skip_frames`` frames (steady state; default 2 for ≥ 20 frames,
-       1 for ≥ 8, else 0);
-    2. on the curve smoothed by a 3-frame moving average, the bolus is the largest deviation from the median of the curve (the bolus passage is
-       a minority of frames, so the median is close to the baseline level);
-    3. the pre-peak baseline level is the median of the frames before that extremum, and the
-       noise σ the robust (MAD) spread of their frame-to-frame differences / √2;
-    4. walking back from the extremum, the bolus has arrived while the deviation exceeds
-       max(10 % of the peak deviation, 3σ); the first frame that falls below is the last
-       frame the bolus has not reached — it is left out as a one-frame safety margin.
-
-    At least one frame is always returned. ``times_s`` is accepted for symmetry with the
-    other functions and validated, but the detection works in frames.
-    """
-    curve = np.asarray(mean_signal_curve, dtype=float)
-    if curve.ndim != 1:
-        raise ValueError(f"baseline_frames needs one curve (T,), got shape {curve.shape}")
-    n = curve.size
-    if np.asarray(times_s).shape != (n,):
-        raise ValueError(f"times_s has shape {np.shape(times_s)}, the curve has {n} frames")
-    curve = np.nan_to_num(curve, nan=0.0, posinf=0.0, neginf=0.0)
-    first = _steady_state_frames(n) if skip_frames is None else int(skip_frames)
-    first = min(max(first, 0), max(n - 1, 0))
-    if n - first < 4:
-        return slice(first, first + 1)
-
-    # a 3-frame moving average keeps single noisy frames from posing as the bolus; it widens
-    # the rising edge by at most one frame, so the baseline can only get shorter
-    curve = uniform_filter1d(curve, size=3, mode="nearest") if n >= 6 else curve
-    tail = curve[first:]
-    deviation = tail - np.median(tail)
-    peak = first + int(np.argmax(np.abs(deviation)))
-    direction = np.sign(curve[peak] - np.median(tail)) or 1.0
-    if peak - first < 2:
-        return slice(first, first + 1)
-
-    pre = curve[first:peak]
-    level = np.median(pre)
-    differences = np.diff(pre)
-    sigma = 1.4826 * np.median(np.abs(differences - np.median(differences))) / np.sqrt(2.0)
-    height = direction * (curve[peak] - level)
-    threshold = max(_ARRIVAL_FRACTION * height, _ARRIVAL_NOISE_SIGMAS * sigma)
-
-    k = peak
-    while k > first and direction * (curve[k] - level) > threshold:
-        k -= 1
-    # frame k is the last one below threshold; leave it out as a margin
-    stop = max(k, first + 1)
-    return slice(first, stop)
+__all__ = ["baseline_frames", "concentration_from_signal", "ct_concentration"]
 
 
 def _as_baseline_slice(baseline, n_frames: int) -> slice:

@@ -56,6 +56,7 @@ _PHYSICIANS = ("Welby^Marcus", "Quinn^Michaela", "Kildare^James", "Grey^Meredith
 _SCANNERS = {  # manufacturer: (model, field strength T, imaging frequency MHz, flip angle °)
     "SIEMENS": ("Avanto", 1.5, 63.676, 90.0),
     "GE MEDICAL SYSTEMS": ("DISCOVERY MR750", 3.0, 127.74, 60.0),
+    "Philips Medical Systems": ("Ingenia", 3.0, 127.77, 60.0),
 }
 
 
@@ -197,12 +198,24 @@ def write_dsc_series(
     series_number: int = 2,
     description: str = "ep2d_perf",
     start_time_s: float | None = None,
+    vendor: str | None = None,
+    frame_times_s=None,
 ) -> list[Path]:
     """Write the dynamic series ``signal`` (i, j, k, t) into ``folder``; returns the files.
 
     Values are rounded and clipped to uint16. ``start_time_s`` (seconds after midnight) is
     the AcquisitionTime of volume 0, by default 5 minutes after the exam's start.
+    ``vendor`` (``siemens``, ``ge``, ``philips``; see :mod:`bolus.simulate.vendors`) writes
+    that vendor's numbering and timing fields; ``frame_times_s`` (T,) the real onset of every
+    volume (s from the first) when the timing is irregular (default: t·TR).
     """
+    import dataclasses
+
+    from bolus.simulate.vendors import convention, interleaved_slice_times
+
+    conv = convention(vendor) if vendor else None
+    if conv is not None:
+        exam = dataclasses.replace(exam, manufacturer=conv.manufacturer)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     nx, ny, nz, nt = signal.shape
@@ -237,14 +250,29 @@ def write_dsc_series(
     ds.PixelSpacing = _ds([grid.pixel_spacing_mm] * 2)
     ds.ImagesInAcquisition = nz
 
+    onsets = np.arange(nt) * tr_s if frame_times_s is None else np.asarray(frame_times_s, float)
+    if onsets.shape != (nt,):
+        raise ValueError(f"frame_times_s has shape {onsets.shape}, the series has {nt} frames")
+    slice_offsets = interleaved_slice_times(nz, tr_s)
     paths = []
     for t in range(nt):
-        acquired = _dicom_time(start + t * tr_s)
+        acquired = _dicom_time(start + onsets[t])
         ds.AcquisitionNumber = t + 1
         ds.TemporalPositionIdentifier = t + 1
         ds.AcquisitionTime = ds.ContentTime = acquired
         for k in range(nz):
             instance = t * nz + k + 1
+            if conv is not None:
+                instance = conv.instance_number(t, k, nt, nz)
+                conv.adjust(
+                    ds,
+                    t=t,
+                    k=k,
+                    volume_start_s=start + onsets[t],
+                    series_start_s=start,
+                    slice_offset_s=float(slice_offsets[k]),
+                    to_dicom_time=_dicom_time,
+                )
             position = grid.slice_position_lps(k)
             ds.InstanceNumber = instance
             ds.SOPInstanceUID = exam.uid("image", series_number, instance)
