@@ -21,7 +21,10 @@ from bolus.stages import (
 
 
 def test_user_nifti_input_is_checked_and_deidentified(tmp_path):
-    series = np.random.default_rng(0).random((6, 6, 3, 12)).astype(np.float32)
+    # a baseline of 6 frames, then a 40 % bolus dip (the signal checks want a pre-bolus baseline)
+    dip = 1 - 0.4 * np.exp(-((np.arange(12) - 8.0) ** 2) / 2) * (np.arange(12) >= 6)
+    noise = np.random.default_rng(0).normal(0, 2, (6, 6, 3, 12))
+    series = (500 * dip + noise).astype(np.float32)
     save_like(series, np.eye(4), tmp_path / "in" / "dsc.nii.gz")
     sidecar = {"EchoTime": 0.03, "RepetitionTime": 1.5, "InstitutionName": "Somewhere Hospital",
                "PatientBirthDate": "19500101"}  # fmt: skip
