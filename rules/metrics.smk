@@ -4,6 +4,7 @@
 rule subject_metrics:
     input:
         maps=subject_maps("{subject}", config["svd"]["methods"]),
+        model_maps=model_outputs("{subject}"),
         mask=sp("{subject}", "brain_mask"),
     output:
         sp("{subject}", "metrics_tsv"),
@@ -16,7 +17,7 @@ rule subject_metrics:
     params:
         row=row,
         prefix=lambda wc: str(Path(OUT) / wc.subject / "perf" / wc.subject),
-        methods=config["svd"]["methods"],
+        methods=config["svd"]["methods"] + config["models"],
         config=config,
     script:
         "../scripts/subject_metrics.py"
