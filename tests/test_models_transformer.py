@@ -64,9 +64,7 @@ def test_maps_from_a_known_residue():
     cbf, mtt = 50.0, 4.0  # ml/100 g/min, s: CBV = 3.33 ml/100 g
     flow = cbf / 6000.0 * CONSTANTS.density_g_ml / CONSTANTS.kh
     residue = (flow * torch.exp(-(t + 0.5) / mtt))[None]  # midpoint samples: Σ r·Δt = F·MTT
-    maps = T.maps_from_outputs(
-        {"residue": residue, "bad_s": torch.tensor([2.5])}, cfg, CONSTANTS
-    )
+    maps = T.maps_from_outputs({"residue": residue, "bad_s": torch.tensor([2.5])}, cfg, CONSTANTS)
     # max r is R at 0.5 s: exp(−0.5/4) of CBF
     assert maps["cbf"].item() == pytest.approx(cbf * np.exp(-0.5 / mtt), rel=1e-4)
     # midpoint rule: Σ exp(−(k + ½)Δt/MTT)·Δt = MTT·(1 − (Δt/MTT)²/24 + …), 0.26 % low here

@@ -10,7 +10,12 @@ import pandas as pd
 from bolus.config import load_schema
 
 PATH_COLUMNS = (
-    "dicom_dir", "dsc_nifti", "reference_dir", "lesion_mask", "tof_dicom_dir", "tof_nifti"
+    "dicom_dir",
+    "dsc_nifti",
+    "reference_dir",
+    "lesion_mask",
+    "tof_dicom_dir",
+    "tof_nifti",
 )
 SPLIT_FRACTIONS = (("train", 0.6), ("val", 0.2), ("test", 0.2))
 

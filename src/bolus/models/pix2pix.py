@@ -11,8 +11,9 @@ ConvTranspose3d to the 5 maps and Tanh. Input (batch, 1, X, Y, Z), output
 
 :class:`PatchDiscriminator3D` — a 3D PatchGAN: the TOF and the maps concatenated
 (batch, 6, X, Y, Z) → Conv3d(k 4, s 2) LeakyReLU, Conv3d(k 4, s 2) BN LeakyReLU,
-Conv3d(k 4, s 1) BN LeakyReLU, Conv3d(k 4, s 1) → (batch, 1, x, y, z) real/fake logits, one
-per overlapping patch.
+Conv3d(k 3, s 1) BN LeakyReLU, Conv3d(k 3, s 1) → (batch, 1, X/4, Y/4, Z/4) real/fake logits,
+one per overlapping patch (receptive field 22 voxels in-plane; the stride-1 kernels are 3
+rather than pix2pix's 4 so that perfusion grids of 8 slices keep a patch through-plane).
 
 Loss (pix2pix, Isola 2017): generator BCE(D(x, G(x)), real) + λ·L1(G(x), y) over the brain
 mask (λ = 100); discriminator ½·[BCE(D(x, y), real) + BCE(D(x, G(x)), fake)].
@@ -91,10 +92,10 @@ class PatchDiscriminator3D(nn.Module):
             nn.Conv3d(base, 2 * base, 4, 2, 1, bias=False),
             nn.BatchNorm3d(2 * base),
             nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv3d(2 * base, 4 * base, 4, 1, 1, bias=False),
+            nn.Conv3d(2 * base, 4 * base, 3, 1, 1, bias=False),
             nn.BatchNorm3d(4 * base),
             nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv3d(4 * base, 1, 4, 1, 1),
+            nn.Conv3d(4 * base, 1, 3, 1, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -254,7 +255,8 @@ def fit(
             curve.unlink()
     scales = model.scales.cpu().numpy()
     data = [
-        subject_tensors(t, y, m, scales, depth) for t, y, m in zip(tofs, targets, masks, strict=True)
+        subject_tensors(t, y, m, scales, depth)
+        for t, y, m in zip(tofs, targets, masks, strict=True)
     ]
     for epoch in range(start, int(epochs)):
         order = np.random.default_rng([int(seed), epoch]).permutation(len(data))

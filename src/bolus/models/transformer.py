@@ -380,7 +380,9 @@ def transformer_loss(out, batch, config, constants, weights: LossWeights = PRETR
             parts["bad"] = (err**2).mean()
             terms.append(parts["bad"])
     if weights.local_aif and "local_aif" in batch:
-        parts["local_aif"] = (((out["local_aif"] - batch["local_aif"]) ** 2) * valid).sum() / n_valid
+        parts["local_aif"] = (
+            ((out["local_aif"] - batch["local_aif"]) ** 2) * valid
+        ).sum() / n_valid
         terms.append(weights.local_aif * parts["local_aif"])
     if weights.reconstruction:
         fit = reconstruct(out["local_aif"], out["residue"], config.dt_s) / TISSUE_SCALE
@@ -487,7 +489,9 @@ def pretrain(
     cfg = model.config
     for step in range(start, int(steps)):
         rng = np.random.default_rng([int(seed), step])
-        batch = {k: v.to(device) for k, v in simulated_batch(rng, batch_size, cfg, constants).items()}
+        batch = {
+            k: v.to(device) for k, v in simulated_batch(rng, batch_size, cfg, constants).items()
+        }
         parts = training_step(model, optimiser, batch, constants, weights)
         schedule.step()
         _append_curve(curve, step + 1, parts)
@@ -581,7 +585,9 @@ def predict_subject(
     conc = np.asarray(conc)
     inside = np.asarray(mask).astype(bool)
     if inside.shape != conc.shape[:-1]:
-        raise ValueError(f"mask has shape {inside.shape}, the data's spatial shape is {conc.shape[:-1]}")
+        raise ValueError(
+            f"mask has shape {inside.shape}, the data's spatial shape is {conc.shape[:-1]}"
+        )
     curves = np.nan_to_num(conc[inside].astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     values = predict_curves(model, curves, aif, time_s, batch_size=batch_size, constants=constants)
     maps = {}

@@ -198,8 +198,10 @@ def render_vessels(vessels: list[Vessel], world_to_voxel: np.ndarray, spacing_mm
         sigma = np.maximum(radius[:, None, None], spacing / 2.0)
         # peak partial volume: the vessel's cross-section relative to the voxel's
         amplitude = np.clip(np.pi * radius**2 / (spacing[0] * spacing[2]) * 2.0, 0.15, 1.0)
-        value = vessel.brightness * amplitude[:, None] * np.exp(
-            -0.5 * np.sum((d_mm / sigma) ** 2, axis=-1)
+        value = (
+            vessel.brightness
+            * amplitude[:, None]
+            * np.exp(-0.5 * np.sum((d_mm / sigma) ** 2, axis=-1))
         )
         inside = np.all((cells >= 0) & (cells < np.array(shape)), axis=-1)
         c = cells[inside]
