@@ -75,3 +75,31 @@ def study_outputs():
         str(paths.study_markdown(OUT)),
         str(paths.qc_table(OUT)),
     ]
+
+
+# ----------------------------------------------------------------------------- learned models
+from bolus.models import model_maps  # noqa: E402
+
+MODELS = list(config["models"])
+
+
+def model_outputs(subject):
+    """The maps every configured model predicts for one subject (see bolus.models.MODELS)."""
+    return [
+        str(paths.SubjectPaths(OUT, subject).map(m, name))
+        for m in MODELS
+        for name in model_maps(m)
+    ]
+
+
+def training_rows():
+    """participants.tsv rows of the usable train/val subjects (after inspection)."""
+    return [
+        dict(PARTICIPANTS.loc[s].items())
+        for s in usable_subjects()
+        if PARTICIPANTS.loc[s, "split"] in ("train", "val")
+    ]
+
+
+def subject_inputs(subject):
+    return [sp(subject, a) for a in ("conc", "aif_tsv", "brain_mask", "mc_dsc")]

@@ -2,36 +2,11 @@
 # cluster: resources in profiles/default), one prediction job per subject and model.
 
 
-from bolus.models import model_maps  # noqa: E402
-
-MODELS = list(config["models"])
-
-
-def model_outputs(subject):
-    """The maps every configured model predicts for one subject (see bolus.models.MODELS)."""
-    return [
-        str(paths.SubjectPaths(OUT, subject).map(m, name))
-        for m in MODELS
-        for name in model_maps(m)
-    ]
-
-
-def training_rows():
-    """participants.tsv rows of the usable train/val subjects (after inspection)."""
-    return [
-        dict(PARTICIPANTS.loc[s].items())
-        for s in usable_subjects()
-        if PARTICIPANTS.loc[s, "split"] in ("train", "val")
-    ]
-
-
-def subject_inputs(subject):
-    return [sp(subject, a) for a in ("conc", "aif_tsv", "brain_mask", "mc_dsc")]
-
-
 rule training_data:
     input:
-        lambda wc: [f for r in training_rows() for f in subject_inputs(r["participant_id"])],
+        lambda wc: [
+            f for r in training_rows() for f in subject_inputs(r["participant_id"])
+        ],
     output:
         str(paths.training_data_dir(OUT) / "meta.json"),
     log:
@@ -40,7 +15,7 @@ rule training_data:
         "../envs/models.yaml"
     params:
         rows=lambda wc: training_rows(),
-        output_dir=OUT,
+        output_dir=lambda wc, output: str(Path(output[0]).parents[2]),
         config=config,
     script:
         "../scripts/training_data.py"
@@ -86,7 +61,7 @@ for _model in MODELS:
         conda:
             "../envs/models.yaml"
         params:
-            output_dir=OUT,
+            output_dir=lambda wc, output: str(Path(output[0]).parents[2]),
             config=config,
         script:
             "../scripts/predict_model.py"

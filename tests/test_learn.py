@@ -78,7 +78,9 @@ def cohort(tmp_path_factory):
         sim = simulate_subject(5, n, pathology, matrix=(32, 32, 6), n_timepoints=N_T)
         write_truth(work / "truth" / pid, sim)
         write_pipeline_outputs(out, pid, sim)
-        rows.append({"participant_id": pid, "split": split, "reference_dir": str(work / "truth" / pid)})
+        rows.append(
+            {"participant_id": pid, "split": split, "reference_dir": str(work / "truth" / pid)}
+        )
     data = paths.training_data_dir(out)
     datasets.write_training_data(
         data, out, rows, voxels_per_subject=1500, tmax_threshold_s=6.0, seed=3
@@ -127,7 +129,9 @@ def test_cbv_is_the_area_ratio_of_the_normalised_curves():
     )  # fmt: skip
     curves, norm_aif, _ = datasets.model_inputs(subject, t)
     cbv = constants.kh / constants.density_g_ml * np.trapezoid(curves, t, axis=-1)
-    np.testing.assert_allclose(cbv.ravel(), 100 * constants.kh / constants.density_g_ml * scale.ravel(), rtol=1e-5)
+    np.testing.assert_allclose(
+        cbv.ravel(), 100 * constants.kh / constants.density_g_ml * scale.ravel(), rtol=1e-5
+    )
     assert np.trapezoid(norm_aif, t) == pytest.approx(datasets.AIF_SCALE, rel=1e-5)
 
 
@@ -188,12 +192,17 @@ def test_transformer_maps_have_physical_units():
     t = np.arange(80) * 1.0
     aif = arterial_input(t, arrival_s=8.0)
     cbf, mtt = np.array([60.0, 20.0]), np.array([4.0, 9.0])
-    tissue = tissue_concentration(t, np.stack([aif, aif]), cbf, mtt, np.array([3.0, 1.0]), constants)
+    tissue = tissue_concentration(
+        t, np.stack([aif, aif]), cbf, mtt, np.array([3.0, 1.0]), constants
+    )
     area = np.trapezoid(aif, t)
     kr = constants.kh / constants.density_g_ml
     # b = (CURVE_SCALE/AIF_SCALE)·(ρ/k_H)·F·R on the midpoint grid the simulator uses
-    b = (datasets.CURVE_SCALE / datasets.AIF_SCALE) / kr * (cbf[:, None] / 6000.0) * residue_function(
-        t + 0.5, mtt, np.array([3.0, 1.0])
+    b = (
+        (datasets.CURVE_SCALE / datasets.AIF_SCALE)
+        / kr
+        * (cbf[:, None] / 6000.0)
+        * residue_function(t + 0.5, mtt, np.array([3.0, 1.0]))
     )
     ctx = Context(torch.device("cpu"), t, {}, {}, kr, 6.0)
     spec = TransformerSpec()

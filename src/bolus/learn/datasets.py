@@ -116,7 +116,11 @@ def model_inputs(subject: SubjectSeries, grid_s) -> tuple[np.ndarray, np.ndarray
     curves = resample_time(subject.conc, subject.times_s, grid_s) * np.float32(CURVE_SCALE / area)
     aif = resample_time(subject.aif, subject.times_s, grid_s) * np.float32(AIF_SCALE / area)
     curves = np.nan_to_num(curves, nan=0.0, posinf=0.0, neginf=0.0)
-    s0 = subject.s0 / max(float(np.median(subject.s0[subject.mask])), 1e-6) if subject.mask.any() else subject.s0
+    s0 = (
+        subject.s0 / max(float(np.median(subject.s0[subject.mask])), 1e-6)
+        if subject.mask.any()
+        else subject.s0
+    )
     return curves, aif.astype(np.float32), np.nan_to_num(s0).astype(np.float32)
 
 
@@ -129,7 +133,9 @@ def reference_targets(subject: SubjectSeries, reference_dir) -> np.ndarray:
         raise SubjectError(subject.participant_id, None, "a training subject needs reference_dir")
     found = load_reference_maps(reference_dir, subject.mask.shape, subject.affine)
     if not found:
-        raise SubjectError(subject.participant_id, reference_dir, "no reference maps (cbf.nii.gz, …)")
+        raise SubjectError(
+            subject.participant_id, reference_dir, "no reference maps (cbf.nii.gz, …)"
+        )
     out = np.full(subject.mask.shape + (len(MAPS),), np.nan, np.float32)
     for i, name in enumerate(MAPS):
         if name in found:
@@ -263,9 +269,7 @@ class _Layout:
         data_dir = Path(data_dir)
         self.meta = json.loads((data_dir / "meta.json").read_text())
         folder = data_dir / layout
-        self.arrays = {
-            p.stem: np.load(p, mmap_mode="r") for p in sorted(folder.glob("*.npy"))
-        }
+        self.arrays = {p.stem: np.load(p, mmap_mode="r") for p in sorted(folder.glob("*.npy"))}
         self.times_s = np.asarray(self.meta["times_s"])
         self.maps = tuple(self.meta["maps"])
 

@@ -262,7 +262,9 @@ def _box(mask2d: np.ndarray, margin: int) -> tuple[slice, slice]:
     out = []
     for axis in (1, 0):
         hits = np.flatnonzero(mask2d.any(axis=axis))
-        out.append(slice(max(hits[0] - margin, 0), min(hits[-1] + margin + 1, mask2d.shape[1 - axis])))
+        out.append(
+            slice(max(hits[0] - margin, 0), min(hits[-1] + margin + 1, mask2d.shape[1 - axis]))
+        )
     return tuple(out)
 
 
