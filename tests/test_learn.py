@@ -244,7 +244,7 @@ def test_optimisation_steps_reduce_the_loss(cohort, name):
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-    after = float(spec.loss(model, batch, ctx, phase))
+    after = float(spec.loss(model, batch, ctx, phase).detach())
     assert np.isfinite(before) and after < before
     if name == "transformer":  # the pre-training phase on simulated curves learns too
         sim = _phase_data("pretrain", data, ctx, params, config)
