@@ -286,8 +286,9 @@ def prepare_curves(tissue, aif, time_s, config: TransformerConfig):
     aif = np.asarray(aif, dtype=np.float64)
     shared = aif.ndim == 1
     times = np.asarray(time_s, dtype=np.float64)
-    aif_times = times if (shared or times.ndim == 2) else times
-    aif_g, _ = resample_rows(aif[None] if shared else aif, aif_times, grid)
+    if shared and times.ndim == 2:
+        raise ValueError("one AIF for every curve needs one time vector, got per-curve times")
+    aif_g, _ = resample_rows(aif[None] if shared else aif, times, grid)
     peak = np.nanmax(np.asarray(aif[None] if shared else aif), axis=-1)
     if np.any(~np.isfinite(peak)) or np.any(peak <= 0):
         raise ValueError("the AIF has no positive peak; check the AIF curve")
@@ -474,8 +475,13 @@ def pretrain(
     torch.manual_seed(int(seed))
     model = PerfusionTransformer(config).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=learning_rate, total_steps=max(int(steps), 1), pct_start=0.1
+    total = max(int(steps), 1)
+    schedule = (  # warm-up over 10 % of the steps (at least 2), then cosine decay
+        torch.optim.lr_scheduler.OneCycleLR(
+            optimiser, max_lr=learning_rate, total_steps=total, pct_start=max(0.1, 2.5 / total)
+        )
+        if total >= 5
+        else torch.optim.lr_scheduler.LambdaLR(optimiser, lambda _: 1.0)
     )
     start = 0
     if ckpt.exists():
