@@ -157,8 +157,7 @@ def _errors(model):
 def test_pretraining_on_simulated_curves_lowers_cbf_and_delay_errors(tmp_path):
     # 250 steps of 64 simulated voxels (≈ 1 min on 2 cores), evaluated on 512 fresh voxels.
     # Untrained (seed 0): CBF median |relative error| 0.83, delay MAE 11.5 s (delays 0–25 s).
-    # Measured after 100 of these steps: 0.60 and 1.9 s; after 300 steps of 128: 0.29 and
-    # 0.85 s. Required: CBF error below 0.75× the untrained one (a gain far beyond the
+    # Measured after 100 of these steps: 0.60 and 1.9 s; after all 250: 0.36 and 1.05 s. Required: CBF error below 0.75× the untrained one (a gain far beyond the
     # ±0.04 sampling error of a median over 512 voxels) and MAE below 3 s and 0.3× — short
     # runs cannot average out the noise of curves at CNR down to 4.
     untrained = _errors(T.build(seed=0))
