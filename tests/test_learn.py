@@ -249,7 +249,7 @@ def test_optimisation_steps_reduce_the_loss(cohort, name):
     if name == "transformer":  # the pre-training phase on simulated curves learns too
         sim = _phase_data("pretrain", data, ctx, params, config)
         batch = spec.batch(sim, sim.rows("train")[:128], ctx, "pretrain")
-        before = float(spec.loss(model, batch, ctx, "pretrain"))
+        before = float(spec.loss(model, batch, ctx, "pretrain").detach())
         for _ in range(3):
             loss = spec.loss(model, batch, ctx, "pretrain")
             optimiser.zero_grad()
