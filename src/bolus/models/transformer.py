@@ -13,7 +13,8 @@ Network (:class:`PerfusionTransformer`)
 * Heads on the decoder tokens: the local AIF (``patch`` samples per token), the flow-scaled
   residue r(t) = (ρ/k_H)·F·R(t) in 1/s (Softplus, then sorted in descending order along
   time so it is monotonically non-increasing; the sort's permutation passes the gradient),
-  and the bolus arrival delay (BAD, s) from the masked mean of the tokens.
+  and the bolus arrival delay (BAD, s; Softplus, so ≥ 0 like the SVD methods' Tmax) from
+  the masked mean of the tokens.
 
 Shapes: inputs ``tissue`` (batch, L), ``aif`` (batch, L) or (L,), ``valid`` (batch, L) bool,
 with L = ``n_samples`` on the model grid; outputs ``residue`` (batch, L) 1/s,
@@ -228,7 +229,7 @@ class PerfusionTransformer(nn.Module):
         local = self.aif_head(x).reshape(batch, -1)[:, :n]
         weights = token_valid.to(x.dtype)[..., None]
         pooled = (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-        bad = self.bad_head(pooled)[:, 0] * BAD_SCALE_S
+        bad = nn.functional.softplus(self.bad_head(pooled)[:, 0]) * BAD_SCALE_S  # δ ≥ 0
         return {"residue": residue, "local_aif": local, "bad_s": bad, "bad": bad}
 
 
