@@ -17,6 +17,9 @@ $(BIN)/activate:
 $(VENV)/.installed: pyproject.toml $(BIN)/activate
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[workflow,dev]'
+	# the learned models: PyTorch (this pin gives the CPU build here; GPU rules use
+	# envs/models.yaml) and scikit-learn, outside pyproject's main dependencies
+	$(BIN)/python -m pip install --quiet torch==2.13.0 scikit-learn
 	touch $@
 
 install: $(VENV)/.installed

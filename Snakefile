@@ -12,6 +12,7 @@ include: "rules/common.smk"
 include: "rules/convert.smk"
 include: "rules/preprocess.smk"
 include: "rules/perfusion.smk"
+include: "rules/models.smk"
 include: "rules/metrics.smk"
 include: "rules/report.smk"
 

@@ -105,3 +105,32 @@ onerror:
     from bolus.smk import cohort_finished
 
     cohort_finished(OUT, crashed=True)
+
+
+# ----------------------------------------------------------------------------- learned models
+from bolus.models import model_maps  # noqa: E402
+
+MODELS = list(config["models"])
+
+
+def model_map_paths(subject, model):
+    """The maps one model predicts for one subject (see bolus.models.MODELS)."""
+    return [
+        str(paths.SubjectPaths(OUT, subject).map(model, name))
+        for name in model_maps(model)
+    ]
+
+
+def prediction_verdicts(subject):
+    """The verdicts of every configured model's prediction for one subject."""
+    return [verdict(subject, f"predict_{m}") for m in MODELS]
+
+
+def training_rows():
+    """participants.tsv rows of the usable train/val subjects (after inspection); those whose
+    perfusion stage fails are left out when the training data are written."""
+    return [
+        dict(PARTICIPANTS.loc[s].items())
+        for s in usable_subjects()
+        if PARTICIPANTS.loc[s, "split"] in ("train", "val")
+    ]

@@ -4,6 +4,7 @@
 rule subject_metrics:
     input:
         previous=verdict("{subject}", "perfusion"),
+        predictions=lambda wc: prediction_verdicts(wc.subject),
     output:
         verdict=verdict("{subject}", "metrics"),
     log:
@@ -15,7 +16,7 @@ rule subject_metrics:
     params:
         row=row,
         prefix=lambda wc: str(Path(OUT) / wc.subject / "perf" / wc.subject),
-        methods=config["svd"]["methods"],
+        methods=config["svd"]["methods"] + config["models"],
         config=config,
         mask=sp("{subject}", "brain_mask"),
         metrics=sp("{subject}", "metrics_tsv"),

@@ -53,7 +53,10 @@ def test_conda_envs_are_pinned(env_file):
 
 
 def test_profiles_name_only_real_rules():
+    from bolus.models import MODELS
+
     names = {name for _, name, _ in _rule_blocks()}
+    names |= {f"predict_{m}" for m in MODELS}  # rules/models.smk makes one per model
     default = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
     for section in ("set-resources", "set-threads", "groups"):
         assert set(default.get(section, {})) <= names, section

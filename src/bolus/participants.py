@@ -18,6 +18,7 @@ PATH_COLUMNS = (
     "tissue_labels",
     "brain_mask",
     "aif_mask",
+    "tof_nifti",
 )
 SPLIT_FRACTIONS = (("train", 0.6), ("val", 0.2), ("test", 0.2))
 

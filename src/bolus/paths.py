@@ -184,3 +184,23 @@ def log_file(output_dir: str | Path, participant_id: str, stage: str) -> Path:
 
 def excluded_table(output_dir: str | Path) -> Path:
     return metrics_dir(output_dir) / "excluded.tsv"
+
+
+def models_dir(output_dir: str | Path) -> Path:
+    """``<output_dir>/models``: the cohort's training data and every trained model."""
+    return Path(output_dir) / "models"
+
+
+def model_dir(output_dir: str | Path, model: str) -> Path:
+    """``<output_dir>/models/<model>/``: checkpoint, model, training curves, config used."""
+    return models_dir(output_dir) / model
+
+
+def model_file(output_dir: str | Path, model: str) -> Path:
+    """The trained model (best weights and what prediction needs)."""
+    return model_dir(output_dir, model) / "model.pt"
+
+
+def training_data_dir(output_dir: str | Path) -> Path:
+    """The cohort's memory-mapped training data (``meta.json`` marks it complete)."""
+    return models_dir(output_dir) / "data"

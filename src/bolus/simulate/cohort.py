@@ -2,12 +2,16 @@
 
 :func:`simulate_cohort` writes::
 
-    <out_dir>/participants.tsv          participant_id, dicom_dir, reference_dir, split, group, site
+    <out_dir>/participants.tsv          participant_id, dicom_dir, reference_dir, split, group,
+                                        site, tof_nifti
     <out_dir>/sourcedata/sub-XX/dicom/  DSC series (SeriesNumber 2, "ep2d_perf") and a 3-plane
                                         localizer (SeriesNumber 1, "localizer"), one flat folder
     <out_dir>/sourcedata/sub-XX/truth/  cbf cbv mtt tmax ttp lesion labels brain (.nii.gz),
                                         labels.tsv, aif.tsv (true arterial ΔR2*, 1/s, at the
                                         acquisition times), motion.tsv, simulation.json
+    <out_dir>/sourcedata/sub-XX/tof/    tof.nii.gz (TOF-MRA-like angiogram on the DSC grid,
+                                        column ``tof_nifti``) and territories.nii.gz
+                                        (:mod:`bolus.simulate.tof`)
 
 Subjects are ``sub-01``, ``sub-02``, …; subject n has pathology ``pathologies[(n-1) % len]``
 (healthy, stroke, tumour, healthy, …), site ``siteA`` (odd n, SIEMENS 1.5 T) or ``siteB``
@@ -54,6 +58,7 @@ from bolus.simulate.phantom import (
     make_phantom,
     simulate_dsc,
 )
+from bolus.simulate.tof import simulate_tof, write_tof
 
 __all__ = [
     "PHI_TAGS",
@@ -234,7 +239,7 @@ def simulate_cohort(
         pathology = pathologies[(number - 1) % len(pathologies)]
         sim = simulate_subject(seed, number, pathology, constants=constants, **acquisition)
         subject_dir = out / "sourcedata" / pid
-        for sub in ("dicom", "truth"):
+        for sub in ("dicom", "truth", "tof"):
             if (subject_dir / sub).exists():
                 shutil.rmtree(subject_dir / sub)
         exam = synthetic_exam(seed, number)
@@ -244,6 +249,8 @@ def simulate_cohort(
                  "manufacturer": exam.manufacturer,
                  "acquisition_options": {k: acquisition[k] for k in sorted(acquisition)}}  # fmt: skip
         write_truth(subject_dir / "truth", sim, extra)
+        tof = simulate_tof(sim.phantom, np.random.default_rng([int(seed) % 2**63, number, 0x70F]))
+        write_tof(subject_dir / "tof", tof, sim.phantom.grid.affine_ras)
         rows.append(
             {
                 "participant_id": pid,
@@ -252,6 +259,7 @@ def simulate_cohort(
                 "split": splits[number - 1],
                 "group": pathology,
                 "site": site,
+                "tof_nifti": f"sourcedata/{pid}/tof/tof.nii.gz",
             }
         )
     path = out / "participants.tsv"

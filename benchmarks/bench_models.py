@@ -1,0 +1,168 @@
+"""Learned models: inference time per subject, and accuracy on a cohort's test subjects.
+
+    python benchmarks/bench_models.py speed [--models stnet talebi ...] [--shape 128 128 20 60]
+                                            [--threads 2] [--device cpu]
+    python benchmarks/bench_models.py accuracy RESULTS PARTICIPANTS.tsv [--split test]
+
+``speed``: every model, built with the schema's default sizes (random weights: inference
+time does not depend on them; the random forest is fitted on random data), predicts one
+synthetic subject of the given shape whose brain mask is an ellipsoid filling ~45 % of
+the grid (≈ 150k voxels at 128×128×20), as :func:`bolus.learn.specs` does in the workflow
+(normalisation included). Prints wall seconds per model. Targets on 2 CPU cores:
+stnet ≤ 30 s, talebi ≤ 10 s, transformer ≤ 60 s.
+
+``accuracy``: for every subject of ``--split`` (default ``test``) of a finished run, every
+method's CBF and CBV median |relative error| (voxels with reference CBF/CBV > 0), Tmax
+MAE (s) and the Dice of Tmax > threshold, against the reference maps, inside the brain
+mask where the reference is defined; then the medians over subjects (Dice: over the
+subjects with a lesion). Reads files only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bolus import paths
+from bolus.models import MODELS
+
+
+def synthetic_subject(shape, seed=0):
+    from bolus.learn.datasets import SubjectSeries
+    from bolus.simulate.kinetics import arterial_input
+
+    nx, ny, nz, nt = shape
+    rng = np.random.default_rng(seed)
+    t = np.arange(nt) * 1.5
+    aif = arterial_input(t) * 4.0
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in (nx, ny, nz)], indexing="ij"))
+    mask = (grid[0] ** 2 / 0.75**2 + grid[1] ** 2 / 0.9**2 + grid[2] ** 2 / 1.1**2) < 1
+    scale = rng.uniform(0.005, 0.05, (nx, ny, nz, 1)).astype(np.float32)
+    shift = np.roll(aif, 2)
+    conc = scale * shift.astype(np.float32) + rng.normal(0, 0.1, (nx, ny, nz, nt)).astype(
+        np.float32
+    )
+    s0 = rng.uniform(500, 1500, (nx, ny, nz)).astype(np.float32)
+    return SubjectSeries("sub-bench", conc, t, aif, mask, s0, np.eye(4))
+
+
+def build_untrained(name, n_t, device, threads):
+    import torch
+
+    from bolus.config import schema_defaults
+    from bolus.learn.specs import Context, get_spec
+
+    defaults = schema_defaults()
+    params = {**defaults["training"], **defaults["model_params"].get(name, {}), "seed": 0}
+    params["threads"] = threads
+    spec = get_spec(name)
+    norm = {m: (1.0, 1.0) for m in paths.MAPS}
+    ctx = Context(torch.device(device), np.arange(n_t) * 1.5, norm, params, 0.7, 6.0)
+    model = spec.build(n_t, params)
+    if spec.framework == "sklearn":
+        rng = np.random.default_rng(0)
+        model.fit(rng.normal(size=(5000, 2 * n_t)), rng.normal(size=(5000, len(spec.maps))))
+    else:
+        model = model.to(device).eval()
+    return spec, model, ctx
+
+
+def speed(args) -> None:
+    import torch
+
+    from bolus.learn.predict import predict_maps
+
+    torch.set_num_threads(args.threads)
+    subject = synthetic_subject(args.shape)
+    print(
+        f"subject {tuple(args.shape)}, {int(subject.mask.sum())} brain voxels, "
+        f"{args.threads} threads, device {args.device}"
+    )
+    print("| model | seconds |\n|---|---|")
+    for name in args.models:
+        spec, model, ctx = build_untrained(name, args.shape[3], args.device, args.threads)
+        started = time.perf_counter()
+        maps = predict_maps(spec, model, ctx, subject)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        assert set(maps) == set(spec.maps)
+        print(f"| {name} | {seconds:.1f} |", flush=True)
+
+
+def subject_accuracy(output_dir, pid, reference_dir, methods, threshold) -> list[dict]:
+    from bolus.evaluate.lesions import dice, hypoperfusion_mask
+    from bolus.io.nifti import load_volume
+    from bolus.stages import load_reference_maps
+
+    sp = paths.SubjectPaths(output_dir, pid)
+    if not sp.brain_mask.exists():
+        return []
+    mask, affine = load_volume(sp.brain_mask)
+    reference = load_reference_maps(reference_dir, mask.shape, affine)
+    defined = (mask > 0) & np.logical_and.reduce([np.isfinite(r) for r in reference.values()])
+    rows = []
+    for method in methods:
+        found = {m: sp.map(method, m) for m in ("cbf", "cbv", "tmax") if sp.map(method, m).exists()}
+        row = {"participant_id": pid, "method": method}
+        for name in ("cbf", "cbv"):
+            if name in found:
+                est, ref = load_volume(found[name])[0], reference[name]
+                ok = defined & (ref > 0)
+                row[f"{name}_median_abs_rel_err"] = float(
+                    np.median(np.abs(est[ok] - ref[ok]) / ref[ok])
+                )
+        if "tmax" in found:
+            est, ref = load_volume(found["tmax"])[0], reference["tmax"]
+            row["tmax_mae_s"] = float(np.mean(np.abs(est[defined] - ref[defined])))
+            truth_lesion = hypoperfusion_mask(ref, defined, threshold)
+            if truth_lesion.any():
+                row["tmax_dice"] = dice(hypoperfusion_mask(est, defined, threshold), truth_lesion)
+        rows.append(row)
+    return rows
+
+
+def accuracy(args) -> None:
+    from bolus.participants import read_participants
+
+    participants = read_participants(args.participants)
+    chosen = participants[participants["split"] == args.split]
+    methods = args.methods or (["osvd"] + [m for m in MODELS])
+    rows = []
+    for pid, reference in zip(chosen["participant_id"], chosen["reference_dir"], strict=True):
+        if reference:
+            rows += subject_accuracy(Path(args.results), pid, reference, methods, args.threshold)
+    table = pd.DataFrame(rows)
+    present = [
+        m for m in methods if m in set(table["method"]) and table[table.method == m].shape[1] > 2
+    ]
+    summary = table.groupby("method").median(numeric_only=True).reindex(present)
+    summary.insert(0, "n", table.groupby("method").size().reindex(present))
+    print(f"{args.split} subjects: {len(chosen)}; medians over subjects")
+    print(summary.to_markdown(floatfmt=".3f") if hasattr(summary, "to_markdown") else summary)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("speed")
+    s.add_argument("--models", nargs="+", default=list(MODELS))
+    s.add_argument("--shape", nargs=4, type=int, default=[128, 128, 20, 60])
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--device", default="cpu")
+    a = sub.add_parser("accuracy")
+    a.add_argument("results")
+    a.add_argument("participants")
+    a.add_argument("--split", default="test")
+    a.add_argument("--methods", nargs="*")
+    a.add_argument("--threshold", type=float, default=6.0)
+    args = parser.parse_args(argv)
+    speed(args) if args.command == "speed" else accuracy(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""Training loop of every learned model: device, seeds, checkpoints, resume, early stopping.
+
+:func:`train_model` is what the workflow's training rule (and ``bolus train``) calls. It
+
+* resolves the configuration (``training`` block + ``model_params.<model>``; the schema
+  holds every default) and saves it as ``config.yaml`` beside the model;
+* picks the device (``device: auto`` = CUDA when present, with bf16 autocast there);
+* seeds everything from ``seed``; each epoch re-seeds torch and its batch order from
+  (seed, epoch), so a resumed run repeats exactly the epochs an uninterrupted one would;
+* writes ``checkpoint.pt`` (weights, optimiser, best weights, history, phase and epoch)
+  atomically after every epoch and resumes from it when present — a preempted or killed
+  job (a requeued Slurm job) restarts at the first epoch it had not finished;
+* stops a phase early when the validation loss has not improved for ``patience`` epochs
+  (validation = the ``val`` subjects, else every 5th training row or slice);
+* writes ``curves.tsv`` and ``curves.png`` (training and validation loss per epoch) and
+  finally ``model.pt``: the best weights with everything prediction needs.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from bolus.config import PerfusionConstants, with_defaults
+
+log = logging.getLogger("bolus.learn")
+
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model.pt"
+CURVES_TSV = "curves.tsv"
+CURVES_PNG = "curves.png"
+CONFIG = "config.yaml"
+
+
+def resolve_params(config: dict | None, model: str) -> dict[str, Any]:
+    """The ``training`` block, overlaid by ``model_params.<model>``, plus the seed."""
+    config = with_defaults(config)
+    params = dict(config["training"])
+    params.update(config["model_params"].get(model, {}))
+    params["seed"] = int(config["seed"])
+    return params
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device is cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def target_norm(data, maps, max_rows: int = 200_000) -> dict[str, tuple[float, float]]:
+    """(mean, sd) of every map over (a bounded sample of) the training rows."""
+    rows = data.rows("train")
+    if rows.size > max_rows:
+        rows = np.sort(np.random.default_rng(0).choice(rows, max_rows, replace=False))
+    targets = np.asarray(data["targets"][rows], np.float64)
+    if targets.ndim == 4:  # slices: (K, M, H, W) → (voxels, M)
+        targets = np.moveaxis(targets, 1, -1).reshape(-1, targets.shape[1])
+    norm = {}
+    for name in maps:
+        column = targets[:, data.maps.index(name)]
+        column = column[np.isfinite(column)]
+        if column.size == 0:
+            raise ValueError(f"no training target for map {name!r} (reference maps lack it)")
+        norm[name] = (float(column.mean()), float(max(column.std(), 1e-3)))
+    return norm
+
+
+class ArrayData:
+    """Arrays in memory with the row/batch interface of the memory-mapped layouts
+    (the simulated pre-training curves); every 5th row is validation."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = arrays
+        n = len(next(iter(arrays.values())))
+        self._val = np.arange(n) % 5 == 0
+
+    def __getitem__(self, name):
+        return self.arrays[name]
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self._val if split == "val" else ~self._val)
+
+    def batches(self, split, batch_size, rng):
+        rows = self.rows(split)
+        if rng is not None:
+            rows = rng.permutation(rows)
+        for at in range(0, rows.size, batch_size):
+            yield np.sort(rows[at : at + batch_size])
+
+
+def _save_atomic(obj, path: Path) -> None:
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_curves(history: list[dict], model_dir: Path, figure: bool = True) -> None:
+    """curves.tsv and (``figure``) curves.png: loss per epoch, training and validation."""
+    table = pd.DataFrame(history)
+    table.to_csv(model_dir / CURVES_TSV, sep="\t", index=False, float_format="%.6g")
+    if not figure:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for phase, part in table.groupby("phase", sort=False):
+        ax.plot(part["epoch"], part["train_loss"], "o-", label=f"{phase} train")
+        ax.plot(part["epoch"], part["val_loss"], "s--", label=f"{phase} val")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    if (table[["train_loss", "val_loss"]] > 0).all().all():
+        ax.set_yscale("log")
+    ax.set_title(model_dir.name)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(model_dir / CURVES_PNG, dpi=100)
+    plt.close(fig)
+
+
+def _context(spec, data, params, config, device):
+    import torch
+
+    from bolus.learn.specs import Context
+
+    constants = PerfusionConstants.from_config(config)
+    return Context(
+        device=device,
+        times_s=np.asarray(data.times_s, float),
+        norm=target_norm(data, spec.maps),
+        params=params,
+        kh_over_rho=constants.kh / constants.density_g_ml,
+        tmax_threshold_s=float(with_defaults(config)["lesion"]["tmax_threshold_s"]),
+        autocast=device.type == "cuda" and torch.cuda.is_bf16_supported(),
+    )
+
+
+def _model_record(name, spec, model_state, ctx, params) -> dict:
+    return {
+        "name": name,
+        "maps": list(spec.maps),
+        "params": params,
+        "state": model_state,
+        "norm": ctx.norm,
+        "times_s": ctx.times_s.tolist(),
+        "kh_over_rho": ctx.kh_over_rho,
+        "tmax_threshold_s": ctx.tmax_threshold_s,
+    }
+
+
+def train_model(name: str, data_dir, model_dir, config: dict | None = None, threads=None) -> Path:
+    """Train model ``name`` on the cohort data in ``data_dir``; returns ``model_dir/model.pt``."""
+    import torch
+
+    from bolus.learn.datasets import open_layout
+    from bolus.learn.specs import get_spec
+
+    config = with_defaults(config)
+    params = resolve_params(config, name)
+    if threads:
+        torch.set_num_threads(int(threads))
+        params["threads"] = int(threads)
+    spec = get_spec(name)
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / CONFIG).write_text(
+        yaml.safe_dump({"model": name, "params": params, "config": config}, sort_keys=False)
+    )
+    device = pick_device(str(params["device"]))
+    seed = int(params["seed"])
+    torch.manual_seed(seed)
+    data = open_layout(data_dir, spec.layout)
+    ctx = _context(spec, data, params, config, device)
+    log.info("%s: %s on %s, %d time points", name, spec.layout, device, ctx.times_s.size)
+    if spec.framework == "sklearn":
+        return _fit_sklearn(name, spec, data, ctx, params, model_dir)
+
+    model = spec.build(ctx.times_s.size, params).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=float(params["lr"]))
+    state = {"phase": 0, "epoch": 0, "epoch_in_phase": 0, "best": float("inf"), "stale": 0}
+    history: list[dict] = []
+    best_weights = copy.deepcopy(model.state_dict())
+    checkpoint = model_dir / CHECKPOINT
+    if checkpoint.exists():
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        best_weights, state, history = saved["best"], saved["state"], saved["history"]
+        log.info("%s: resumed from %s at epoch %d", name, checkpoint, state["epoch"])
+    ctx.extra["resumed_at_epoch"] = state["epoch"]
+
+    phases = spec.phases(params)
+    patience = int(params["patience"])
+    per_batch = int(params["batch_size" if spec.layout == "voxels" else "slices_per_batch"])
+    max_batches = params.get("max_batches_per_epoch")
+    while state["phase"] < len(phases):
+        phase, n_epochs = phases[state["phase"]]
+        source = _phase_data(phase, data, ctx, params, config)
+        while state["epoch_in_phase"] < n_epochs and state["stale"] < patience:
+            epoch, started = state["epoch"], time.perf_counter()
+            torch.manual_seed(seed * 1000 + epoch)
+            ctx.extra["rng"] = np.random.default_rng([seed, epoch, 1])
+            model.train()
+            losses = []
+            for k, rows in enumerate(
+                source.batches("train", per_batch, np.random.default_rng([seed, epoch]))
+            ):
+                if max_batches and k >= int(max_batches):
+                    break
+                loss = spec.loss(model, spec.batch(source, rows, ctx, phase), ctx, phase)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                optimiser.step()
+                losses.append(float(loss.detach()))
+            val = _validate(spec, model, source, ctx, phase, per_batch, seed)
+            if val < state["best"]:
+                state["best"], state["stale"] = val, 0
+                best_weights = copy.deepcopy(model.state_dict())
+            else:
+                state["stale"] += 1
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "phase": phase,
+                    "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                    "val_loss": val,
+                    "seconds": round(time.perf_counter() - started, 3),
+                }
+            )
+            log.info("%s %s epoch %d: train %.4g val %.4g", name, phase, epoch + 1,
+                     history[-1]["train_loss"], val)  # fmt: skip
+            state["epoch"] += 1
+            state["epoch_in_phase"] += 1
+            _save_atomic(
+                {"model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                 "best": best_weights, "state": state, "history": history},
+                checkpoint,
+            )  # fmt: skip
+            write_curves(history, model_dir, figure=False)  # the figure once, at the end
+        # next phase (fine-tuning) starts from this phase's best weights
+        model.load_state_dict(best_weights)
+        state.update(phase=state["phase"] + 1, epoch_in_phase=0, best=float("inf"), stale=0)
+        _save_atomic(
+            {"model": model.state_dict(), "optimiser": optimiser.state_dict(),
+             "best": best_weights, "state": state, "history": history},
+            checkpoint,
+        )  # fmt: skip
+    if history:
+        write_curves(history, model_dir)
+    out = model_dir / MODEL
+    _save_atomic(_model_record(name, spec, best_weights, ctx, params), out)
+    return out
+
+
+def _phase_data(phase, data, ctx, params, config):
+    if phase != "pretrain":
+        return data
+    cached = ctx.extra.get("pretrain_data")
+    if cached is None:
+        from bolus.learn.synthetic import simulate_curves
+
+        sim = simulate_curves(
+            int(params["pretrain_curves"]),
+            ctx.times_s,
+            PerfusionConstants.from_config(config),
+            np.random.default_rng([int(params["seed"]), 77]),
+            max_delay_s=float(params["pretrain_max_delay_s"]),
+        )
+        cached = ctx.extra["pretrain_data"] = ArrayData(sim)
+        ctx.extra["pretrain"] = sim
+    return cached
+
+
+def _validate(spec, model, source, ctx, phase, per_batch, seed) -> float:
+    import torch
+
+    model.eval()
+    ctx.extra["rng"] = np.random.default_rng([seed, 999])
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for rows in source.batches("val", per_batch, None):
+            total += float(spec.loss(model, spec.batch(source, rows, ctx, phase), ctx, phase))
+            n += 1
+    return total / n if n else float("nan")
+
+
+def _fit_sklearn(name, spec, data, ctx, params, model_dir) -> Path:
+    """Random forest: one fit on (a bounded sample of) the training voxels."""
+    rng = np.random.default_rng(int(params["seed"]))
+    rows = data.rows("train")
+    if rows.size > int(params["max_samples"]):
+        rows = np.sort(rng.choice(rows, int(params["max_samples"]), replace=False))
+    columns = spec.map_columns()
+    mean, sd = spec.scale_np(ctx)
+
+    def xy(rows):
+        x = spec.features(
+            np.asarray(data["curves"][rows]), np.asarray(data["aifs"][data["subject"][rows]])
+        )
+        y = (np.asarray(data["targets"][rows][:, columns]) - mean) / sd
+        keep = np.isfinite(y).all(axis=1)
+        return x[keep], y[keep]
+
+    started = time.perf_counter()
+    estimator = spec.build(ctx.times_s.size, params)
+    x, y = xy(rows)
+    estimator.fit(x, y)
+    xv, yv = xy(data.rows("val")[:50_000])
+    val = float(np.mean(np.abs(estimator.predict(xv) - yv))) if len(xv) else float("nan")
+    train = float(np.mean(np.abs(estimator.predict(x[:50_000]) - y[:50_000])))
+    history = [{"epoch": 1, "phase": "fit", "train_loss": train, "val_loss": val,
+                "seconds": round(time.perf_counter() - started, 3)}]  # fmt: skip
+    write_curves(history, model_dir)
+    out = model_dir / MODEL
+    record = _model_record(name, spec, None, ctx, params)
+    record["estimator"] = estimator
+    _save_atomic(record, out)
+    return out

@@ -1,0 +1,605 @@
+"""Voxel-wise perfusion Transformer (Zeng et al. 2025): tissue curve + global AIF → local AIF,
+flow-scaled residue function and bolus arrival delay → CBF, CBV, MTT, Tmax.
+
+Network (:class:`PerfusionTransformer`)
+---------------------------------------
+* Encoder: the tissue curve (with its validity mask as a second channel) is cut into 16
+  tokens by a 1D convolution (kernel 8, stride ``patch`` = 6 samples; "conv projection"), plus a fixed
+  sinusoidal positional encoding and a learnable temporal embedding per token; 3 pre-norm
+  Transformer encoder layers (d_model 64, 16 heads, feed-forward 128).
+* Decoder: the global AIF, tokenised the same way (own projection and embeddings), attends
+  to itself and to the encoded tissue curve: 3 Transformer decoder layers (no causal mask:
+  the whole curve is known).
+* Heads on the decoder tokens: the local AIF (``patch`` samples per token), the flow-scaled
+  residue r(t) = (ρ/k_H)·F·R(t) in 1/s (Softplus, then sorted in descending order along
+  time so it is monotonically non-increasing; the sort's permutation passes the gradient),
+  and the bolus arrival delay (BAD, s; Softplus, so ≥ 0 like the SVD methods' Tmax) from
+  the masked mean of the tokens.
+
+Shapes: inputs ``tissue`` (batch, L), ``aif`` (batch, L) or (L,), ``valid`` (batch, L) bool,
+with L = ``n_samples`` on the model grid; outputs ``residue`` (batch, L) 1/s,
+``local_aif`` (batch, L) (in units of the global AIF's peak), ``bad_s`` (batch,).
+
+Model grid, variable temporal resolution and length
+---------------------------------------------------
+Every acquisition is resampled (linear interpolation) onto a fixed grid of ``n_samples``
+(96) samples every ``dt_s`` (1 s) starting at its first frame. A shorter acquisition is
+padded with zeros and a mask (``valid``), given to the network as a second input channel
+of the conv projection (so padded tokens are known as such; attention runs unmasked over
+the fixed number of tokens, which keeps it on PyTorch's fused path) and ignored by the
+losses; frames after 96 s are dropped (every bolus of interest
+has passed by then; the simulator's longest delays reach 55 s + the first pass).
+
+Normalisation (DSC ΔR2* and CT HU alike)
+----------------------------------------
+Tissue and AIF are divided by the global AIF's peak: the ratio is independent of dose,
+relaxivity and units. The tissue curve is further divided by :data:`TISSUE_SCALE` so a
+grey-matter curve has a peak of about 1; the residue is produced in units of
+:data:`RESIDUE_SCALE` (1/s) and BAD in units of :data:`BAD_SCALE_S` inside the losses.
+
+Physics of the outputs
+----------------------
+The reconstructed tissue curve is ĉ(t_i) = Δt·Σ_j a_loc(t_{i−j})·r(t_j) (same rectangle rule
+as the pipeline's deconvolution). With the :class:`~bolus.config.PerfusionConstants`:
+CBF = cbf_scale·max r (ml/100 g/min), CBV = cbv_scale·Σ r·Δt (ml/100 g), MTT = 60·CBV/CBF
+(s), Tmax = Δt·argmax r + BAD (s); the residue is monotone, so argmax r = 0 and Tmax = BAD.
+
+BAD is trained against the *effective* arrival delay δ + argmax(h_β ⊗ R) of the truth maps
+(the peak of the residue seen through the global AIF, Calamante 2000): equal to the local
+AIF's delay δ without dispersion, and what Tmax means in this project (DESIGN.md).
+
+Loss (:func:`transformer_loss`)
+-------------------------------
+MSE(BAD) + λ1·MSE(local AIF) + λ2·MSE(reconstructed curve) + λ3·‖d²r/dt²‖² as in the paper,
+plus two optional supervised terms used where the truth is known: λ_R·MSE(r) (pre-training
+on simulated curves, where the true residue is known; converges several times faster than
+the reconstruction alone) and λ_map·(MSE(CBF) + MSE(CBV)) (fine-tuning on cohort voxels
+with reference maps, where neither the local AIF nor the residue is known). A term whose
+target is missing from the batch is skipped.
+
+Training
+--------
+:func:`pretrain` draws fresh simulated voxel curves every step
+(:func:`bolus.simulate.voxel_curves.simulate_voxel_curves`, seeded by (seed, step), so a
+resumed run sees the same data), checkpoints every ``checkpoint_every`` steps and resumes
+from the checkpoint; :func:`fine_tune` adapts a model to cohort voxels (curves, AIF, times,
+reference CBF/CBV/Tmax). :func:`predict_subject` maps a whole subject.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bolus.config import PerfusionConstants
+
+TISSUE_SCALE = 0.05  # tissue / AIF peak of a grey-matter-like curve
+RESIDUE_SCALE = 0.01  # 1/s: (ρ/k_H)·F of grey matter ≈ 0.014 1/s
+BAD_SCALE_S = 10.0
+CBF_SCALE = 50.0  # ml/100 g/min, for the fine-tuning map terms
+CBV_SCALE = 4.0  # ml/100 g
+MIN_CBF_FOR_MTT = 1e-3
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Sizes of :class:`PerfusionTransformer` (Zeng et al. 2025: 3 layers, d_model 64, 16 heads)
+    and its model grid (``n_samples`` every ``dt_s`` s; ``patch`` samples per token, the stride
+    of the conv projection, whose kernel is ``kernel`` samples)."""
+
+    n_samples: int = 96
+    dt_s: float = 1.0
+    patch: int = 6
+    kernel: int = 8
+    d_model: int = 64
+    n_heads: int = 16
+    n_layers: int = 3
+    d_feedforward: int = 128
+    dropout: float = 0.0
+    residue_scale: float = 0.01  # 1/s per unit of the residue head (RESIDUE_SCALE)
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """λ of :func:`transformer_loss` (BAD has weight 1)."""
+
+    local_aif: float = 1.0
+    reconstruction: float = 1.0
+    smoothness: float = 0.1
+    residue: float = 0.0
+    maps: float = 0.0
+
+
+PRETRAIN_WEIGHTS = LossWeights(residue=1.0)
+FINE_TUNE_WEIGHTS = LossWeights(local_aif=0.0, maps=1.0)
+
+
+def _sinusoidal(n: int, d: int) -> torch.Tensor:
+    position = torch.arange(n, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
+    out = torch.zeros(n, d)
+    out[:, 0::2] = torch.sin(position * freq)
+    out[:, 1::2] = torch.cos(position * freq)
+    return out
+
+
+class _Tokeniser(nn.Module):
+    """(batch, L) curve + (batch, L) mask → (batch, N, d): conv projection + fixed sinusoidal
+    positional encoding + learnable temporal embedding."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.n_tokens = -(-cfg.n_samples // cfg.patch)
+        self.proj = nn.Conv1d(
+            2,
+            cfg.d_model,
+            kernel_size=cfg.kernel,
+            stride=cfg.patch,
+            padding=max((cfg.kernel - cfg.patch + 1) // 2, 0),
+        )
+        self.register_buffer("position", _sinusoidal(self.n_tokens, cfg.d_model), persistent=False)
+        self.temporal = nn.Parameter(0.02 * torch.randn(self.n_tokens, cfg.d_model))
+
+    def forward(self, curve: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        x = torch.stack([curve * valid, valid.to(curve.dtype)], dim=1)
+        x = self.proj(x)[..., : self.n_tokens].transpose(1, 2)
+        return x + self.position + self.temporal
+
+
+class PerfusionTransformer(nn.Module):
+    """Zeng et al. 2025 voxel-wise Transformer; see the module docstring for shapes and units.
+
+    ``forward(tissue, aif, valid=None)`` takes model-grid curves already normalised by
+    :func:`prepare_curves` and returns ``{"residue", "local_aif", "bad_s"}`` (``"bad"`` is
+    the same tensor). ``valid=None``: every sample is valid.
+
+    Built from a :class:`TransformerConfig`, or as ``PerfusionTransformer(n_samples,
+    d_model=, heads=, layers=, feedforward=, patch=, stride=)`` (``patch`` is then the conv
+    kernel and ``stride`` its stride: the sizes a training spec may pass, for curves
+    normalised by the AIF area as :mod:`bolus.learn.datasets` does; residue scale 0.1 1/s).
+    """
+
+    def __init__(self, config: TransformerConfig | int | None = None, **sizes):
+        super().__init__()
+        if isinstance(config, int):
+            names = {"d_model": "d_model", "heads": "n_heads", "layers": "n_layers",
+                     "feedforward": "d_feedforward", "patch": "kernel", "stride": "patch",
+                     "dt_s": "dt_s", "dropout": "dropout"}  # fmt: skip
+            names["residue_scale"] = "residue_scale"
+            unknown = set(sizes) - set(names)
+            if unknown:
+                raise TypeError(f"unknown PerfusionTransformer sizes: {sorted(unknown)}")
+            # curves normalised by the AIF area (bolus.learn.datasets: tissue ×100, AIF ×10)
+            # give a residue 10× that of curves normalised by the AIF peak
+            sizes.setdefault("residue_scale", 10 * RESIDUE_SCALE)
+            cfg = TransformerConfig(n_samples=config, **{names[k]: v for k, v in sizes.items()})
+        else:
+            cfg = config or TransformerConfig()
+        self.config = cfg
+        self.tissue_tokens = _Tokeniser(cfg)
+        self.aif_tokens = _Tokeniser(cfg)
+        layer = dict(
+            d_model=cfg.d_model,
+            nhead=cfg.n_heads,
+            dim_feedforward=cfg.d_feedforward,
+            dropout=cfg.dropout,
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(**layer), cfg.n_layers, enable_nested_tensor=False
+        )
+        self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer), cfg.n_layers)
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.residue_head = nn.Linear(cfg.d_model, cfg.patch)
+        self.aif_head = nn.Linear(cfg.d_model, cfg.patch)
+        self.bad_head = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, 1)
+        )
+        # start from a small residue (softplus(−4) ≈ 0.018 units: CBV ≈ 1 ml/100 g over 96 s)
+        # so the first reconstructions are of the order of the tissue curves
+        nn.init.constant_(self.residue_head.bias, -4.0)
+
+    def forward(self, tissue, aif, valid=None) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        batch, n = tissue.shape
+        if aif.dim() == 1:
+            aif = aif.expand(batch, -1)
+        if valid is None:
+            valid = torch.ones_like(tissue, dtype=torch.bool)
+        width = self.tissue_tokens.n_tokens * cfg.patch
+        if width > n:  # pad to whole tokens; the padding is invalid
+            tissue = nn.functional.pad(tissue, (0, width - n))
+            aif = nn.functional.pad(aif, (0, width - n))
+            valid = nn.functional.pad(valid, (0, width - n), value=False)
+        token_valid = valid[:, :: cfg.patch]  # a token is valid when its first sample is
+        # padding is marked by the validity channel of the tokens, not by attention masks:
+        # every sequence has the same length, and attention runs on the fused fast path
+        memory = self.encoder(self.tissue_tokens(tissue, valid))
+        x = self.decoder(self.aif_tokens(aif, valid), memory)
+        x = self.norm(x)
+        residue = nn.functional.softplus(self.residue_head(x).reshape(batch, -1)[:, :n])
+        residue = torch.sort(residue, dim=-1, descending=True).values * cfg.residue_scale
+        local = self.aif_head(x).reshape(batch, -1)[:, :n]
+        weights = token_valid.to(x.dtype)[..., None]
+        pooled = (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        bad = nn.functional.softplus(self.bad_head(pooled)[:, 0]) * BAD_SCALE_S  # δ ≥ 0
+        return {"residue": residue, "local_aif": local, "bad_s": bad, "bad": bad}
+
+
+def build(config: TransformerConfig | None = None, seed: int | None = None) -> PerfusionTransformer:
+    """A fresh :class:`PerfusionTransformer` (weights from ``seed`` when given)."""
+    if seed is not None:
+        torch.manual_seed(int(seed))
+    return PerfusionTransformer(config)
+
+
+# ----------------------------------------------------------------------------- data
+def model_grid(config: TransformerConfig) -> np.ndarray:
+    """Times (s from the first frame) of the model grid."""
+    return np.arange(config.n_samples) * config.dt_s
+
+
+def resample_rows(curves, times_s, grid_s):
+    """Linear interpolation of each row of ``curves`` (n, F) from its times (n, F) (NaN for
+    absent frames, increasing, from the row's first frame) or shared times (F,) onto
+    ``grid_s`` (L,) counted from the first frame. Returns values (n, L) (0 where invalid)
+    and valid (n, L) bool (grid time within the acquisition)."""
+    curves = np.asarray(curves, dtype=np.float64)
+    times = np.asarray(times_s, dtype=np.float64)
+    grid = np.asarray(grid_s, dtype=np.float64)
+    if times.ndim == 1:  # one time vector for every row: weights once, one gather
+        rel = times - times[0]
+        idx = np.clip(np.searchsorted(rel, grid, side="right") - 1, 0, rel.size - 2)
+        w = np.clip((grid - rel[idx]) / (rel[idx + 1] - rel[idx]), 0.0, 1.0)
+        valid = np.broadcast_to(grid <= rel[-1] + 1e-9, (curves.shape[0], grid.size))
+        out = curves[:, idx] * (1 - w) + curves[:, idx + 1] * w
+        return np.where(valid, out, 0.0), valid.copy()
+    rel = times - times[:, :1]
+    last = np.nanmax(rel, axis=1)
+    filled = np.where(np.isnan(rel), np.inf, rel)
+    idx = (filled[:, :, None] <= grid[None, None, :]).sum(axis=1) - 1  # (n, L)
+    n_frames = np.isfinite(filled).sum(axis=1)
+    idx = np.clip(idx, 0, np.maximum(n_frames - 2, 0)[:, None])
+    rows = np.arange(curves.shape[0])[:, None]
+    t0, t1 = rel[rows, idx], rel[rows, idx + 1]
+    w = np.clip((grid[None, :] - t0) / np.where(t1 > t0, t1 - t0, 1.0), 0.0, 1.0)
+    valid = grid[None, :] <= last[:, None] + 1e-9
+    out = curves[rows, idx] * (1 - w) + curves[rows, idx + 1] * w
+    return np.where(valid, out, 0.0), valid
+
+
+def prepare_curves(tissue, aif, time_s, config: TransformerConfig):
+    """Normalised model-grid inputs from concentration curves (any units: ΔR2*, mM, HU).
+
+    ``tissue`` (n, F); ``aif`` (F,) shared or (n, F) per row; ``time_s`` (F,) or (n, F).
+    Returns float32 tissue (n, L) / (AIF peak · TISSUE_SCALE), AIF (n, L) or (L,) / its peak,
+    valid (n, L) and the AIF peak(s).
+    """
+    grid = model_grid(config)
+    tissue_g, valid = resample_rows(tissue, time_s, grid)
+    aif = np.asarray(aif, dtype=np.float64)
+    shared = aif.ndim == 1
+    times = np.asarray(time_s, dtype=np.float64)
+    if shared and times.ndim == 2:
+        raise ValueError("one AIF for every curve needs one time vector, got per-curve times")
+    aif_g, _ = resample_rows(aif[None] if shared else aif, times, grid)
+    peak = np.nanmax(np.asarray(aif[None] if shared else aif), axis=-1)
+    if np.any(~np.isfinite(peak)) or np.any(peak <= 0):
+        raise ValueError("the AIF has no positive peak; check the AIF curve")
+    aif_n = aif_g / peak[:, None]
+    tissue_n = tissue_g / (peak[:, None] * TISSUE_SCALE)
+    return (
+        tissue_n.astype(np.float32),
+        (aif_n[0] if shared else aif_n).astype(np.float32),
+        valid,
+        peak,
+    )
+
+
+def simulated_batch(rng: np.random.Generator, batch_size: int, config, constants):
+    """One pre-training batch of simulated voxel curves as tensors (inputs and targets)."""
+    from bolus.simulate.voxel_curves import FINE_DT_S, simulate_voxel_curves
+
+    sim = simulate_voxel_curves(rng, batch_size, constants)
+    tissue, aif, valid, peak = prepare_curves(sim.tissue, sim.aif, sim.time_s, config)
+    grid = model_grid(config)
+    fine_index = np.clip(np.rint(grid / FINE_DT_S).astype(int), 0, sim.fine_time_s.size - 1)
+    local = sim.fine_local_aif[:, fine_index] / peak[:, None]
+    return {
+        "tissue": torch.from_numpy(tissue),
+        "aif": torch.from_numpy(aif),
+        "valid": torch.from_numpy(valid),
+        "local_aif": torch.from_numpy((local * valid).astype(np.float32)),
+        "residue": torch.from_numpy(sim.flow_residue(grid, constants).astype(np.float32)),
+        "bad_s": torch.from_numpy(sim.tmax_s.astype(np.float32)),
+        "cbf": torch.from_numpy(sim.cbf.astype(np.float32)),
+        "cbv": torch.from_numpy(sim.cbv.astype(np.float32)),
+    }
+
+
+def pretraining_arrays(
+    n: int, times_s, *, seed: int = 0, constants=None, curve_scale=100.0, aif_scale=10.0
+) -> dict[str, np.ndarray]:
+    """``n`` simulated voxels on one fixed time grid ``times_s`` (s from the first frame), in
+    the normalisation of :mod:`bolus.learn.datasets` (tissue ×``curve_scale``, AIFs
+    ×``aif_scale``, both divided by the global AIF's area): float32 ``curves``, ``aif``,
+    ``local_aif`` (n, T) and ``bad`` (n,) s (the effective delay, see the module docstring).
+    For a training loop that pre-trains on a cohort's own time grid."""
+    from bolus.simulate.voxel_curves import simulate_voxel_curves
+
+    constants = constants or PerfusionConstants.from_config()
+    times = np.asarray(times_s, dtype=float) - float(np.asarray(times_s)[0])
+    rng = np.random.default_rng(int(seed))
+    parts: dict[str, list] = {"curves": [], "aif": [], "local_aif": [], "bad": []}
+    for start in range(0, int(n), 1024):
+        sim = simulate_voxel_curves(rng, min(1024, int(n) - start), constants)
+        tissue, aif, local = sim.sample_on(times, rng)
+        area = np.trapezoid(aif, times, axis=-1)[:, None]
+        parts["curves"].append(tissue * curve_scale / area)
+        parts["aif"].append(aif * aif_scale / area)
+        parts["local_aif"].append(local * aif_scale / area)
+        parts["bad"].append(sim.tmax_s)
+    return {k: np.concatenate(v).astype(np.float32) for k, v in parts.items()}
+
+
+# ----------------------------------------------------------------------------- physics
+def reconstruct(local_aif: torch.Tensor, residue: torch.Tensor, dt_s: float) -> torch.Tensor:
+    """Δt·(a_loc ⊛ r) on the model grid, causal and linear (FFT of twice the length); in
+    units of the AIF peak (compare with tissue·TISSUE_SCALE)."""
+    n = local_aif.shape[-1]
+    size = 2 * n
+    spec = torch.fft.rfft(local_aif, size) * torch.fft.rfft(residue, size)
+    return torch.fft.irfft(spec, size)[..., :n] * dt_s
+
+
+def maps_from_outputs(out: dict, config: TransformerConfig, constants: PerfusionConstants):
+    """CBF, CBV, MTT, Tmax tensors (batch,) from the network outputs (see module docstring)."""
+    r = out["residue"]
+    cbf = constants.cbf_scale * r.max(dim=-1).values
+    cbv = constants.cbv_scale * r.sum(dim=-1) * config.dt_s
+    mtt = torch.where(cbf >= MIN_CBF_FOR_MTT, 60.0 * cbv / cbf.clamp_min(MIN_CBF_FOR_MTT), 0.0)
+    tmax = config.dt_s * r.argmax(dim=-1).to(r.dtype) + out["bad_s"]
+    return {"cbf": cbf, "cbv": cbv, "mtt": mtt, "tmax": tmax}
+
+
+def transformer_loss(out, batch, config, constants, weights: LossWeights = PRETRAIN_WEIGHTS):
+    """Total loss and its parts (floats) for a batch; see the module docstring."""
+    valid = batch["valid"].to(out["residue"].dtype)
+    n_valid = valid.sum().clamp_min(1.0)
+    parts = {}
+    terms = []
+    if "bad_s" in batch:
+        known = torch.isfinite(batch["bad_s"])
+        if known.any():
+            err = (out["bad_s"][known] - batch["bad_s"][known]) / BAD_SCALE_S
+            parts["bad"] = (err**2).mean()
+            terms.append(parts["bad"])
+    if weights.local_aif and "local_aif" in batch:
+        parts["local_aif"] = (
+            ((out["local_aif"] - batch["local_aif"]) ** 2) * valid
+        ).sum() / n_valid
+        terms.append(weights.local_aif * parts["local_aif"])
+    if weights.reconstruction:
+        fit = reconstruct(out["local_aif"], out["residue"], config.dt_s) / TISSUE_SCALE
+        parts["reconstruction"] = (((fit - batch["tissue"]) ** 2) * valid).sum() / n_valid
+        terms.append(weights.reconstruction * parts["reconstruction"])
+    if weights.smoothness:
+        curvature = torch.diff(out["residue"] / RESIDUE_SCALE, n=2, dim=-1)
+        parts["smoothness"] = (curvature**2).mean()
+        terms.append(weights.smoothness * parts["smoothness"])
+    if weights.residue and "residue" in batch:
+        parts["residue"] = (((out["residue"] - batch["residue"]) / RESIDUE_SCALE) ** 2).mean()
+        terms.append(weights.residue * parts["residue"])
+    if weights.maps and ("cbf" in batch or "cbv" in batch):
+        maps = maps_from_outputs(out, config, constants)
+        for name, scale in (("cbf", CBF_SCALE), ("cbv", CBV_SCALE)):
+            if name in batch and torch.isfinite(batch[name]).any():
+                known = torch.isfinite(batch[name])
+                parts[name] = (((maps[name] - batch[name]) / scale)[known] ** 2).mean()
+                terms.append(weights.maps * parts[name])
+    total = torch.stack(terms).sum()
+    return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def training_step(model, optimiser, batch, constants, weights=PRETRAIN_WEIGHTS):
+    """One optimisation step on ``batch``; returns the loss parts (before the step)."""
+    model.train()
+    out = model(batch["tissue"], batch["aif"], batch["valid"])
+    total, parts = transformer_loss(out, batch, model.config, constants, weights)
+    optimiser.zero_grad(set_to_none=True)
+    total.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimiser.step()
+    parts["total"] = float(total.detach())
+    return parts
+
+
+# ----------------------------------------------------------------------------- training
+CHECKPOINT = "transformer_pretrain.pt"
+CURVE = "transformer_pretrain.tsv"
+
+
+def _save_checkpoint(path: Path, model, optimiser, step: int, extra: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "step": step,
+            "config": asdict(model.config),
+            **extra,
+        },
+        tmp,
+    )
+    tmp.replace(path)  # atomic: a job killed while saving keeps the previous checkpoint
+
+
+def load(path, device="cpu") -> PerfusionTransformer:
+    """A model from a checkpoint written by :func:`pretrain` or :func:`fine_tune`."""
+    state = torch.load(path, map_location=device, weights_only=False)
+    model = PerfusionTransformer(TransformerConfig(**state["config"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+def pretrain(
+    out_dir,
+    *,
+    steps: int,
+    batch_size: int = 256,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    device: str = "cpu",
+    checkpoint_every: int = 100,
+    config: TransformerConfig | None = None,
+    constants: PerfusionConstants | None = None,
+    weights: LossWeights = PRETRAIN_WEIGHTS,
+) -> Path:
+    """Pre-train on simulated voxel curves for ``steps`` steps; returns the checkpoint path.
+
+    Writes ``<out_dir>/transformer_pretrain.pt`` every ``checkpoint_every`` steps and at the
+    end, and appends the loss parts of every step to ``transformer_pretrain.tsv``. If the
+    checkpoint exists, training resumes from its step (batch k is drawn from (seed, k), so
+    an interrupted and resumed run trains on the same data as an uninterrupted one).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    constants = constants or PerfusionConstants.from_config()
+    ckpt, curve = out / CHECKPOINT, out / CURVE
+    torch.manual_seed(int(seed))
+    model = PerfusionTransformer(config).to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
+    total = max(int(steps), 1)
+    schedule = (  # warm-up over 10 % of the steps (at least 2), then cosine decay
+        torch.optim.lr_scheduler.OneCycleLR(
+            optimiser, max_lr=learning_rate, total_steps=total, pct_start=max(0.1, 2.5 / total)
+        )
+        if total >= 5
+        else torch.optim.lr_scheduler.LambdaLR(optimiser, lambda _: 1.0)
+    )
+    start = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        start = int(state["step"])
+    if start == 0 and curve.exists():
+        curve.unlink()
+    cfg = model.config
+    for step in range(start, int(steps)):
+        rng = np.random.default_rng([int(seed), step])
+        batch = {
+            k: v.to(device) for k, v in simulated_batch(rng, batch_size, cfg, constants).items()
+        }
+        parts = training_step(model, optimiser, batch, constants, weights)
+        schedule.step()
+        _append_curve(curve, step + 1, parts)
+        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+            _save_checkpoint(ckpt, model, optimiser, step + 1, {"schedule": schedule.state_dict()})
+    return ckpt
+
+
+def _append_curve(path: Path, step: int, parts: dict) -> None:
+    names = ("total", "bad", "local_aif", "reconstruction", "smoothness", "residue", "cbf", "cbv")
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        if new:
+            writer.writerow(("step", *names))
+        writer.writerow((step, *(f"{parts[n]:.6g}" if n in parts else "" for n in names)))
+
+
+def fine_tune(
+    model: PerfusionTransformer,
+    tissue,
+    aif,
+    time_s,
+    *,
+    cbf=None,
+    cbv=None,
+    tmax=None,
+    steps: int,
+    batch_size: int = 256,
+    learning_rate: float = 2e-4,
+    seed: int = 0,
+    constants: PerfusionConstants | None = None,
+    weights: LossWeights = FINE_TUNE_WEIGHTS,
+) -> list[dict]:
+    """Fine-tune ``model`` in place on cohort voxels; returns the loss parts per step.
+
+    ``tissue`` (n, F) concentration curves, ``aif`` (n, F) their subjects' global AIFs (or
+    (F,) shared), ``time_s`` (F,) or (n, F); ``cbf``/``cbv``/``tmax`` (n,) reference maps
+    (NaN where unknown). Loss: reconstruction of the voxel's own curve + smoothness +
+    BAD against the reference Tmax + CBF/CBV against the reference (``weights.maps``).
+    """
+    constants = constants or PerfusionConstants.from_config()
+    cfg = model.config
+    x, a, valid, _ = prepare_curves(tissue, aif, time_s, cfg)
+    n = x.shape[0]
+    device = next(model.parameters()).device
+    data = {"tissue": torch.from_numpy(x), "valid": torch.from_numpy(valid)}
+    data["aif"] = torch.from_numpy(a if a.ndim == 2 else np.broadcast_to(a, x.shape).copy())
+    for name, values in (("cbf", cbf), ("cbv", cbv), ("bad_s", tmax)):
+        if values is not None:
+            data[name] = torch.as_tensor(np.asarray(values, dtype=np.float32))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
+    rng = np.random.default_rng(int(seed))
+    history = []
+    for _ in range(int(steps)):
+        rows = torch.from_numpy(rng.choice(n, size=min(batch_size, n), replace=False))
+        batch = {k: v[rows].to(device) for k, v in data.items()}
+        history.append(training_step(model, optimiser, batch, constants, weights))
+    return history
+
+
+# ----------------------------------------------------------------------------- inference
+def predict_curves(model, tissue, aif, time_s, *, batch_size: int = 4096, constants=None):
+    """Maps (cbf, cbv, mtt, tmax; (n,) float32) of curves (n, F) with one AIF (F,)."""
+    constants = constants or PerfusionConstants.from_config()
+    cfg = model.config
+    device = next(model.parameters()).device
+    x, a, valid, _ = prepare_curves(tissue, aif, time_s, cfg)
+    names = ("cbf", "cbv", "mtt", "tmax")
+    result = {k: np.empty(x.shape[0], np.float32) for k in names}
+    model.eval()
+    a_t = torch.from_numpy(a).to(device)
+    with torch.inference_mode():
+        for s in range(0, x.shape[0], batch_size):
+            xb = torch.from_numpy(x[s : s + batch_size]).to(device)
+            vb = torch.from_numpy(valid[s : s + batch_size]).to(device)
+            maps = maps_from_outputs(model(xb, a_t, vb), cfg, constants)
+            for k in names:
+                result[k][s : s + xb.shape[0]] = maps[k].float().cpu().numpy()
+    return result
+
+
+def predict_subject(
+    model, conc, time_s, aif, mask, *, batch_size: int = 4096, constants=None
+) -> dict[str, np.ndarray]:
+    """CBF, CBV, MTT, Tmax maps (X, Y, Z) float32 of one subject; 0 outside ``mask``.
+
+    ``conc`` (X, Y, Z, T) concentration (ΔR2* or HU above baseline), ``time_s`` (T,),
+    ``aif`` (T,) the global AIF on the same times, ``mask`` (X, Y, Z) bool.
+    """
+    conc = np.asarray(conc)
+    inside = np.asarray(mask).astype(bool)
+    if inside.shape != conc.shape[:-1]:
+        raise ValueError(
+            f"mask has shape {inside.shape}, the data's spatial shape is {conc.shape[:-1]}"
+        )
+    curves = np.nan_to_num(conc[inside].astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    values = predict_curves(model, curves, aif, time_s, batch_size=batch_size, constants=constants)
+    maps = {}
+    for name, v in values.items():
+        full = np.zeros(inside.shape, np.float32)
+        full[inside] = np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0)
+        maps[name] = full
+    return maps

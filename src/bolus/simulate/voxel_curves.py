@@ -1,0 +1,188 @@
+"""Random voxel curves for pre-training voxel-wise models: one batch at a time, vectorised.
+
+:func:`simulate_voxel_curves` draws ``n`` independent (tissue curve, global AIF) pairs with
+their truth, each as its own acquisition (own AIF, temporal resolution and length), with the
+conventions of :mod:`bolus.simulate.kinetics` (``C_t = (ρ/k_H)·F·(C_a,local ⊗ R)``):
+
+================  ==============================================================
+global AIF        50 % gamma-variate (arrival 4–20 s, α 2–4.5, β 0.8–2 s, a
+                  recirculation bump 0–20 % of the peak 6–12 s later, a 0–4 %
+                  steady tail), 50 % Parker 2006 (arrival 4–20 s, time scale
+                  0.7–1.4); peak 1 (the scale cancels: models see curves divided by
+                  the AIF peak)
+delay δ           0–25 s (half the voxels 0–4 s, half 0–25 s; arrival + δ ≤ 55 s)
+dispersion β      exponential transport function, 0–4 s (half 0–1.5 s)
+residue           gamma family (:func:`~bolus.simulate.kinetics.residue_function`),
+                  shape k 1–6; CBF 5–130 ml/100 g/min (log-uniform), MTT 2–16 s,
+                  CBV = CBF·MTT/60 ≤ 15 ml/100 g
+sampling          TR 0.8–2.5 s, duration 45–120 s (at least arrival + δ + 35 s)
+noise             Gaussian on the concentration: tissue CNR (peak/σ) 4–60,
+                  AIF CNR 30–300 (log-uniform), i.e. DSC at SNR ≈ 40–400 and CTP
+================  ==============================================================
+
+Curves are computed on a 0.25 s grid and sampled at the acquisition times ``k·TR``. The
+returned acquisitions are padded to the longest one (``n_frames`` says how many frames
+each has, ``time_s`` holds NaN beyond). The effective delay ``tmax_s`` = δ + argmax(h_β ⊗ R)
+is the Tmax of the truth maps (what deconvolution with the global AIF measures).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bolus.simulate.kinetics import (
+    _fft_convolve,
+    effective_residue_peak_time,
+    exponential_kernel,
+    gamma_variate,
+    parker_aif,
+    residue_function,
+)
+
+FINE_DT_S = 0.25
+MAX_DURATION_S = 120.0
+
+
+@dataclass
+class VoxelCurves:
+    """A batch of simulated acquisitions of one voxel each (n rows, frames padded to F)."""
+
+    time_s: np.ndarray  # (n, F) acquisition times, NaN beyond n_frames
+    n_frames: np.ndarray  # (n,)
+    tissue: np.ndarray  # (n, F) noisy tissue concentration (mM), 0 beyond n_frames
+    aif: np.ndarray  # (n, F) noisy global AIF (mM, peak ≈ 1)
+    fine_time_s: np.ndarray  # (Tf,) the 0.25 s simulation grid
+    fine_aif: np.ndarray  # (n, Tf) noise-free global AIF
+    fine_local_aif: np.ndarray  # (n, Tf) noise-free local AIF (delayed, dispersed)
+    fine_tissue: np.ndarray  # (n, Tf) noise-free tissue concentration
+    noise_sigma: np.ndarray  # (n, 2) σ of the tissue and the AIF noise
+    cbf: np.ndarray  # (n,) ml/100 g/min
+    cbv: np.ndarray  # (n,) ml/100 g
+    mtt_s: np.ndarray  # (n,)
+    shape: np.ndarray  # (n,) residue shape k
+    delay_s: np.ndarray  # (n,) δ, arrival delay of the local AIF
+    dispersion_s: np.ndarray  # (n,) β
+    tmax_s: np.ndarray  # (n,) δ + argmax(h_β ⊗ R)
+
+    def sample_on(self, times_s, rng: np.random.Generator):
+        """Noisy tissue and AIF and the noise-free local AIF at shared times ``times_s``
+        (s from the start of the simulation, within 120 s): three (n, T) arrays."""
+        pos = np.clip(np.asarray(times_s, float) / FINE_DT_S, 0, self.fine_time_s.size - 1.001)
+        i0 = np.floor(pos).astype(int)
+        w = pos - i0
+
+        def at(curves):
+            return curves[:, i0] * (1 - w) + curves[:, i0 + 1] * w
+
+        shape = (self.cbf.size, pos.size)
+        tissue = at(self.fine_tissue) + self.noise_sigma[:, :1] * rng.standard_normal(shape)
+        aif = at(self.fine_aif) + self.noise_sigma[:, 1:] * rng.standard_normal(shape)
+        return tissue, aif, at(self.fine_local_aif)
+
+    def flow_residue(self, t_s, constants) -> np.ndarray:
+        """(ρ/k_H)·F·R(t) in 1/s at times ``t_s`` (from the local AIF's arrival), (n, len(t))."""
+        flow = self.cbf[:, None] / 6000.0 * constants.density_g_ml / constants.kh
+        return flow * residue_function(np.asarray(t_s, float), self.mtt_s, self.shape)
+
+
+def _loguniform(rng, low, high, n):
+    return np.exp(rng.uniform(np.log(low), np.log(high), n))
+
+
+def _shift(curves, delay_s, dt):
+    """Delay each row by its own δ (s) with linear interpolation, zeros shifted in."""
+    n, size = curves.shape
+    pos = np.arange(size)[None, :] - delay_s[:, None] / dt
+    i0 = np.floor(pos).astype(int)
+    w = pos - i0
+    rows = np.arange(n)[:, None]
+
+    def take(idx):
+        ok = (idx >= 0) & (idx < size)
+        return np.where(ok, curves[rows, np.clip(idx, 0, size - 1)], 0.0)
+
+    return take(i0) * (1 - w) + take(i0 + 1) * w
+
+
+def simulate_voxel_curves(rng: np.random.Generator, n: int, constants) -> VoxelCurves:
+    """Draw ``n`` voxel acquisitions (see the module docstring); ``constants`` is a
+    :class:`bolus.config.PerfusionConstants`."""
+    t = np.arange(int(MAX_DURATION_S / FINE_DT_S) + 1) * FINE_DT_S
+    col = (n, 1)
+    arrival = rng.uniform(4.0, 20.0, n)
+    # global AIF: gamma-variate with recirculation and tail, or Parker
+    alpha, beta = rng.uniform(2.0, 4.5, n), rng.uniform(0.8, 2.0, n)
+    gamma = gamma_variate(t, arrival.reshape(col), alpha.reshape(col), beta.reshape(col), 1.0)
+    recirc = gamma_variate(
+        t,
+        (arrival + rng.uniform(6.0, 12.0, n)).reshape(col),
+        alpha.reshape(col),
+        (2.0 * beta).reshape(col),
+        rng.uniform(0.0, 0.2, n).reshape(col),
+    )
+    end = (arrival + alpha * beta + 6.0).reshape(col)
+    tail = rng.uniform(0.0, 0.04, n).reshape(col) / (1.0 + np.exp(-(t - end) / 2.0))
+    gamma = gamma + recirc + tail
+    parker = parker_aif(t, arrival.reshape(col), rng.uniform(0.7, 1.4, n).reshape(col))
+    aif = np.where(rng.random(col) < 0.5, gamma, parker)
+    aif /= aif.max(axis=1, keepdims=True)
+
+    short = rng.random(n) < 0.5
+    delay = np.where(short, rng.uniform(0, 4.0, n), rng.uniform(0, 25.0, n))
+    delay = np.minimum(delay, 55.0 - arrival)
+    dispersion = np.where(rng.random(n) < 0.5, rng.uniform(0, 1.5, n), rng.uniform(0, 4.0, n))
+    local = _fft_convolve(
+        _shift(aif, delay, FINE_DT_S), exponential_kernel(t, dispersion), FINE_DT_S
+    )
+
+    cbf = _loguniform(rng, 5.0, 130.0, n)
+    mtt = rng.uniform(2.0, np.minimum(16.0, 60.0 * 15.0 / cbf), n)
+    shape = rng.uniform(1.0, 6.0, n)
+    flow = cbf[:, None] / 6000.0 * constants.density_g_ml / constants.kh
+    residue = residue_function(t + FINE_DT_S / 2, mtt, shape)
+    tissue = flow * _fft_convolve(local, residue, FINE_DT_S)
+    window = t[t <= 1.5 * float(np.max(mtt + dispersion)) + 5.0]
+    tmax = effective_residue_peak_time(window, mtt, shape, delay, dispersion)
+
+    # acquisition: TR, duration, sampling, noise
+    tr = rng.uniform(0.8, 2.5, n)
+    duration = np.clip(
+        np.maximum(rng.uniform(45.0, MAX_DURATION_S, n), arrival + delay + 35.0), 0, t[-1]
+    )
+    n_frames = np.floor(duration / tr).astype(int) + 1
+    frames = n_frames.max()
+    times = np.arange(frames)[None, :] * tr[:, None]
+    valid = np.arange(frames)[None, :] < n_frames[:, None]
+    pos = np.clip(times / FINE_DT_S, 0, t.size - 1.001)
+    i0 = np.floor(pos).astype(int)
+    w = pos - i0
+    rows = np.arange(n)[:, None]
+
+    def sample(curves):
+        return np.where(valid, curves[rows, i0] * (1 - w) + curves[rows, i0 + 1] * w, 0.0)
+
+    tissue_cnr = _loguniform(rng, 4.0, 60.0, n)
+    aif_cnr = _loguniform(rng, 30.0, 300.0, n)
+    sigma_t = tissue.max(axis=1) / tissue_cnr
+    noisy_tissue = sample(tissue) + valid * sigma_t[:, None] * rng.standard_normal((n, frames))
+    noisy_aif = sample(aif) + valid * (1.0 / aif_cnr)[:, None] * rng.standard_normal((n, frames))
+    return VoxelCurves(
+        time_s=np.where(valid, times, np.nan),
+        n_frames=n_frames,
+        tissue=noisy_tissue,
+        aif=noisy_aif,
+        fine_time_s=t,
+        fine_aif=aif,
+        fine_local_aif=local,
+        fine_tissue=tissue,
+        noise_sigma=np.column_stack([sigma_t, 1.0 / aif_cnr]),
+        cbf=cbf,
+        cbv=cbf * mtt / 60.0,
+        mtt_s=mtt,
+        shape=shape,
+        delay_s=delay,
+        dispersion_s=dispersion,
+        tmax_s=tmax,
+    )

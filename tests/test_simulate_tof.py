@@ -1,0 +1,81 @@
+"""The simulator's TOF-MRA-like angiogram: vessel territories and the perfusion deficit."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bolus.simulate.phantom import CORE, PENUMBRA, AcquisitionGrid, make_phantom
+from bolus.simulate.tof import TERRITORIES, simulate_tof, write_tof
+
+CODE = {name: code for code, name in TERRITORIES.items()}
+VESSEL_THRESHOLD = 250.0  # above any static tissue (≤ 300 · bias 1.25 only in the scalp)
+
+
+@pytest.fixture(scope="module")
+def subjects():
+    grid = AcquisitionGrid.axial((48, 48, 10))
+    out = {}
+    for pathology, seed in (("stroke", 11), ("healthy", 12)):
+        phantom = make_phantom(np.random.default_rng(seed), grid, pathology)
+        out[pathology] = (phantom, simulate_tof(phantom, np.random.default_rng(seed + 100)))
+    return out
+
+
+def _bright_fraction(tof, phantom, territory):
+    region = (tof.territories == CODE[territory]) & phantom.brain
+    return float(np.mean(tof.image[region] > VESSEL_THRESHOLD))
+
+
+def test_the_stroke_lies_in_the_territory_of_the_occluded_artery(subjects):
+    phantom, tof = subjects["stroke"]
+    side = phantom.info["stroke_side"]
+    assert tof.occluded == f"mca_{side}"
+    lesion = np.isin(phantom.labels, (CORE, PENUMBRA))
+    share = np.mean(tof.territories[lesion] == CODE[f"mca_{side}"])
+    # the phantom's core and penumbra are ellipsoids centred in the MCA territory; their
+    # edges reach into the neighbouring ACA/PCA territories a little (measured ≈ 94 %)
+    assert share > 0.85
+
+
+def test_the_occluded_territory_has_no_bright_vessels(subjects):
+    phantom, tof = subjects["stroke"]
+    side = phantom.info["stroke_side"]
+    other = "left" if side == "right" else "right"
+    ipsi = _bright_fraction(tof, phantom, f"mca_{side}")
+    contra = _bright_fraction(tof, phantom, f"mca_{other}")
+    assert contra > 0.01  # branches visible on the healthy side
+    assert ipsi < 0.3 * contra  # M2 trunks and cortical branches absent after the occlusion
+
+
+def test_a_healthy_subject_is_symmetric(subjects):
+    phantom, tof = subjects["healthy"]
+    assert tof.occluded is None
+    left = _bright_fraction(tof, phantom, "mca_left")
+    right = _bright_fraction(tof, phantom, "mca_right")
+    assert 0.4 < left / right < 2.5  # random cortical branches, same trunks
+
+
+def test_image_is_on_the_dsc_grid_and_written_as_nifti(subjects, tmp_path):
+    phantom, tof = subjects["stroke"]
+    assert tof.image.shape == phantom.grid.shape and tof.image.dtype == np.float32
+    assert np.all(tof.territories[~phantom.brain] == 0)
+    assert set(np.unique(tof.territories[phantom.brain])) <= set(range(1, 7))
+    paths = write_tof(tmp_path, tof, phantom.grid.affine_ras)
+    img = nib.load(paths["tof"])
+    np.testing.assert_allclose(img.affine, phantom.grid.affine_ras)
+    np.testing.assert_allclose(img.get_fdata(), tof.image, rtol=1e-6)
+    # the largest arteries are the brightest structures
+    assert tof.image.max() > 3 * np.median(tof.image[phantom.brain])
+
+
+def test_the_cohort_lists_each_subjects_tof(tmp_path):
+    import pandas as pd
+
+    from bolus.simulate.cohort import simulate_cohort
+
+    tsv = simulate_cohort(tmp_path, 1, seed=3, matrix=(32, 32, 6), n_timepoints=12)
+    row = pd.read_csv(tsv, sep="\t").iloc[0]
+    path = tmp_path / row["tof_nifti"]
+    assert path.exists() and nib.load(path).shape == (32, 32, 6)
