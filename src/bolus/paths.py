@@ -9,6 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 MAPS = ("cbf", "cbv", "mtt", "tmax", "ttp")
+#: the unit of every map (DESIGN.md, "Units and conventions")
+MAP_UNITS = {
+    "cbf": "ml/100 g/min",
+    "cbv": "ml/100 g",
+    "mtt": "s",
+    "tmax": "s",
+    "ttp": "s",
+}
 SVD_METHODS = ("ssvd", "csvd", "osvd")
 
 

@@ -73,13 +73,7 @@ REGION_METRICS = METRIC_NAMES + ("finite_fraction", "mean_pred", "mean_ref")
 BRAIN_METRICS = REGION_METRICS
 #: lesion agreement metrics, rows of map ``tmax``, region ``brain``
 LESION_METRICS = LESION_AGREEMENT
-MAP_UNITS = {
-    "cbf": "ml/100 g/min",
-    "cbv": "ml/100 g",
-    "mtt": "s",
-    "tmax": "s",
-    "ttp": "s",
-}
+MAP_UNITS = paths.MAP_UNITS
 FLOAT_FORMAT = "%.6g"
 NA_REP = "n/a"
 

@@ -40,13 +40,7 @@ from bolus.evaluate.regions import REGIONS
 
 DPI = 110
 PANEL_IN = 1.35  # inches per image panel
-MAP_UNITS = {
-    "cbf": "ml/100 g/min",
-    "cbv": "ml/100 g",
-    "mtt": "s",
-    "tmax": "s",
-    "ttp": "s",
-}
+MAP_UNITS = paths.MAP_UNITS
 METRIC_LABELS = {
     "mae": "MAE (map units)",
     "rmse": "RMSE (map units)",
