@@ -26,22 +26,11 @@ from bolus.simulate.kinetics import (
     arterial_input,
     effective_residue_peak_time,
     local_aif,
+    parker_aif,
     tissue_concentration,
 )
 
 FINE_DT_S = 0.1
-
-
-def parker_aif(t_s, arrival_s: float) -> np.ndarray:
-    """Parker et al. 2006 population AIF (mM), shifted to start at ``arrival_s``."""
-    t = np.clip(np.asarray(t_s, float) - arrival_s, 0.0, None) / 60.0 + 0.1  # minutes
-    a1, a2, t1, t2, s1, s2 = 0.809, 0.330, 0.17046, 0.365, 0.0563, 0.132
-    alpha, beta, s, tau = 1.050, 0.1685, 38.078, 0.483
-    gauss = a1 / (s1 * np.sqrt(2 * np.pi)) * np.exp(-((t - t1) ** 2) / (2 * s1**2)) + a2 / (
-        s2 * np.sqrt(2 * np.pi)
-    ) * np.exp(-((t - t2) ** 2) / (2 * s2**2))
-    out = gauss + alpha * np.exp(-beta * t) / (1 + np.exp(-s * (t - tau)))
-    return np.where(np.asarray(t_s) >= arrival_s, out, 0.0)
 
 
 def simulate_curves(
@@ -67,7 +56,7 @@ def simulate_curves(
                 recirculation_delay_s=rng.uniform(6.0, 12.0),
             )
         else:
-            aif = parker_aif(t, arrival)
+            aif = parker_aif(t, arrival_s=arrival)
         delay = rng.uniform(0.0, max_delay_s, m)
         dispersion = rng.uniform(0.0, 3.0, m) * (rng.random(m) < 0.7)
         cbf = rng.uniform(5.0, 90.0, m)
