@@ -72,6 +72,7 @@ rule study_figures:
         "../envs/report.yaml"
     params:
         output_dir=lambda wildcards, input: str(Path(input.subjects).parents[1]),
+        config=config,
     script:
         "../scripts/study_figures.py"
 
@@ -105,5 +106,7 @@ rule report_tables:
         f"{OUT}/logs/report_tables.log",
     conda:
         "../envs/report.yaml"
+    params:
+        config=config,
     script:
         "../scripts/report_tables.py"

@@ -11,4 +11,5 @@ with logged(s):
         s.output.study,
         s.output.paired,
         s.output.excluded,
+        config=s.params.config,
     )

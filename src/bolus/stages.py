@@ -366,8 +366,9 @@ def subject_metrics_table(
 # ----------------------------------------------------------------------------- study
 def study_outputs(participants_tsv, subjects, output_dir, seed: int = 0, config=None) -> Path:
     """qc.tsv, and subjects.tsv, study.tsv, paired.tsv, study.md and excluded.tsv over the
-    subjects that completed every stage (strata and baseline from config ``study``); the
-    others are listed, with their reason, as exclusions."""
+    subjects that completed every stage (strata, baseline and, with learned models, the
+    subjects scored from config ``study``); the others are listed, with their reason, as
+    exclusions."""
     from bolus.evaluate.aggregate import available_strata, write_study_tables
     from bolus.participants import read_participants
     from bolus.qc import completed, exclusions, qc_table
@@ -378,7 +379,8 @@ def study_outputs(participants_tsv, subjects, output_dir, seed: int = 0, config=
     excluded = exclusions(qc)
     atomic.write_table(paths.excluded_table(output_dir), excluded)
     done = completed(qc)
-    study = with_defaults(config)["study"]
+    config = with_defaults(config)
+    study = config["study"]
     participants = participants.reset_index(drop=True)
     write_study_tables(
         [paths.SubjectPaths(output_dir, pid).metrics_tsv for pid in done],
@@ -387,5 +389,7 @@ def study_outputs(participants_tsv, subjects, output_dir, seed: int = 0, config=
         strata=available_strata(participants, study["strata"]),
         baseline=study["baseline"],
         excluded=excluded,
+        models=config["models"],
+        scope=study["subjects"],
     )
     return paths.study_table(output_dir)

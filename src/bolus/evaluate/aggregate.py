@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,8 @@ PAIRED_COLUMNS = (
     "p_holm",
 )
 EXCLUDED_COLUMNS = ("participant_id", "stage", "status", "reason")
+#: the column subjects.tsv adds to :data:`SUBJECT_COLUMNS`: the subject's participants.tsv split
+SPLIT = "split"
 #: metrics of every map in every region
 REGION_METRICS = METRIC_NAMES + ("finite_fraction", "mean_pred", "mean_ref")
 BRAIN_METRICS = REGION_METRICS
@@ -171,82 +174,134 @@ _READ_OPTIONS = {
     "keep_default_na": False,
 }
 _HEADER = "\t".join(SUBJECT_COLUMNS)
+_HEADER_SPLIT = _HEADER + "\tsplit"
 
 
 def read_subject_table(path: str | Path) -> pd.DataFrame:
-    """One per-subject metric TSV (as written by :func:`write_tsv`), checked."""
-    table = pd.read_csv(path, dtype={c: str for c in _TEXT_COLUMNS}, **_READ_OPTIONS)
+    """One per-subject metric TSV (as written by :func:`write_tsv`), checked; a ``split``
+    column (as in ``subjects.tsv``) is kept."""
+    table = pd.read_csv(path, dtype={c: str for c in (*_TEXT_COLUMNS, SPLIT)}, **_READ_OPTIONS)
     missing = [c for c in SUBJECT_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"{path}: subject metric table lacks the columns {missing}")
-    table = table[list(SUBJECT_COLUMNS)].copy()
+    columns = list(SUBJECT_COLUMNS) + ([SPLIT] if SPLIT in table.columns else [])
+    table = table[columns].copy()
     table["value"] = pd.to_numeric(table["value"], errors="coerce").astype(np.float64)
     return table
 
 
-def _parse_bodies(bodies: list[bytes]) -> pd.DataFrame:
-    """Rows of many subject tables in the standard layout, parsed in one go."""
+def _parse_bodies(bodies: list[bytes], header: str = _HEADER) -> pd.DataFrame:
+    """Rows of many subject tables in one standard layout (``header``), parsed in one go."""
     import io
 
-    buffer = io.BytesIO(_HEADER.encode() + b"\n" + b"".join(bodies))
-    dtypes = {c: "category" for c in _TEXT_COLUMNS} | {"value": np.float64}
+    buffer = io.BytesIO(header.encode() + b"\n" + b"".join(bodies))
+    dtypes = {c: "category" for c in (*_TEXT_COLUMNS, SPLIT)} | {"value": np.float64}
     return pd.read_csv(buffer, dtype=dtypes, **_READ_OPTIONS)
 
 
+def _split_of(participant_id: bytes, splits: Mapping[str, str]) -> bytes:
+    split = splits.get(participant_id.decode("utf-8", "replace"))
+    return (split if isinstance(split, str) and split else NA_REP).encode()
+
+
+def _with_split(body: bytes, splits: Mapping[str, str]) -> bytes:
+    """The rows of a table in the standard layout with each subject's split appended (one
+    bytes replace for a one-subject table, the usual case; line by line otherwise)."""
+    if not body:
+        return body
+    pid = body[: body.find(b"\t")]
+    if 1 + body.count(b"\n" + pid + b"\t") == body.count(b"\n"):
+        return body.replace(b"\n", b"\t" + _split_of(pid, splits) + b"\n")
+    lines = body.splitlines()
+    return b"".join(
+        line + b"\t" + _split_of(line.split(b"\t", 1)[0], splits) + b"\n" for line in lines
+    )
+
+
 def read_subject_tables(
-    tables: Iterable[str | Path], copy_to: str | Path | None = None, chunk: int = 200
+    tables: Iterable[str | Path],
+    copy_to: str | Path | None = None,
+    chunk: int = 200,
+    splits: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Concatenate per-subject metric TSVs, streaming: ``chunk`` files at a time are parsed
     together (one C-parser call instead of one per file) into categorical text columns, so
     1,000 subjects (about a million rows) take tens of MB, never the raw maps.
 
     Files in the standard layout (the header :data:`SUBJECT_COLUMNS`, as written by
-    :func:`write_tsv`) take this fast path; others are read one by one and checked.
-    With ``copy_to``, the concatenated table is also written there as it streams by, byte
-    for byte the rows of the subject files under one header (``subjects.tsv``).
+    :func:`write_tsv`, or that plus ``split`` as in ``subjects.tsv``) take this fast path;
+    others are read one by one and checked. With ``splits`` (participant_id → ``train``,
+    ``val`` or ``test``), every row gets its subject's ``split`` column (``n/a`` for a
+    subject not in it). With ``copy_to``, the concatenated table is also written there as it
+    streams by, byte for byte the rows of the subject files (plus their split) under one
+    header (``subjects.tsv``).
+
+    Returns :data:`SUBJECT_COLUMNS`, then ``split`` when ``splits`` is given or the files
+    have it (NaN for rows of files without it).
     """
     from pandas.api.types import union_categoricals
 
     frames: list[pd.DataFrame] = []
-    bodies: list[bytes] = []
+    bodies: list[bytes] = []  # rows waiting to be parsed, all with header ``pending``
+    pending = _HEADER
+
+    def flush():
+        if bodies:
+            frames.append(_parse_bodies(bodies, pending))
+            bodies.clear()
+
     out = None
     if copy_to is not None:
         Path(copy_to).parent.mkdir(parents=True, exist_ok=True)
         out = open(copy_to, "wb")
-        out.write(_HEADER.encode() + b"\n")
+        out.write((_HEADER_SPLIT if splits is not None else _HEADER).encode() + b"\n")
     try:
         for path in tables:
             raw = Path(path).read_bytes()
             first, _, body = raw.partition(b"\n")
-            if first.rstrip(b"\r").decode("utf-8", "replace") == _HEADER:
+            header = first.rstrip(b"\r").decode("utf-8", "replace")
+            if header in (_HEADER, _HEADER_SPLIT):
                 body = body.replace(b"\r\n", b"\n")
                 if body and not body.endswith(b"\n"):
                     body += b"\n"
+                if splits is not None and header == _HEADER:
+                    body, header = _with_split(body, splits), _HEADER_SPLIT
+                if header != pending:  # rows keep the order of the files
+                    flush()
+                    pending = header
                 bodies.append(body)
                 if len(bodies) >= chunk:
-                    frames.append(_parse_bodies(bodies))
-                    bodies = []
+                    flush()
+                if out is not None and splits is None and header == _HEADER_SPLIT:
+                    body = b"".join(line.rsplit(b"\t", 1)[0] + b"\n" for line in body.splitlines())
             else:
+                flush()
                 frame = read_subject_table(path)
-                frames.append(frame.astype({c: "category" for c in _TEXT_COLUMNS}))
-                text = frame.to_csv(sep="\t", index=False, header=False,
-                                    float_format=FLOAT_FORMAT, na_rep=NA_REP)  # fmt: skip
+                if splits is not None and SPLIT not in frame.columns:
+                    frame[SPLIT] = frame["participant_id"].astype(str).map(splits)
+                frames.append(frame.astype({c: "category" for c in frame.columns if c != "value"}))
+                copied = frame if splits is not None else frame[list(SUBJECT_COLUMNS)]
+                text = copied.to_csv(sep="\t", index=False, header=False,
+                                     float_format=FLOAT_FORMAT, na_rep=NA_REP)  # fmt: skip
                 body = text.encode()
             if out is not None:
                 out.write(body)
-        if bodies:
-            frames.append(_parse_bodies(bodies))
+        flush()
     finally:
         if out is not None:
             out.close()
     frames = [f for f in frames if len(f)]
+    with_split = splits is not None or any(SPLIT in f.columns for f in frames)
     if not frames:
-        return _empty_subjects()
-    columns = {
-        c: union_categoricals([f[c] for f in frames], ignore_order=True) for c in _TEXT_COLUMNS
-    }
+        empty = _empty_subjects()
+        return empty.assign(**{SPLIT: pd.Series(dtype=str)}) if with_split else empty
+    text = list(_TEXT_COLUMNS) + ([SPLIT] if with_split else [])
+    for f in frames:
+        if with_split and SPLIT not in f.columns:
+            f[SPLIT] = pd.Categorical([np.nan] * len(f))
+    columns = {c: union_categoricals([f[c] for f in frames], ignore_order=True) for c in text}
     columns["value"] = np.concatenate([f["value"].to_numpy(np.float64) for f in frames])
-    return pd.DataFrame(columns)[list(SUBJECT_COLUMNS)]
+    return pd.DataFrame(columns)[list(SUBJECT_COLUMNS) + ([SPLIT] if with_split else [])]
 
 
 def _participants_frame(participants: pd.DataFrame | str | Path) -> pd.DataFrame:
@@ -258,6 +313,94 @@ def _participants_frame(participants: pd.DataFrame | str | Path) -> pd.DataFrame
     if "participant_id" not in frame.columns and frame.index.name == "participant_id":
         frame = frame.reset_index()
     return frame
+
+
+#: held-out subjects: the split the study tables score when learned models are configured
+HELD_OUT = "test"
+
+
+@dataclass(frozen=True)
+class StudyScope:
+    """Which completed subjects the study tables score (config ``study.subjects``).
+
+    ``split`` is :data:`HELD_OUT` when learned models are configured and the scope is
+    ``test`` (every method, the SVD methods included, is then scored on the same held-out
+    subjects), None when every completed subject counts. ``note`` says so in one sentence for
+    ``study.md`` and the report (None: nothing to say beyond the count); ``warning`` is set
+    when the tables are empty because no completed subject is held out.
+    """
+
+    split: str | None
+    n_completed: int
+    n_scored: int
+    note: str | None = None
+    warning: str | None = None
+
+
+def study_scope(
+    subjects: pd.DataFrame, models: Sequence[str] = (), scope: str | None = None
+) -> StudyScope:
+    """The :class:`StudyScope` of a long subject table with a ``split`` column.
+
+    ``scope`` is config ``study.subjects`` (None: the schema default, ``test``). With no
+    learned models (``models`` empty) nothing is held out, every subject counts and no note
+    is needed. A learned model is never scored on its own training subjects unless the
+    user asks for it (``all``): the ``train`` subjects fit it and ``val`` ones pick its
+    epoch, so only ``test`` subjects are held out."""
+    if scope is None:
+        from bolus.config import schema_defaults
+
+        scope = schema_defaults()["study"]["subjects"]
+    if scope not in ("test", "all"):
+        raise ValueError(f"study.subjects must be test or all, not {scope!r}")
+    ids = subjects["participant_id"].astype(str)
+    n_completed = int(ids.nunique())
+    models = [str(m) for m in models]
+    if not models:
+        return StudyScope(None, n_completed, n_completed)
+    named = ", ".join(f"`{m}`" for m in models)
+    if scope == "all":
+        note = (
+            f"Subjects: {n_completed}, every completed subject (config `study.subjects: all`). "
+            f"The learned models ({named}) are also scored on the `train` and `val` subjects "
+            "they were trained on, which flatters them; `study.subjects: test` scores the "
+            "held-out subjects only."
+        )
+        return StudyScope(None, n_completed, n_completed, note)
+    if SPLIT not in subjects.columns:
+        raise ValueError(
+            "the subject table has no split column: pass the participants' splits to score "
+            "the learned models on the held-out test subjects"
+        )
+    held_out = subjects[SPLIT].astype(str) == HELD_OUT
+    n_scored = int(ids[held_out.to_numpy()].nunique())
+    if n_scored == 0 and n_completed > 0:
+        warning = (
+            f"**Warning: no test subjects.** None of the {n_completed} completed subjects "
+            "has `split` = `test` in participants.tsv, so the study tables are empty: the "
+            f"learned models ({named}) would otherwise be scored on the subjects they were "
+            "trained on. Mark held-out subjects `test` in the `split` column of "
+            "participants.tsv before training, or set config "
+            "`study.subjects: all` to score every subject, training subjects included. "
+            "Every subject's metrics are in `subjects.tsv`."
+        )
+        return StudyScope(HELD_OUT, n_completed, 0, warning=warning)
+    note = (
+        f"Subjects: the {n_scored} held-out `test` subjects (of {n_completed} completed). "
+        f"The learned models ({named}) were trained on the `train` subjects and stopped "
+        "early on the `val` ones, so those are left out here, and every method, the SVD "
+        "methods included, is scored on the same test subjects. `subjects.tsv` holds every "
+        "subject with its `split`; config `study.subjects: all` scores them all."
+    )
+    return StudyScope(HELD_OUT, n_completed, n_scored, note)
+
+
+def scored_subjects(subjects: pd.DataFrame, scope: StudyScope) -> pd.DataFrame:
+    """The rows of the subjects that :func:`study_scope` says the study tables score."""
+    if scope.split is None:
+        return subjects
+    keep = (subjects[SPLIT].astype(str) == scope.split).to_numpy()
+    return subjects.loc[keep].reset_index(drop=True)
 
 
 def available_strata(participants: pd.DataFrame | str | Path | None, requested: Sequence[str]):
@@ -542,9 +685,11 @@ def study_markdown(
     paired: pd.DataFrame | None = None,
     excluded: pd.DataFrame | None = None,
     baseline: str | None = None,
+    scope: StudyScope | None = None,
 ) -> str:
-    """Readable version of the study tables: a short header, the excluded subjects, one
-    summary table per map, then the paired comparison with the baseline per map."""
+    """Readable version of the study tables: a short header (with ``scope``'s note on the
+    subjects scored, or its warning), the excluded subjects, one summary table per map,
+    then the paired comparison with the baseline per map."""
     header = [
         "# bolus study metrics",
         "",
@@ -556,7 +701,11 @@ def study_markdown(
         "RMSE) and regional means are in the map's units, PSNR in dB, HD95 in mm, lesion "
         "volumes in ml, thresholds in s. Full precision: `study.tsv`, `paired.tsv`.",
     ]
-    if n_subjects is not None:
+    if scope is not None and scope.warning:
+        header += ["", scope.warning]
+    elif scope is not None and scope.note:
+        header += ["", scope.note]
+    elif n_subjects is not None:
         header += ["", f"Subjects: {n_subjects}."]
     sections = ["\n".join(header)]
     if excluded is not None:
@@ -567,7 +716,7 @@ def study_markdown(
                 f"## Excluded subjects ({len(excluded)})\n\nNot in the tables below, with the "
                 "reason from `qc.tsv`:\n\n" + markdown_table(excluded)
             )
-    if study.empty:
+    if study.empty and not (scope is not None and scope.warning):
         sections.append("No metrics were computed.")
     for name in _ordered_maps(study["map"].dropna().unique()) if not study.empty else []:
         part = study[study["map"] == name].drop(columns="map")
@@ -597,6 +746,8 @@ def write_study_tables(
     baseline: str | None = None,
     qc: pd.DataFrame | str | Path | None = None,
     excluded: pd.DataFrame | None = None,
+    models: Sequence[str] = (),
+    scope: str | None = None,
 ) -> dict[str, Path]:
     """Write ``metrics/subjects.tsv``, ``study.tsv``, ``paired.tsv`` and ``study.md``.
 
@@ -604,21 +755,42 @@ def write_study_tables(
     (read one at a time). ``baseline`` None takes the config default (``study.baseline``).
     ``qc`` (qc.tsv or its frame) names the excluded subjects; ``excluded`` (participant_id,
     stage, status, reason; see :func:`bolus.qc.exclusions`) gives them directly instead.
+
+    ``subjects.tsv`` holds every subject's rows, with the subject's ``split`` (a last
+    column) when ``participants`` has one. With learned ``models`` (config ``models``), the
+    study tables score the held-out ``test`` subjects only unless ``scope`` (config
+    ``study.subjects``) is ``all``; see :func:`study_scope`.
     Returns the paths written, keyed ``subjects``, ``study``, ``paired``, ``markdown``.
     """
     if baseline is None:
         from bolus.config import schema_defaults
 
         baseline = schema_defaults()["study"]["baseline"]
+    splits = None
+    if participants is not None:
+        frame = _participants_frame(participants)
+        if SPLIT in frame.columns and "participant_id" in frame.columns:
+            splits = dict(zip(frame["participant_id"].astype(str), frame[SPLIT], strict=True))
     if isinstance(subject_tables, pd.DataFrame):
-        subjects = subject_tables[list(SUBJECT_COLUMNS)].copy()
+        columns = list(SUBJECT_COLUMNS) + ([SPLIT] if SPLIT in subject_tables.columns else [])
+        subjects = subject_tables[columns].copy()
         subjects["value"] = pd.to_numeric(subjects["value"], errors="coerce").astype(np.float64)
+        if splits is not None and SPLIT not in subjects.columns:
+            subjects[SPLIT] = subjects["participant_id"].astype(str).map(splits)
         write_tsv(subjects, paths.subjects_table(output_dir))
     else:
-        subjects = read_subject_tables(subject_tables, copy_to=paths.subjects_table(output_dir))
-    study = study_table(subjects, participants, strata)
-    paired = paired_table(subjects, baseline)
+        subjects = read_subject_tables(
+            subject_tables, copy_to=paths.subjects_table(output_dir), splits=splits
+        )
     included = subjects["participant_id"].astype(str).unique()
+    scoped = study_scope(subjects, models, scope)
+    scored = scored_subjects(subjects, scoped)
+    if scoped.warning:
+        import logging
+
+        logging.getLogger(__name__).warning(scoped.warning.replace("**", ""))
+    study = study_table(scored.drop(columns=[SPLIT], errors="ignore"), participants, strata)
+    paired = paired_table(scored, baseline)
     if excluded is None and qc is not None:
         excluded = excluded_subjects(qc, included)
     written = {
@@ -629,7 +801,14 @@ def write_study_tables(
     markdown = paths.study_markdown(output_dir)
     atomic.write_text(
         markdown,
-        study_markdown(study, len(included), paired=paired, excluded=excluded, baseline=baseline),
+        study_markdown(
+            study,
+            len(included),
+            paired=paired,
+            excluded=excluded,
+            baseline=baseline,
+            scope=scoped,
+        ),
     )
     written["markdown"] = markdown
     return written

@@ -136,12 +136,25 @@ def subject_figures_after(verdict_path, participant_id: str, *args, **kwargs) ->
     return [notice_figure(o, f"{participant_id}: excluded", reason) for o in outs]
 
 
-def study_figures(subjects_tsv, output_dir) -> dict[str, Path]:
-    """Every study figure (:data:`bolus.paths.STUDY_FIGURES`) from ``subjects.tsv``."""
-    from bolus.evaluate.aggregate import read_subject_tables
+def _scored(subjects_tsv, config):
+    """``subjects.tsv``'s rows the study tables score (config ``models`` and
+    ``study.subjects``: see :func:`bolus.evaluate.aggregate.study_scope`), and that scope."""
+    from bolus.evaluate.aggregate import read_subject_tables, scored_subjects, study_scope
+
+    config = with_defaults(config)
+    subjects = read_subject_tables([subjects_tsv])
+    scope = study_scope(subjects, config["models"], config["study"]["subjects"])
+    return scored_subjects(subjects, scope), scope
+
+
+def study_figures(subjects_tsv, output_dir, config=None) -> dict[str, Path]:
+    """Every study figure (:data:`bolus.paths.STUDY_FIGURES`) from ``subjects.tsv``, over
+    the subjects the study tables score (with learned models, the held-out test subjects
+    unless config ``study.subjects`` is ``all``)."""
     from bolus.evaluate.figures import study_figures as draw
 
-    return draw(read_subject_tables([subjects_tsv]), output_dir)
+    subjects, _ = _scored(subjects_tsv, config)
+    return draw(subjects, output_dir)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -194,23 +207,27 @@ def _write(path, text: str) -> Path:
 
 
 def report_tables(
-    study_tsv, paired_tsv, qc_tsv, subjects_tsv, out_study, out_paired, out_excluded
+    study_tsv, paired_tsv, qc_tsv, subjects_tsv, out_study, out_paired, out_excluded, config=None
 ) -> list[Path]:
-    """HTML versions of the study table, the paired comparison and the excluded subjects."""
+    """HTML versions of the study table, the paired comparison and the excluded subjects;
+    the first two say which subjects they score (config ``models``, ``study.subjects``)."""
     from bolus.evaluate.aggregate import excluded_subjects
 
     read = {"sep": "\t", "na_values": ["n/a"], "keep_default_na": False}
     study = pd.read_csv(study_tsv, **read)
     paired = pd.read_csv(paired_tsv, **read)
+    _, scope = _scored(subjects_tsv, config)
     included = pd.read_csv(subjects_tsv, sep="\t", usecols=["participant_id"], dtype=str)
     excluded = excluded_subjects(qc_tsv, included["participant_id"].unique())
+    said = scope.warning or scope.note
+    said = " " + said.replace("**", "").replace("`", "") if said else ""
     return [
         _write(
             out_study,
             html_page(
                 "Study metrics",
                 "Every method against the reference over subjects: n, mean, SD, median, "
-                "quartiles; the whole cohort first, then each stratum.",
+                "quartiles; the whole cohort first, then each stratum." + said,
                 study,
             ),
         ),
@@ -219,7 +236,7 @@ def report_tables(
             html_page(
                 "Paired comparison with the baseline",
                 "Method − baseline per subject: medians, median paired difference, Wilcoxon "
-                "signed-rank p and Holm-corrected p (within each map × region × metric).",
+                "signed-rank p and Holm-corrected p (within each map × region × metric)." + said,
                 paired,
             ),
         ),
