@@ -12,6 +12,8 @@
   job (a requeued Slurm job) restarts at the first epoch it had not finished;
 * stops a phase early when the validation loss has not improved for ``patience`` epochs
   (validation = the ``val`` subjects, else every 5th training row or slice);
+* with ``lr_search.enabled``, first picks the learning rate by k-fold cross-validation
+  over the ``train`` subjects (:mod:`bolus.learn.lr_search`, ``lr_search.tsv``);
 * writes ``curves.tsv`` and ``curves.png`` (training and validation loss per epoch) and
   finally ``model.pt``: the best weights with everything prediction needs.
 """
@@ -190,6 +192,13 @@ def train_model(name: str, data_dir, model_dir, config: dict | None = None, thre
     log.info("%s: %s on %s, %d time points", name, spec.layout, device, ctx.times_s.size)
     if spec.framework == "sklearn":
         return _fit_sklearn(name, spec, data, ctx, params, model_dir)
+    if (params.get("lr_search") or {}).get("enabled"):
+        from bolus.learn.lr_search import search_learning_rate
+
+        params["lr"] = search_learning_rate(name, spec, data, ctx, params, model_dir)
+        (model_dir / CONFIG).write_text(
+            yaml.safe_dump({"model": name, "params": params, "config": config}, sort_keys=False)
+        )
 
     model = spec.build(ctx.times_s.size, params).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=float(params["lr"]))
