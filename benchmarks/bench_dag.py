@@ -1,22 +1,29 @@
 """How long Snakemake takes to build the DAG of a large cohort (`snakemake -n`).
 
-    python benchmarks/bench_dag.py [--subjects 1000] [--keep DIR]
+    python benchmarks/bench_dag.py [--subjects 1000] [--keep DIR] [--run N]
 
 Writes a participants.tsv of N subjects (no image data: a dry run reads none) and times two dry
 runs of the real Snakefile, each a fresh `snakemake -n` process (start-up and workflow parsing
 included):
 
-1. before any job ran: the DAG holds one `inspect` checkpoint per subject, plus `study`, which
-   cannot see past the checkpoints yet;
-2. after the checkpoints: every subject's inspection record exists (written here as `inspect`
-   writes it, status ok), so the dry run builds the whole DAG, N × (convert, preprocess,
-   perfusion, subject_metrics) in one `subj` group per subject, plus `study`.
+1. before any job ran: every subject's chain (inspect, convert, preprocess, perfusion,
+   subject_metrics, subject_figures), plus `study` and the report's jobs (`inspect` is a plain
+   rule, so the whole DAG is known up front);
+2. after the inspections: every subject's inspection record exists (written here as `inspect`
+   writes it, status ok), so the same DAG less the inspections.
 
 The target (issue 7): ≤ 20 s for 1,000 subjects.
 
 Then the one job that reads every subject, `study`: N per-subject metric tables (the size and
 columns `subject_metrics` writes, random values) aggregated by bolus.stages.study_outputs in a
 fresh process, with its wall time and peak memory. It reads scalar tables only, never images.
+
+With ``--run N [--until inspect]``: a real run of N subjects whose DICOM folders do not
+exist, so every `inspect` job fails at once; it reports the CPU seconds of the Snakemake
+process itself (the scheduler, not the jobs it starts). When `inspect` was a checkpoint, the
+DAG showed one inspection at a time (the input functions stopped at the first subject not
+yet inspected) and Snakemake re-evaluated the DAG after each, so this grew with N² and the
+inspections ran one after another; as a plain rule they are all in the DAG from the start.
 """
 
 from __future__ import annotations
@@ -142,19 +149,25 @@ def write_metric_tables(root: Path, participants: Path, seed: int = 0) -> list[P
 
 
 def aggregate(root: Path, participants: Path, tables: list[Path]) -> tuple[float, float]:
-    """Wall seconds and peak resident MiB of the study aggregation, in a fresh process."""
-    inspections = sorted((root / "results" / "qc").glob("*_inspect.json"))
+    """Wall seconds and peak resident MiB of the study aggregation, in a fresh process (every
+    subject's verdicts written ok first, as a finished run leaves them)."""
+    from bolus import paths
+
+    subjects = [line.split("\t")[0] for line in participants.read_text().splitlines()[1:]]
+    for pid in subjects:
+        for stage in paths.STAGES:
+            record = {"participant_id": pid, "stage": stage, "status": "ok", "reason": ""}
+            paths.verdict(root / "results", pid, stage).write_text(json.dumps(record) + "\n")
     code = (
         "import sys; from bolus.stages import study_outputs; "
-        "study_outputs(sys.argv[1], sys.argv[2].split(','), sys.argv[3].split(','), sys.argv[4])"
+        "study_outputs(sys.argv[1], sys.argv[2].split(','), sys.argv[3])"
     )
     cmd = [
         sys.executable,
         "-c",
         code,
         str(participants),
-        ",".join(map(str, inspections)),
-        ",".join(map(str, tables)),
+        ",".join(subjects),
         str(root / "results"),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
@@ -173,11 +186,60 @@ def aggregate(root: Path, participants: Path, tables: list[Path]) -> tuple[float
     return float(seconds), int(max_rss_kib) / 1024
 
 
+def scheduler_run(root: Path, until: str | None = None) -> dict:
+    """A real run (``--until`` a rule, if given): wall seconds, and the CPU seconds of the
+    Snakemake process itself (its jobs run in child processes and are not counted)."""
+    snakemake = Path(sys.executable).with_name("snakemake")
+    cmd = [
+        str(snakemake if snakemake.exists() else shutil.which("snakemake")),
+        "--snakefile", str(REPO / "Snakefile"), "--directory", str(root),
+        "--configfile", str(root / "config.yaml"), "--cores", "2", "--keep-going", "--quiet",
+    ] + (["--until", until] if until else [])  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=root
+    )
+    cpu = 0.0
+    while proc.poll() is None:
+        try:
+            cpu = cpu_seconds(proc.pid)
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        time.sleep(0.2)
+    stderr = proc.communicate()[1]
+    if proc.returncode not in (0, 3):
+        sys.exit(f"snakemake failed:\n{stderr[-3000:]}")
+    done = len(list((root / "results" / "qc").glob("*_inspect.json")))
+    return {"wall": time.perf_counter() - start, "cpu": cpu, "inspected": done}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", type=int, default=1000)
     parser.add_argument("--keep", type=Path, help="build the cohort here and keep it")
+    parser.add_argument(
+        "--run",
+        type=int,
+        metavar="N",
+        help="instead: a real run of N failing inspections (scheduler CPU)",
+    )
+    parser.add_argument("--until", help="with --run: stop after this rule (e.g. inspect)")
     args = parser.parse_args(argv)
+    if args.run:
+        root = args.keep or Path(tempfile.mkdtemp(prefix="bench_dag_run_"))
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            write_cohort(root, args.run)
+            print(f"{args.run} subjects, Snakefile {REPO / 'Snakefile'}")
+            print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+            r = scheduler_run(root, args.until)
+            print(f"real run of {r['inspected']} inspections: {r['wall']:.1f} s wall, "
+                  f"Snakemake's own CPU {r['cpu']:.1f} s")  # fmt: skip
+        finally:
+            if args.keep is None:
+                shutil.rmtree(root, ignore_errors=True)
+        return
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench_dag_"))
     root.mkdir(parents=True, exist_ok=True)
     try:
@@ -185,15 +247,15 @@ def main(argv=None):
         print(f"{args.subjects} subjects, Snakefile {REPO / 'Snakefile'}")
         print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         before = dry_run(root)
-        report("before the checkpoints", before)
+        report("before the inspections", before)
         write_inspections(root, participants)
         after = dry_run(root)
-        report("after the checkpoints ", after)
-        counts = after["jobs"]
-        expected = 4 * args.subjects + 1
-        total = sum(v for k, v in counts.items() if k not in ("total", "all"))
-        if total != expected:
-            sys.exit(f"expected {expected} jobs after the checkpoints, the dry run has {total}")
+        report("after the inspections ", after)
+        for rule in ("convert", "preprocess", "perfusion", "subject_metrics", "subject_figures"):
+            for label, counts in (("before", before["jobs"]), ("after", after["jobs"])):
+                if counts.get(rule) != args.subjects:
+                    sys.exit(f"{label} the inspections: {counts.get(rule)} {rule} jobs, "
+                             f"not {args.subjects}")  # fmt: skip
         tables = write_metric_tables(root, participants)
         seconds, mib = aggregate(root, participants, tables)
         rows = sum(1 for _ in open(root / "results" / "metrics" / "subjects.tsv")) - 1

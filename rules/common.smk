@@ -66,21 +66,17 @@ def verdict(subject, stage):
 
 
 def final_verdicts():
-    """Each subject's last verdict: inspect's when it failed there, else metrics'."""
-    usable = set(usable_subjects())
-    return [verdict(s, "metrics") if s in usable else inspection(s) for s in SUBJECTS]
+    """Each subject's last verdict (metrics'): the chain is verdict-driven, so a subject that
+    fails a stage, inspection included, leaves `skipped` verdicts after it (bolus.qc reads
+    a chain up to its first verdict that is not ok)."""
+    return [verdict(s, "metrics") for s in SUBJECTS]
 
 
 def usable_subjects():
-    """Subjects whose input passed inspection (evaluated after the inspect checkpoints)."""
-    from bolus.stages import read_inspection
-
-    return [
-        s
-        for s in SUBJECTS
-        if read_inspection(checkpoints.inspect.get(subject=s).output[0])["status"]
-        == "ok"
-    ]
+    """Every subject: `inspect` is a plain rule, and the stages after it skip a subject whose
+    previous verdict is not ok (no checkpoint, so the DAG is built once, not re-evaluated
+    after every subject's inspection)."""
+    return list(SUBJECTS)
 
 
 def study_outputs():
@@ -127,8 +123,8 @@ def prediction_verdicts(subject):
 
 
 def training_rows():
-    """participants.tsv rows of the usable train/val subjects (after inspection); those whose
-    perfusion stage fails are left out when the training data are written."""
+    """participants.tsv rows of the train/val subjects; those whose perfusion stage did not
+    succeed (inspection included) are left out when the training data are written."""
     return [
         dict(PARTICIPANTS.loc[s].items())
         for s in usable_subjects()

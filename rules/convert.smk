@@ -5,7 +5,7 @@
 # the cohort and the study tables go on (bolus.smk.run_stage; README "When subjects fail").
 
 
-checkpoint inspect:
+rule inspect:
     output:
         inspection("{subject}"),
     log:

@@ -11,7 +11,7 @@ def subject_figure(subject, kind):
 
 
 def subject_figure_targets(wildcards):
-    """The per-subject figures of every subject with metrics (after the inspections)."""
+    """The per-subject figures of every subject (an excluded subject's say why)."""
     return [
         subject_figure(s, kind)
         for s in usable_subjects()

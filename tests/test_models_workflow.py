@@ -82,3 +82,14 @@ def test_study_table_scores_the_models_beside_osvd(finished):
         nrmse = rows[(rows["metric"] == "nrmse") & (rows["region"] == "brain")]["median"]
         # trained for two epochs on two subjects: far from perfect, but a CBF map, not noise
         assert float(nrmse.iloc[0]) < 1.0, method
+
+
+def test_study_tables_score_the_held_out_test_subjects_only(finished):
+    work, participants = finished
+    test = set(participants.loc[participants["split"] == "test", "participant_id"])
+    subjects = pd.read_csv(paths.subjects_table(work / "results"), sep="\t")
+    assert set(subjects["participant_id"]) == set(participants["participant_id"])  # all kept
+    assert test and set(subjects.loc[subjects["split"] == "test", "participant_id"]) == test
+    study = pd.read_csv(paths.study_table(work / "results"), sep="\t")
+    assert (study["n"] <= len(test)).all()  # oSVD and the models alike, on the test subjects
+    assert "held-out `test` subjects" in paths.study_markdown(work / "results").read_text()

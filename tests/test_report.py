@@ -114,7 +114,10 @@ def test_report_embeds_every_figure_and_table(reported):
         if path.suffix == ".png":
             assert entry["mime_type"] == "image/png" and content.startswith(b"\x89PNG")
         assert entry["caption"].strip(), f"{path.name} has no caption"
-    assert not (reported / "figures" / "sub-04").exists()
+    # sub-04 failed its inspection: its figures say so instead of showing maps
+    for kind in paths.SUBJECT_FIGURES:
+        notice = paths.subject_figure(reported, "sub-04", kind)
+        assert notice.name in by_name and decoded(by_name[notice.name]) == notice.read_bytes()
     workflow_text = paths.report_html(reported).read_text(encoding="utf-8")
     assert "bolus" in workflow_text and "Wilcoxon" in workflow_text
 
