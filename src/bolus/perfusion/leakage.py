@@ -22,8 +22,11 @@ pass is clearly visible (peak ≥ 5 × baseline noise), whose area is that of ti
 0.2 and 3 × the median area: not CSF or noise, not a large vessel), and whose post-bolus tail
 returns to the level typical of the brain: the mean of the last quarter of the frames (after
 the mean curve's peak), relative to the voxel's peak, within 3 robust standard deviations
-(1.4826 × MAD) of the median of those voxels. Leaky voxels fall below it (T1) or stay above
-it (T2*).
+(1.4826 × MAD) of the median of those voxels (leaky voxels fall below it, T1, or stay above
+it, T2*), and whose first moment of the first pass is within 3 robust SDs of the median
+(delayed, dispersed ischaemic tissue would broaden the reference). A single noisy tail says
+little, so the model is then fitted against the mean of these voxels, and those whose K2
+differs from the median K2 by more than 3 of their own standard errors are dropped too.
 
 Arrays: time is the last axis, ``(..., T)``; ``times_s`` (T,) the acquisition times in s.
 """
@@ -43,7 +46,6 @@ AREA_RANGE = (0.2, 3.0)
 TAIL_FRACTION = 0.25
 TAIL_CUT_SD = 3.0
 MIN_REFERENCE_VOXELS = 10
-MIN_T_K2 = 3.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,20 @@ def cumulative_integral(curves, times_s) -> np.ndarray:
 
 def _area(curves, times) -> np.ndarray:
     return cumulative_integral(curves, times)[..., -1]
+
+
+def _fit(curves, reference, times):
+    """Least-squares K1, K2 and the standard error of K2 of every curve (n, T) against the
+    reference (T,), on the frames from the reference's first baseline frame on; also the
+    reference's running integral (T,). One pseudo-inverse for all curves."""
+    integral = cumulative_integral(reference, times)
+    first = baseline_frames(reference, times).start
+    design = np.stack([reference[first:], -integral[first:]], axis=1)  # (T', 2)
+    k1, k2 = np.linalg.pinv(design) @ curves[:, first:].T  # (n,), (n,)
+    residual = curves[:, first:] - (design @ np.stack([k1, k2])).T
+    sigma = np.sqrt((residual**2).sum(axis=1) / max(design.shape[0] - 2, 1))
+    se_k2 = sigma * np.sqrt(np.linalg.inv(design.T @ design)[1, 1])
+    return k1, k2, se_k2, integral
 
 
 def nonenhancing_reference(conc, times_s, mask) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +112,9 @@ def nonenhancing_reference(conc, times_s, mask) -> tuple[np.ndarray, np.ndarray]
     if positive.sum() < MIN_REFERENCE_VOXELS:
         raise ValueError("too few brain voxels with a visible first pass for a leakage reference")
     median_area = np.median(area[positive])
-    tissue = positive & (area >= AREA_RANGE[0] * median_area) & (area <= AREA_RANGE[1] * median_area)
+    tissue = (
+        positive & (area >= AREA_RANGE[0] * median_area) & (area <= AREA_RANGE[1] * median_area)
+    )
     tail = curves[:, tail_start:].mean(axis=1) / np.where(peak > 0, peak, 1.0)
     centre = np.median(tail[tissue])
     spread = 1.4826 * np.median(np.abs(tail[tissue] - centre))
@@ -110,20 +128,30 @@ def nonenhancing_reference(conc, times_s, mask) -> tuple[np.ndarray, np.ndarray]
     keep &= np.abs(moment - m_centre) <= TAIL_CUT_SD * max(m_spread, 1e-12)
     if keep.sum() < MIN_REFERENCE_VOXELS:
         raise ValueError("too few non-enhancing brain voxels for a leakage reference")
+    # the tail of one noisy curve says little; the whole curve says more: fit the model
+    # against this provisional reference and drop the curves whose K2 stands out from the
+    # reference voxels' median by more than TAIL_CUT_SD of its own standard errors
+    _, k2, se_k2, _ = _fit(curves[keep], curves[keep].mean(axis=0), times)
+    centre_k2 = np.median(k2)
+    kept = np.flatnonzero(keep)
+    keep[kept[np.abs(k2 - centre_k2) > TAIL_CUT_SD * se_k2]] = False
+    if keep.sum() < MIN_REFERENCE_VOXELS:
+        raise ValueError("too few non-enhancing brain voxels for a leakage reference")
     reference = curves[keep].mean(axis=0)
     reference_mask = np.zeros(inside.size, dtype=bool)
     reference_mask[index[keep]] = True
     return reference, reference_mask.reshape(inside.shape)
 
 
-def boxerman_weisskoff(
-    conc, times_s, mask, reference=None, *, min_t: float = MIN_T_K2
-) -> LeakageResult:
+def boxerman_weisskoff(conc, times_s, mask, reference=None, *, min_t: float = 0.0) -> LeakageResult:
     """Fit K1, K2 in every mask voxel and return the leakage-corrected concentration.
 
     ``reference``: the (T,) reference curve, or None for :func:`nonenhancing_reference`.
     The fit uses the frames from the first baseline frame on (steady-state frames before it
-    are left out); the correction is applied to every frame.
+    are left out); the correction is applied to every frame. ``min_t`` > 0 applies only the
+    K2 that differ from 0 by more than ``min_t`` standard errors (from the voxel's fit
+    residuals), leaving noise-level K2 uncorrected; 0 (default) is the published method: on
+    simulated subjects it gave the lowest CBV errors, with and without leakage.
     """
     conc = np.asarray(conc)
     times = np.asarray(times_s, dtype=float)
@@ -136,25 +164,17 @@ def boxerman_weisskoff(
         reference_mask = np.zeros(inside.shape, dtype=bool)
         if reference.shape != (n_frames,):
             raise ValueError(f"reference has shape {reference.shape}, expected ({n_frames},)")
-    integral = cumulative_integral(reference, times)
-    first = baseline_frames(reference, times).start
-    design = np.stack([reference[first:], -integral[first:]], axis=1)  # (T', 2)
-    solver = np.linalg.pinv(design)  # (2, T'): the same for every voxel
-
     index = np.flatnonzero(inside.reshape(-1))
     flat = conc.reshape(-1, n_frames)
     curves = np.nan_to_num(flat[index].astype(float))
-    k1, k2 = solver @ curves[:, first:].T  # (n,), (n,)
-    # standard error of K2 from each voxel's residuals; only a K2 that differs from 0 by more
-    # than MIN_T_K2 standard errors is applied (noise alone must not change a curve)
-    residual = curves[:, first:] - (design @ np.stack([k1, k2])).T
-    dof = max(design.shape[0] - 2, 1)
-    sigma = np.sqrt((residual**2).sum(axis=1) / dof)
-    se_k2 = sigma * np.sqrt(np.linalg.inv(design.T @ design)[1, 1])
+    k1, k2, se_k2, integral = _fit(curves, reference, times)
+    # with min_t > 0 only a K2 more than min_t standard errors from 0 is applied
     applied = np.where(np.abs(k2) > min_t * se_k2, k2, 0.0)
 
     corrected = flat.copy()
-    corrected[index] = (curves + applied[:, None] * integral[None, :]).astype(flat.dtype, copy=False)
+    corrected[index] = (curves + applied[:, None] * integral[None, :]).astype(
+        flat.dtype, copy=False
+    )
     spatial = inside.shape
 
     def as_map(values):
