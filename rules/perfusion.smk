@@ -23,5 +23,6 @@ rule perfusion:
         aif_mask=sp("{subject}", "aif_mask"),
         tissue_mask=sp("{subject}", "tissue_mask"),
         user_aif_mask=lambda wc: row(wc).get("aif_mask") or "",
+        leakage_k2=sp("{subject}", "leakage_k2"),
     script:
         "../scripts/perfusion.py"

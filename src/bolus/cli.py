@@ -85,6 +85,7 @@ def cmd_perfusion(args) -> int:
         f"{prefix}_desc-aif_mask.nii.gz",
         prefix,
         config=_config(args.config),
+        out_leakage_k2=f"{prefix}_desc-leakage_k2.nii.gz",
     )
     return 0
 

@@ -89,6 +89,11 @@ class SubjectPaths:
     def aif_mask(self) -> Path:
         return self._p("mask", desc="aif")
 
+    @property
+    def leakage_k2(self) -> Path:
+        """Boxerman–Weisskoff leakage K2 map (1/s), with ``concentration.leakage_correction``."""
+        return self._p("k2", desc="leakage")
+
     def map(self, method: str, name: str) -> Path:
         return self._p(name, desc=method)
 

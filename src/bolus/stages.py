@@ -143,11 +143,14 @@ def read_sidecar_timing(dsc_json) -> tuple[np.ndarray, float]:
     return times, float(sidecar["EchoTime"])
 
 
-def write_aif_table(path, times_s: np.ndarray, curve: np.ndarray) -> None:
-    """AIF.tsv: header, columns ``time`` (s) and ``concentration`` (ΔR2* 1/s or HU)."""
+def write_aif_table(path, times_s: np.ndarray, curve: np.ndarray, vof=None) -> None:
+    """AIF.tsv: header, columns ``time`` (s) and ``concentration`` (ΔR2* 1/s or HU), and
+    ``vof`` (the venous output function, same units) when one was found."""
     table = pd.DataFrame(
         {"time": np.asarray(times_s, float), "concentration": np.asarray(curve, float)}
     )
+    if vof is not None:
+        table["vof"] = np.asarray(vof, float)
     atomic.write_table(path, table, float_format="%.8g")
 
 
@@ -207,10 +210,15 @@ def perfusion_subject(
     *,
     out_tissue_mask=None,
     user_aif_mask=None,
+    out_leakage_k2=None,
 ) -> None:
     """Signal → concentration → AIF (automatic, or the mean curve of ``user_aif_mask``) →
     SVD maps for every configured method; ``out_tissue_mask``: the brain without CSF and
-    large vessels (:func:`bolus.preprocess.mask.tissue_mask`, from the first method's CBV)."""
+    large vessels (:func:`bolus.preprocess.mask.tissue_mask`, from the first method's CBV).
+    With config ``concentration.leakage_correction`` the brain curves are leakage-corrected
+    (:func:`bolus.perfusion.leakage.boxerman_weisskoff`) after the AIF is chosen, the saved
+    concentration and the maps use the corrected curves, and the K2 map (1/s) goes to
+    ``out_leakage_k2``."""
     from bolus.io.nifti import load_volume, save_like
     from bolus.perfusion.aif import select_aif
     from bolus.perfusion.concentration import concentration_from_signal, ct_concentration
@@ -223,7 +231,6 @@ def perfusion_subject(
         conc = ct_concentration(series, times)
     else:
         conc, _ = concentration_from_signal(series, te_s, times, mask=mask)
-    save_like(conc.astype(np.float32), affine, out_conc, header=nib.load(str(mc_dsc)).header)
     try:
         if user_aif_mask:
             from bolus.perfusion.aif import aif_from_mask
@@ -232,12 +239,32 @@ def perfusion_subject(
             voxels = user_brain_mask(user_aif_mask, mask.shape, affine)
             aif = aif_from_mask(conc, times, voxels)
         else:
-            aif = select_aif(conc, times, mask, n_voxels=config["aif"]["n_voxels"])
+            aif = select_aif(
+                conc,
+                times,
+                mask,
+                n_voxels=config["aif"]["n_voxels"],
+                method=config["aif"]["method"],
+                vof_scaling=config["aif"]["vof_scaling"],
+            )
     except ValueError as exc:  # empty mask, no curve with a bolus: the data, not the code
         raise SubjectError(
             _subject_of(mc_dsc), mc_dsc, f"no arterial input function: {exc}"
         ) from exc
-    write_aif_table(out_aif_tsv, aif.times_s, aif.curve)
+    if config["concentration"]["leakage_correction"]:
+        from bolus.perfusion.leakage import boxerman_weisskoff
+
+        try:
+            leakage = boxerman_weisskoff(conc, times, mask)
+        except ValueError as exc:
+            raise SubjectError(
+                _subject_of(mc_dsc), mc_dsc, f"leakage correction impossible: {exc}"
+            ) from exc
+        conc = leakage.corrected
+        if out_leakage_k2:
+            save_like(leakage.k2, affine, out_leakage_k2)
+    save_like(conc.astype(np.float32), affine, out_conc, header=nib.load(str(mc_dsc)).header)
+    write_aif_table(out_aif_tsv, aif.times_s, aif.curve, vof=aif.vof_curve)
     save_like(aif.voxel_mask.astype(np.uint8), affine, out_aif_mask, dtype=np.uint8)
     all_maps = compute_maps(conc, times, aif.curve, config["svd"]["methods"], mask, config)
     for method, maps in all_maps.items():

@@ -290,13 +290,21 @@ def aif_figure(
     reference: tuple[np.ndarray, np.ndarray] | None = None,
     title: str = "",
     ylabel: str = "concentration (ΔR2*, 1/s; HU for CT)",
+    vof: np.ndarray | None = None,
 ) -> Path:
-    """The AIF against time, its peak marked; ``reference`` (times, curve) dashed."""
+    """The AIF against time, its peak marked; ``reference`` (times, curve) dashed; ``vof``
+    (the venous output function on the same times) dotted, its peak marked."""
     times_s = np.asarray(times_s, dtype=np.float64)
     curve = np.asarray(curve, dtype=np.float64)
     figure = _new_figure(6.0, 3.4)
     ax = figure.add_subplot(1, 1, 1)
     ax.plot(times_s, curve, "o-", ms=3, lw=1.2, color="#c44e52", label="automatic AIF")
+    if vof is not None:
+        vof = np.asarray(vof, dtype=np.float64)
+        ax.plot(times_s, vof, ":", lw=1.4, color="#4c72b0", label="VOF (venous output)")
+        if vof.size and np.isfinite(vof).any():
+            v = int(np.nanargmax(vof))
+            ax.plot(times_s[v], vof[v], "v", color="#4c72b0", ms=6)
     if reference is not None:
         ax.plot(reference[0], reference[1], "--", lw=1.2, color="0.3", label="reference AIF")
     if curve.size and np.isfinite(curve).any():

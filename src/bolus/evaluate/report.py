@@ -102,6 +102,8 @@ def subject_figures(
         )
     ]
     times, curve = read_aif_table(aif_tsv)
+    aif_columns = pd.read_csv(aif_tsv, sep="\t")
+    vof = aif_columns["vof"].to_numpy(float) if "vof" in aif_columns else None
     ylabel = "ΔHU" if config["modality"] == "ctp" else "ΔR2* (1/s)"
     written.append(
         aif_figure(
@@ -113,6 +115,7 @@ def subject_figures(
             else None,
             title=f"{participant_id}: arterial input function",
             ylabel=ylabel,
+            vof=vof,
         )
     )
     motion = pd.read_csv(motion_tsv, sep="\t")

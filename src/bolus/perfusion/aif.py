@@ -22,10 +22,29 @@ vectorised over the candidate voxels:
    most of its score) and when it is rough;
 6. the AIF is the mean of the ``n_voxels`` best-scoring curves, baseline-corrected again.
 
+``method="cluster"`` replaces steps 5–6 by the cluster analysis of Mouridsen et al. (MRM
+2006;55:524): the 25 % roughest candidates are dropped (roughness: baseline σ / peak, as
+in the score; Mouridsen's ∫(C″)²dt of the area-normalised curve would drop the sharpest
+boluses, the arteries, first), the rest are normalised to unit area, so that only their shapes
+count, and grouped by k-means (:data:`CLUSTERS` clusters, k-means++ seeding with a fixed
+seed); the cluster whose mean curve has the smallest first moment (∫t·C/∫C: the earliest,
+narrowest bolus) is kept and split again into two, keeping the earlier one, until fewer
+than 2·``n_voxels`` curves remain (at most :data:`MAX_SPLITS` times; Mouridsen split once,
+which on simulated partial-volume arteries kept voxels of mean blood fraction 0.67–0.75
+against 0.82–0.86 after three splits). Clusters of fewer than ``n_voxels``/2 curves are not
+chosen. The AIF is the mean of the (not normalised) curves of that cluster. Partial-volume arterial
+voxels carry a tissue tail and a flattened peak, noisy ones a rough shape: both have a
+larger first moment or fall in other clusters.
+
 VOF: among the candidates not chosen for the AIF, those peaking at least one frame
 interval after the AIF; the mean of the ``n_voxels`` with the largest area. It is reported
 only if its area is at least half the AIF's (a sinus carries the whole bolus; smaller late
 curves are tissue), else None.
+
+VOF scaling (``vof_scaling=True``): arterial voxels are small and partial-volumed, the
+sinus is large, and both carry the same tracer, so the area under the AIF should equal that
+under the VOF. The AIF is multiplied by ∫VOF/∫AIF (when a VOF was found), which corrects its
+amplitude (and so absolute CBF and CBV) for partial volume; its shape is unchanged.
 """
 
 from __future__ import annotations
@@ -48,6 +67,14 @@ MIN_CNR = 5.0
 LATE_PENALTY_S = 2.0
 ROUGHNESS_WEIGHT = 10.0
 EARLY_PERCENTILE = 5.0
+# method="cluster" (Mouridsen 2006): share of the roughest candidates dropped; clusters of
+# the first and the later k-means; the k-means seed (reproducible selection); most splits
+ROUGHEST_FRACTION = 0.25
+CLUSTERS = 5
+SECOND_CLUSTERS = 2
+KMEANS_SEED = 0
+MAX_SPLITS = 3
+AIF_METHODS = ("score", "cluster")
 
 
 @dataclass(frozen=True)
@@ -58,7 +85,9 @@ class AIFResult:
     input concentration); voxel_mask: bool, spatial shape, the voxels averaged;
     vof_curve: (T,) venous output function or None; scores: float32, spatial shape, each
     candidate's AIF score (0 for voxels that were not candidates); vof_mask: bool, spatial
-    shape, or None; baseline: the pre-bolus frames used for the baseline correction.
+    shape, or None; baseline: the pre-bolus frames used for the baseline correction;
+    method: how the arterial voxels were chosen; vof_scale: the factor ∫VOF/∫AIF the curve
+    was multiplied by (1.0 without VOF scaling).
     """
 
     times_s: np.ndarray
@@ -68,6 +97,8 @@ class AIFResult:
     scores: np.ndarray
     vof_mask: np.ndarray | None = None
     baseline: slice | None = None
+    method: str = "score"
+    vof_scale: float = 1.0
 
 
 def _half_maximum_width(curves, times, peak_index) -> np.ndarray:
@@ -107,7 +138,56 @@ def _trapezoid(curves, times) -> np.ndarray:
     return 0.5 * (curves[..., 1:] + curves[..., :-1]) @ np.diff(times)
 
 
-def select_aif(conc, times_s, mask, n_voxels: int | None = None) -> AIFResult:
+def _first_moment(curves, times) -> np.ndarray:
+    """∫t·C dt / ∫C dt of each curve (n, T), its negative parts ignored."""
+    positive = np.clip(curves, 0.0, None)
+    return (positive @ times) / np.maximum(positive.sum(axis=-1), 1e-12)
+
+
+def _earliest_cluster(shapes, times, k: int, min_size: int) -> np.ndarray:
+    """Indices (into ``shapes``) of the k-means cluster whose mean shape has the smallest
+    first moment, among clusters of at least ``min_size`` curves (all if none is)."""
+    from scipy.cluster.vq import kmeans2
+
+    k = min(k, shapes.shape[0])
+    if k < 2:
+        return np.arange(shapes.shape[0])
+    _, labels = kmeans2(shapes, k, minit="++", seed=KMEANS_SEED)
+    sizes = np.bincount(labels, minlength=k)
+    means = np.stack(
+        [shapes[labels == c].mean(axis=0) if sizes[c] else shapes[0] for c in range(k)]
+    )
+    moment = np.where(sizes >= min(min_size, sizes.max()), _first_moment(means, times), np.inf)
+    return np.flatnonzero(labels == int(np.argmin(moment)))
+
+
+def _cluster_selection(curves, times, roughness, n_voxels: int) -> np.ndarray:
+    """Mouridsen 2006 on candidate curves (n, T) with their roughness (baseline σ / peak):
+    indices of the arterial cluster."""
+    area = _trapezoid(curves, times)
+    shapes = curves / np.where(area > 0, area, 1.0)[:, None]
+    n_keep = max(
+        int(np.ceil((1.0 - ROUGHEST_FRACTION) * shapes.shape[0])), min(n_voxels, shapes.shape[0])
+    )
+    smooth = np.argsort(roughness, kind="stable")[:n_keep]
+    min_size = max(2, n_voxels // 2)
+    first = smooth[_earliest_cluster(shapes[smooth], times, CLUSTERS, min_size)]
+    for _ in range(MAX_SPLITS):
+        if first.size < 2 * n_voxels:
+            break
+        first = first[_earliest_cluster(shapes[first], times, SECOND_CLUSTERS, min_size)]
+    return first
+
+
+def select_aif(
+    conc,
+    times_s,
+    mask,
+    n_voxels: int | None = None,
+    *,
+    method: str | None = None,
+    vof_scaling: bool | None = None,
+) -> AIFResult:
     """Select the AIF (and VOF) automatically from concentration curves.
 
     Parameters
@@ -115,11 +195,18 @@ def select_aif(conc, times_s, mask, n_voxels: int | None = None) -> AIFResult:
     conc : (..., T) concentration (ΔR2* in 1/s, or HU above baseline).
     times_s : (T,) acquisition times in seconds.
     mask : bool array of the spatial shape: where arteries may be looked for (the brain).
-    n_voxels : how many arterial voxels to average (default: the config schema's
-        ``aif.n_voxels``).
+    n_voxels : how many arterial voxels to average (``score``; the smallest cluster kept by
+        ``cluster`` is n_voxels/2) (default: the config schema's ``aif.n_voxels``).
+    method : ``"score"`` or ``"cluster"`` (module docstring; default: ``aif.method``).
+    vof_scaling : scale the AIF to the VOF's area (default: ``aif.vof_scaling``).
     """
+    defaults = schema_defaults()["aif"]
     if n_voxels is None:
-        n_voxels = int(schema_defaults()["aif"]["n_voxels"])
+        n_voxels = int(defaults["n_voxels"])
+    method = defaults["method"] if method is None else method
+    vof_scaling = bool(defaults["vof_scaling"]) if vof_scaling is None else bool(vof_scaling)
+    if method not in AIF_METHODS:
+        raise ValueError(f"unknown AIF method {method!r}; expected one of {AIF_METHODS}")
     if n_voxels < 1:
         raise ValueError(f"n_voxels must be ≥ 1, got {n_voxels}")
     conc = np.asarray(conc)
@@ -182,8 +269,11 @@ def select_aif(conc, times_s, mask, n_voxels: int | None = None) -> AIFResult:
         * np.exp(-lateness / LATE_PENALTY_S)
         / (1.0 + ROUGHNESS_WEIGHT * roughness)
     )
-    order = np.argsort(score)[::-1]
-    chosen = clean[order[: min(n_voxels, clean.size)]]
+    if method == "cluster":
+        chosen = clean[_cluster_selection(curves[clean], times, roughness, n_voxels)]
+    else:
+        order = np.argsort(score)[::-1]
+        chosen = clean[order[: min(n_voxels, clean.size)]]
 
     # 6. the AIF
     curve = curves[chosen].mean(axis=0)
@@ -210,6 +300,11 @@ def select_aif(conc, times_s, mask, n_voxels: int | None = None) -> AIFResult:
             vof_mask[index[venous]] = True
             vof_mask = vof_mask.reshape(spatial)
 
+    vof_scale = 1.0
+    if vof_scaling and vof_curve is not None:
+        vof_scale = float(_trapezoid(vof_curve, times) / _trapezoid(curve, times))
+        curve = curve * vof_scale
+
     return AIFResult(
         times_s=times.copy(),
         curve=curve,
@@ -218,6 +313,8 @@ def select_aif(conc, times_s, mask, n_voxels: int | None = None) -> AIFResult:
         scores=scores.reshape(spatial),
         vof_mask=vof_mask,
         baseline=baseline,
+        method=method,
+        vof_scale=vof_scale,
     )
 
 
@@ -246,10 +343,14 @@ def aif_from_mask(conc, times_s, voxel_mask) -> AIFResult:
 
 
 def aif_table(result: AIFResult) -> pd.DataFrame:
-    """The AIF as a table with columns ``time`` (s) and ``concentration`` (AIF.tsv layout)."""
-    return pd.DataFrame(
+    """The AIF as a table with columns ``time`` (s) and ``concentration`` (AIF.tsv layout),
+    and ``vof`` (the venous output function, same units) when one was found."""
+    table = pd.DataFrame(
         {
             "time": np.asarray(result.times_s, dtype=float),
             "concentration": np.asarray(result.curve, dtype=float),
         }
     )
+    if result.vof_curve is not None:
+        table["vof"] = np.asarray(result.vof_curve, dtype=float)
+    return table

@@ -66,6 +66,28 @@ Signal
     With ``motion_mm`` > 0 the noise-free series is moved rigidly per volume along a smooth
     random drift (translations up to ``motion_mm``, rotations up to ``motion_mm`` at 80 mm
     from the centre) relative to volume 0; the truth maps stay aligned with volume 0.
+
+Options, all off by default (the default cohort does not change with them):
+
+Contrast leakage (``tumour_leakage_per_s`` = k2 > 0, tumour subjects)
+    Where the blood–brain barrier is broken, tracer leaks into the extravascular space:
+    C_e(t) = K^trans·∫₀ᵗ C_p(τ)dτ (no backflux within the minute and a half of a DSC
+    acquisition, the Boxerman–Weisskoff assumption, AJNR 2006). Its T1 shortening raises the
+    signal by a factor 1 + ε(t) with ε ∝ ΔR1 ∝ C_e; in ΔR2* = −ln(S/S0)/TE that is an additive
+    −ε/TE, so the apparent tumour ΔR2* is  ΔR2*_vascular(t) − k2·∫₀ᵗ ΔR2*_blood,local(τ)dτ,
+    with k2 (1/s) lumping K^trans, r1, TR and TE, and ΔR2*_blood,local the voxel's delayed,
+    dispersed AIF. k2 < 0 models a T2*-dominated leak (signal lowered instead). Within the
+    tumour k2 scales with the local CBF, from 0.5·k2 at its lowest to k2 at its highest
+    (leakier where more vascular), deterministically, so no random number is drawn. The truth
+    CBV stays the vascular one, which is what leakage correction should recover;
+    ``delta_r2s`` holds the apparent ΔR2* and ``leakage_delta_r2s`` the leakage term.
+
+Partial-volume arteries (``artery_blood_fraction`` = (low, high))
+    Each artery voxel holds a fraction f ~ U(low, high) of arterial blood, the rest grey
+    matter (S0 of GM, the mean GM concentration curve). Signals add, not ΔR2*s:
+    S = f·S0_a·exp(−TE·ΔR2*_a) + (1 − f)·S0_GM·exp(−TE·ΔR2*_GM), so the measured arterial
+    curve is truncated at its peak and carries a tissue tail (the partial-volume distortion
+    of real arterial voxels). ``artery_fraction`` holds f (1 in the other artery voxels).
 """
 
 from __future__ import annotations
@@ -446,6 +468,8 @@ class DSCSimulation:
     truth: dict[str, np.ndarray]
     noise_sigma: float
     parameters: dict = field(default_factory=dict)
+    leakage_delta_r2s: np.ndarray | None = None  # apparent ΔR2* of contrast leakage (1/s)
+    artery_fraction: np.ndarray | None = None  # arterial blood fraction of the artery voxels
 
     @property
     def aif_delta_r2s(self) -> np.ndarray:
@@ -504,8 +528,14 @@ def simulate_dsc(
     motion_mm: float = 0.0,
     relaxivity_ratio: float = 1.0,
     chunk_voxels: int = 2048,
+    tumour_leakage_per_s: float = 0.0,
+    artery_blood_fraction: tuple[float, float] | None = None,
 ) -> DSCSimulation:
     """Simulate the DSC series of ``phantom`` and its truth maps (see the module docstring).
+
+    ``tumour_leakage_per_s`` (k2, 1/s; 0: none) and ``artery_blood_fraction`` ((low, high);
+    None: pure arterial blood) are the optional contrast leakage and partial-volume arteries
+    of the module docstring.
 
     ``constants`` is a :class:`bolus.config.PerfusionConstants`; ``rng`` draws the AIF,
     the venous curve, the motion and the noise. ``snr`` = S0_GM/σ (inf or None: no noise).
@@ -553,6 +583,7 @@ def simulate_dsc(
         phantom.dispersion_s[brain],
     )
     curves = np.empty((cbf.size, n_timepoints))
+    leak_integral = np.zeros((cbf.size, n_timepoints)) if tumour_leakage_per_s else None
     ttp = np.empty(cbf.size)
     tmax = np.empty(cbf.size)
     # the dispersed residue h_β ⊗ R is unimodal and peaks before (MTT + β)/2: its argmax is
@@ -560,10 +591,11 @@ def simulate_dsc(
     order = np.argsort(mtt + disp, kind="stable")
     for s in range(0, cbf.size, chunk_voxels):
         ix = order[s : s + chunk_voxels]
-        c = tissue_concentration(
-            t_fine, local_aif(t_fine, aif, delay[ix], disp[ix]), cbf[ix], mtt[ix], k[ix], constants
-        )
+        blood = local_aif(t_fine, aif, delay[ix], disp[ix])
+        c = tissue_concentration(t_fine, blood, cbf[ix], mtt[ix], k[ix], constants)
         curves[ix] = sample(c)
+        if leak_integral is not None:  # ∫₀ᵗ C_a,local(τ)dτ (mM·s), for the leakage term
+            leak_integral[ix] = sample(np.cumsum(blood, axis=-1) * FINE_DT_S)
         ttp[ix] = t_fine[np.argmax(c, axis=-1)]
         window = 1.5 * float(np.max(mtt[ix] + disp[ix])) + 5.0
         n_short = min(n_fine, int(np.ceil(window / FINE_DT_S)) + 1)
@@ -575,7 +607,31 @@ def simulate_dsc(
     r2s = BLOOD_RELAXIVITY * conc
     tissue = ~np.isin(labels, (ARTERY, VEIN))
     r2s[tissue] *= relaxivity_ratio
+    leakage = None
+    if leak_integral is not None:
+        tumour = labels[brain] == TUMOUR
+        k2 = np.zeros(cbf.size)
+        lo, hi = cbf[tumour].min(initial=0.0), cbf[tumour].max(initial=0.0)
+        k2[tumour] = tumour_leakage_per_s * (0.5 + 0.5 * (cbf[tumour] - lo) / max(hi - lo, 1e-9))
+        leakage = np.zeros(shape4, np.float32)
+        leakage[brain] = -k2[:, None] * BLOOD_RELAXIVITY * leak_integral
+        r2s += leakage
     clean = phantom.baseline[..., None] * np.exp(-te_s * r2s)
+    artery_fraction = None
+    if artery_blood_fraction is not None:
+        low, high = artery_blood_fraction
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"artery_blood_fraction must be 0 < low ≤ high ≤ 1, got {low, high}")
+        artery = labels == ARTERY
+        f = rng.uniform(low, high, int(artery.sum()))
+        gm_r2s = r2s[labels == GM].mean(axis=0) if (labels == GM).any() else np.zeros(n_timepoints)
+        bias = phantom.bias[artery][:, None]
+        clean[artery] = bias * (
+            f[:, None] * S0[ARTERY] * np.exp(-te_s * r2s[artery])
+            + (1.0 - f[:, None]) * S0[GM] * np.exp(-te_s * gm_r2s)[None, :]
+        )
+        artery_fraction = np.zeros(phantom.grid.shape, np.float32)
+        artery_fraction[artery] = f
     motion = _motion_trajectory(rng, n_timepoints, motion_mm)
     if motion_mm > 0:
         clean = _move(clean, phantom.grid, motion)
@@ -616,4 +672,6 @@ def simulate_dsc(
         truth=truth,
         noise_sigma=sigma,
         parameters={k: float(v) for k, v in params.items()},
+        leakage_delta_r2s=leakage,
+        artery_fraction=artery_fraction,
     )
