@@ -4,13 +4,6 @@
 # `models` holds pix2pix.
 
 
-def training_meta(model):
-    """The training data a model reads: TOF volumes for pix2pix, else the DSC layouts."""
-    if model == "pix2pix":
-        return str(paths.tof_training_data_dir(OUT) / "meta.json")
-    return str(paths.training_data_dir(OUT) / "meta.json")
-
-
 rule coregister_tof:
     input:
         previous=verdict("{subject}", "preprocess"),
@@ -44,7 +37,7 @@ rule tof_training_data:
         "../envs/models.yaml"
     params:
         rows=lambda wc: training_rows(),
-        output_dir=OUT,
+        output_dir=lambda wc, output: str(Path(output[0]).parents[3]),
         config=config,
     script:
         "../scripts/tof_training_data.py"
@@ -65,7 +58,7 @@ if "pix2pix" in MODELS:
         conda:
             "../envs/models.yaml"
         params:
-            output_dir=OUT,
+            output_dir=lambda wc, output: str(Path(output.verdict).parents[1]),
             maps=lambda wc: model_map_paths(wc.subject, "pix2pix"),
             config=config,
         script:

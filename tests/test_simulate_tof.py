@@ -73,9 +73,8 @@ def test_image_is_on_the_dsc_grid_and_written_as_nifti(subjects, tmp_path):
 def test_the_cohort_lists_each_subjects_tof(tmp_path):
     import pandas as pd
 
-    from bolus.simulate.cohort import simulate_cohort
-
     from bolus.preprocess.coregister import convert_tof
+    from bolus.simulate.cohort import simulate_cohort
 
     tsv = simulate_cohort(tmp_path, 1, seed=3, matrix=(32, 32, 6), n_timepoints=12)
     row = pd.read_csv(tsv, sep="\t").iloc[0]

@@ -243,9 +243,7 @@ def train_pix2pix(name, spec, data_dir, model_dir, params, config, device) -> Pa
     train_rows, val_rows = data.rows("train"), data.rows("val")
     targets = np.asarray(data.arrays["targets"][train_rows])
     masks = np.asarray(data.arrays["mask"][train_rows])
-    scales = fit_scales(
-        [{m: t[i] for i, m in enumerate(MAPS)} for t in targets], list(masks), MAPS
-    )
+    scales = fit_scales([{m: t[i] for i, m in enumerate(MAPS)} for t in targets], list(masks), MAPS)
     del targets, masks
     model.scales.copy_(torch.from_numpy(scales))
     state = {"epoch": 0, "best": float("inf"), "stale": 0}

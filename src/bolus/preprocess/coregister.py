@@ -195,7 +195,9 @@ def convert_tof(row: dict, out_nifti, out_json, subject: str) -> Path:
         text = json.dumps({"SourceFile": "tof_nifti"}, indent=2)
     else:
         raise SubjectError(
-            subject, None, "no TOF-MRA (participants.tsv tof_dicom_dir or tof_nifti): pix2pix needs it"
+            subject,
+            None,
+            "no TOF-MRA (participants.tsv tof_dicom_dir or tof_nifti): pix2pix needs it",
         )
     shape = image.shape
     if len(shape) == 4 and shape[3] == 1:

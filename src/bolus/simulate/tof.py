@@ -49,12 +49,12 @@ from scipy import ndimage
 
 from bolus.simulate.phantom import (
     BRAIN_TISSUE,
-    AcquisitionGrid,
     CSF,
     GM,
     SCALP,
     SKULL,
     WM,
+    AcquisitionGrid,
     Phantom,
     _apply,
     _polyline,
