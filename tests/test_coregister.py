@@ -41,6 +41,9 @@ def test_a_known_head_movement_between_tof_and_dsc_is_recovered(subject, tmp_pat
     # better. Measured: mean 0.7–0.9 mm, max 0.9–1.7 mm (from 3.8–5.5 mm mean before).
     in_plane = grid.pixel_spacing_mm
     assert before.mean() > 2.0  # the movement is there to be found
+    print(
+        f"head moved {before.mean():.2f} mm; after registration {after.mean():.2f} mm mean, {after.max():.2f} mm max"
+    )
     assert after.mean() < 0.5 * in_plane, (before.mean(), after.mean())
     assert after.max() < in_plane
     assert warped.shape == grid.shape
@@ -63,19 +66,30 @@ def test_reference_maps_in_another_grid_are_registered_onto_the_dsc_grid(subject
     for name in ("cbf", "cbv", "tmax"):
         img = nib.load(tmp_path / "truth" / f"{name}.nii.gz")
         nib.save(nib.Nifti1Image(img.get_fdata(), pose @ img.affine), moved / f"{name}.nii.gz")
-    conc = subject.signal  # any series whose curve areas follow CBV: the true ΔR2*
+    # the concentration series' curve areas follow CBV: ΔR2* ∝ −ln(S/S0)
     conc = -np.log(np.clip(subject.signal / subject.signal[..., :3].mean(-1, keepdims=True),
                            1e-3, None))  # fmt: skip
-    maps = register_reference_maps(moved, relative_cbv(conc), grid.affine_ras, work_dir=tmp_path)
+    maps, transform = register_reference_maps(
+        moved, relative_cbv(conc), grid.affine_ras, work_dir=tmp_path, return_transform=True
+    )
+    assert set(maps) == {"cbf", "cbv", "tmax"}
+    # A map voxel v sits at pose·A·v in the moved header but truly at A·v: the transform
+    # (DSC world → reference world) must be the pose. Tolerance as for the TOF: on average
+    # within half a DSC voxel in-plane, nowhere more than one.
+    brain = grid.voxel_centres_ras()[subject.phantom.brain]
+    before = displacement_mm(np.eye(4), pose, brain)
+    after = displacement_mm(transform, pose, brain)
+    print(f"reference maps off by {before.mean():.2f} mm; registered {after.mean():.2f} mm "
+          f"mean, {after.max():.2f} mm max")  # fmt: skip
+    assert before.mean() > 2.0
+    assert after.mean() < 0.5 * grid.pixel_spacing_mm and after.max() < grid.pixel_spacing_mm
+    # and the maps now agree better with the truth than a world-coordinate resampling
     truth = nib.load(tmp_path / "truth" / "cbf.nii.gz").get_fdata()
-    brain = subject.phantom.brain & np.isfinite(maps["cbf"])
-    # CBF varies by tissue over a few voxels: after registration the maps correlate with
-    # the truth as a half-voxel shift would (r > 0.8); the unregistered header does not
-    r = np.corrcoef(maps["cbf"][brain], truth[brain])[0, 1]
     from bolus.stages import load_reference_maps
 
     naive = load_reference_maps(moved, grid.shape, grid.affine_ras)["cbf"]
-    ok = subject.phantom.brain & np.isfinite(naive)
+    ok = subject.phantom.brain & np.isfinite(naive) & np.isfinite(maps["cbf"])
+    r = np.corrcoef(maps["cbf"][ok], truth[ok])[0, 1]
     r_naive = np.corrcoef(naive[ok], truth[ok])[0, 1]
-    assert r > 0.8 and r > r_naive + 0.1, (r, r_naive)
-    assert set(maps) == {"cbf", "cbv", "tmax"}
+    print(f"CBF r vs truth: registered {r:.3f}, world coordinates {r_naive:.3f}")
+    assert r > r_naive + 0.1, (r, r_naive)

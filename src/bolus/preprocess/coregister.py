@@ -262,13 +262,28 @@ def relative_cbv(conc: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(np.asarray(conc, np.float32)), 0, None).sum(axis=-1)
 
 
+def _clip_bright(volume: np.ndarray, percentile: float = 98.0) -> np.ndarray:
+    """``volume`` clipped at the ``percentile`` of its positive voxels: large arteries and
+    veins (curve areas ten times tissue's) would squeeze the tissue into a few histogram bins
+    of the mutual information."""
+    volume = np.clip(np.nan_to_num(np.asarray(volume, np.float32)), 0, None)
+    positive = volume[volume > 0]
+    return np.minimum(volume, np.percentile(positive, percentile)) if positive.size else volume
+
+
 def register_reference_maps(
-    reference_dir, fixed_rcbv: np.ndarray, fixed_affine: np.ndarray, *, work_dir=None
-) -> dict[str, np.ndarray]:
+    reference_dir,
+    fixed_rcbv: np.ndarray,
+    fixed_affine: np.ndarray,
+    *,
+    work_dir=None,
+    return_transform: bool = False,
+):
     """The reference maps of ``reference_dir`` registered (rigid, Mattes MI) onto the DSC grid:
     the reference CBV (else CBF) is registered to ``fixed_rcbv`` (:func:`relative_cbv` of the
     subject's concentration series) and every map follows; NaN outside the reference's
-    field of view."""
+    field of view. ``return_transform``: also the 4×4 RAS transform (DSC world point →
+    reference world point)."""
     from bolus import paths
     from bolus.io.nifti import load_volume
 
@@ -281,7 +296,7 @@ def register_reference_maps(
                 break
     guide = next((n for n in ("cbv", "cbf") if n in found), None)
     if guide is None:
-        return {}
+        return ({}, np.eye(4)) if return_transform else {}
     data, affine = found[guide]
     others = {}
     for name, (volume, a) in found.items():
@@ -289,9 +304,10 @@ def register_reference_maps(
             raise SubjectError("", Path(reference_dir) / name, "reference maps differ in grid")
         others[name] = np.nan_to_num(volume)
     fov = {"__fov": np.ones(data.shape, np.float32)}
-    _, _, carried = register_rigid(
-        np.nan_to_num(data), affine, fixed_rcbv, fixed_affine, work_dir=work_dir,
+    _, matrix, carried = register_rigid(
+        _clip_bright(data), affine, _clip_bright(fixed_rcbv), fixed_affine, work_dir=work_dir,
         extra_moving={**others, **fov},
     )  # fmt: skip
     inside = carried.pop("__fov") > 0.99
-    return {name: np.where(inside, v, np.nan).astype(np.float32) for name, v in carried.items()}
+    maps = {name: np.where(inside, v, np.nan).astype(np.float32) for name, v in carried.items()}
+    return (maps, matrix) if return_transform else maps
