@@ -130,3 +130,11 @@ def training_rows():
         for s in usable_subjects()
         if PARTICIPANTS.loc[s, "split"] in ("train", "val")
     ]
+
+
+def training_meta(model):
+    """The training data a model reads: TOF volumes for pix2pix (rules/tof.smk), else the
+    DSC layouts."""
+    if model == "pix2pix":
+        return str(paths.tof_training_data_dir(OUT) / "meta.json")
+    return str(paths.training_data_dir(OUT) / "meta.json")

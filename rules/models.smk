@@ -21,7 +21,7 @@ rule training_data:
 
 rule train_model:
     input:
-        str(paths.training_data_dir(OUT) / "meta.json"),
+        lambda wc: training_meta(wc.model),
     output:
         str(paths.model_file(OUT, "{model}")),
     log:
@@ -39,7 +39,7 @@ rule train_model:
         "../scripts/train_model.py"
 
 
-for _model in MODELS:
+for _model in [m for m in MODELS if m != "pix2pix"]:  # pix2pix: rules/tof.smk
 
     rule:
         name:

@@ -242,6 +242,7 @@ def test_participants_tsv_lists_subjects_with_train_and_test(cohort):
         "group",
         "site",
         "tof_nifti",
+        "tof_dicom_dir",
     ]
     assert [r["participant_id"] for r in rows] == ["sub-01", "sub-02", "sub-03"]
     assert [r["group"] for r in rows] == ["healthy", "stroke", "tumour"]

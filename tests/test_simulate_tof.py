@@ -73,9 +73,28 @@ def test_image_is_on_the_dsc_grid_and_written_as_nifti(subjects, tmp_path):
 def test_the_cohort_lists_each_subjects_tof(tmp_path):
     import pandas as pd
 
+    from bolus.preprocess.coregister import convert_tof
     from bolus.simulate.cohort import simulate_cohort
 
     tsv = simulate_cohort(tmp_path, 1, seed=3, matrix=(32, 32, 6), n_timepoints=12)
     row = pd.read_csv(tsv, sep="\t").iloc[0]
     path = tmp_path / row["tof_nifti"]
-    assert path.exists() and nib.load(path).shape == (32, 32, 6)
+    # its own acquisition: twice the DSC matrix in-plane over 0.9 of its field of view, half
+    # its slice spacing over a slab two DSC slices longer
+    image = nib.load(path)
+    assert image.shape == (64, 64, 16)
+    dsc = nib.load(tmp_path / row["reference_dir"] / "cbf.nii.gz")
+    np.testing.assert_allclose(
+        np.array(image.header.get_zooms()) / np.array(dsc.header.get_zooms()), [0.45, 0.45, 0.5]
+    )
+    assert nib.load(path.parent / "territories.nii.gz").shape == dsc.shape
+    # the same image as a DICOM series: dcm2niix gives it back voxel for voxel (uint16)
+    converted = convert_tof(
+        {"tof_dicom_dir": str(tmp_path / row["tof_dicom_dir"])},
+        tmp_path / "tof.nii.gz", tmp_path / "tof.json", row["participant_id"],
+    )  # fmt: skip
+    back = nib.load(converted)
+    from bolus.io.nifti import resample_to_grid
+
+    same = resample_to_grid(back.get_fdata(), back.affine, image.shape, image.affine, order=0)
+    np.testing.assert_array_equal(same, np.clip(np.rint(image.get_fdata()), 0, 65535))

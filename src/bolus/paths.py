@@ -104,6 +104,20 @@ class SubjectPaths:
     def metrics_tsv(self) -> Path:
         return self._p("metrics", extension=".tsv")
 
+    @property
+    def tof(self) -> Path:
+        """The converted TOF-MRA, in its own grid (``sub-XX_tof.nii.gz``)."""
+        return self._p("tof")
+
+    @property
+    def tof_json(self) -> Path:
+        return self._p("tof", extension=".json")
+
+    @property
+    def coreg_tof(self) -> Path:
+        """The TOF-MRA registered and resampled onto the DSC grid."""
+        return self._p("tof", desc="coreg")
+
 
 def map_prefix(prefix: str | Path, method: str, name: str) -> Path:
     """``OUT_PREFIX_desc-<method>_<map>.nii.gz`` as written by ``bolus maps``."""
@@ -217,3 +231,9 @@ def model_file(output_dir: str | Path, model: str) -> Path:
 def training_data_dir(output_dir: str | Path) -> Path:
     """The cohort's memory-mapped training data (``meta.json`` marks it complete)."""
     return models_dir(output_dir) / "data"
+
+
+def tof_training_data_dir(output_dir: str | Path) -> Path:
+    """The cohort's memory-mapped TOF training data of pix2pix (``meta.json`` marks it
+    complete)."""
+    return training_data_dir(output_dir) / "tof"

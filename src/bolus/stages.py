@@ -299,10 +299,23 @@ def maps_from_files(conc_path, aif_tsv, out_prefix, method: str, mask_path=None,
 MIN_REFERENCE_COVERAGE = 0.25
 
 
-def load_reference_maps(reference_dir, target_shape, target_affine) -> dict[str, np.ndarray]:
+def load_reference_maps(
+    reference_dir, target_shape, target_affine, register_onto=None
+) -> dict[str, np.ndarray]:
     """The reference maps present in ``reference_dir`` (``cbf.nii.gz`` …), resampled into
-    the subject's DSC grid by world coordinates (any grid or orientation of the same head)."""
+    the subject's DSC grid by world coordinates (any grid or orientation of the same head).
+
+    ``register_onto`` (config ``reference_registration: true``): the subject's concentration
+    series; when the reference grid differs from the DSC grid the maps are registered onto
+    it instead (:func:`bolus.preprocess.coregister.register_reference_maps`)."""
     from bolus.io.nifti import load_volume, resample_to_grid
+
+    if register_onto is not None:
+        registered = _registered_reference_maps(
+            reference_dir, target_shape, target_affine, register_onto
+        )
+        if registered is not None:
+            return registered
 
     found = {}
     for name in paths.MAPS:
@@ -315,6 +328,29 @@ def load_reference_maps(reference_dir, target_shape, target_affine) -> dict[str,
                 data, affine, target_shape, target_affine, order=1, cval=np.nan
             )
     return found
+
+
+def _registered_reference_maps(reference_dir, target_shape, target_affine, conc_path):
+    """Reference maps registered onto the DSC grid, or None when their grid is that grid."""
+    from bolus.io.nifti import load_volume
+    from bolus.preprocess.coregister import register_reference_maps, relative_cbv
+
+    guide = next(
+        (p for n in ("cbv", "cbf") for e in (".nii.gz", ".nii")
+         if (p := Path(reference_dir) / f"{n}{e}").exists()),
+        None,
+    )  # fmt: skip
+    if guide is None:
+        return None
+    image = nib.load(guide)
+    if tuple(image.shape[:3]) == tuple(target_shape) and np.allclose(
+        image.affine, target_affine, atol=1e-3
+    ):
+        return None
+    conc, affine = load_volume(conc_path)
+    return register_reference_maps(
+        reference_dir, relative_cbv(conc), affine, work_dir=Path(conc_path).parent
+    )
 
 
 def subject_metrics_table(
@@ -353,7 +389,10 @@ def subject_metrics_table(
             raise SubjectError(
                 participant_id, None, "config reference=reference_dir but no reference_dir"
             )
-        reference = load_reference_maps(reference_dir, mask.shape, affine)
+        register_onto = None
+        if config.get("reference_registration"):
+            register_onto = paths.SubjectPaths(Path(map_prefix).parents[2], participant_id).conc
+        reference = load_reference_maps(reference_dir, mask.shape, affine, register_onto)
         if not reference:
             raise SubjectError(participant_id, reference_dir, "no reference maps (cbf.nii.gz, …)")
     else:

@@ -124,14 +124,14 @@ def model_inputs(subject: SubjectSeries, grid_s) -> tuple[np.ndarray, np.ndarray
     return curves, aif.astype(np.float32), np.nan_to_num(s0).astype(np.float32)
 
 
-def reference_targets(subject: SubjectSeries, reference_dir) -> np.ndarray:
+def reference_targets(subject: SubjectSeries, reference_dir, register_onto=None) -> np.ndarray:
     """(X, Y, Z, M) reference maps on the subject's grid, NaN where a map is absent or
     undefined and outside the brain mask."""
     from bolus.stages import load_reference_maps
 
     if not reference_dir:
         raise SubjectError(subject.participant_id, None, "a training subject needs reference_dir")
-    found = load_reference_maps(reference_dir, subject.mask.shape, subject.affine)
+    found = load_reference_maps(reference_dir, subject.mask.shape, subject.affine, register_onto)
     if not found:
         raise SubjectError(
             subject.participant_id, reference_dir, "no reference maps (cbf.nii.gz, …)"
@@ -156,6 +156,7 @@ def write_training_data(
     voxels_per_subject: int | None,
     tmax_threshold_s: float,
     seed: int,
+    reference_registration: bool = False,
 ) -> Path:
     """Write both layouts for the ``train`` and ``val`` rows of ``subjects``.
 
@@ -213,7 +214,12 @@ def write_training_data(
     for i, r in enumerate(rows):
         subject = load_subject(output_dir, r["participant_id"])
         curves, aif, s0 = model_inputs(subject, grid + subject.times_s[0])
-        targets = reference_targets(subject, r.get("reference_dir"))
+        register_onto = (
+            paths.SubjectPaths(output_dir, r["participant_id"]).conc
+            if reference_registration
+            else None
+        )
+        targets = reference_targets(subject, r.get("reference_dir"), register_onto)
         aifs[i] = aif
         code = SPLIT_CODES[r["split"]]
         defined = subject.mask & np.isfinite(targets).any(axis=-1)

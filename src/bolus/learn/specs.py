@@ -456,3 +456,29 @@ def get_spec(name: str) -> ModelSpec:
     if name not in SPECS:
         raise ValueError(f"model {name!r} is not implemented (available: {', '.join(SPECS)})")
     return SPECS[name]()
+
+
+class Pix2PixSpec(ModelSpec):
+    """pix2pix (Kossen et al.): coregistered TOF-MRA volume → CBF, CBV, MTT, Tmax, TTP.
+
+    An adversarial model with two optimisers: :func:`bolus.learn.train.train_model` hands it
+    to its own loop (:func:`bolus.learn.tof.train_pix2pix`, same checkpoints, resume, early
+    stopping and curves as the others) over the ``tof`` layout
+    (:func:`bolus.learn.tof.write_tof_training_data`); prediction reads the subject's
+    coregistered TOF (:func:`bolus.learn.tof.predict_stage`), not the DSC series."""
+
+    name = "pix2pix"
+    framework = "gan"
+
+    def build(self, n_timepoints, params):
+        from bolus.learn.tof import build
+
+        return build(params)
+
+    def train(self, name, data_dir, model_dir, params, config, device):
+        from bolus.learn.tof import train_pix2pix
+
+        return train_pix2pix(name, self, data_dir, model_dir, params, config, device)
+
+
+SPECS[Pix2PixSpec.name] = Pix2PixSpec

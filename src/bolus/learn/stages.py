@@ -48,6 +48,7 @@ def training_data_stage(rows, output_dir, out_meta, config=None) -> Path:
         voxels_per_subject=config["training"]["voxels_per_subject"],
         tmax_threshold_s=config["lesion"]["tmax_threshold_s"],
         seed=config["seed"],
+        reference_registration=bool(config.get("reference_registration", False)),
     )
 
 

@@ -187,6 +187,8 @@ def train_model(name: str, data_dir, model_dir, config: dict | None = None, thre
     device = pick_device(str(params["device"]))
     seed = int(params["seed"])
     torch.manual_seed(seed)
+    if spec.framework == "gan":  # two optimisers (pix2pix): its own loop, same conventions
+        return spec.train(name, data_dir, model_dir, params, config, device)
     data = open_layout(data_dir, spec.layout)
     ctx = _context(spec, data, params, config, device)
     log.info("%s: %s on %s, %d time points", name, spec.layout, device, ctx.times_s.size)

@@ -18,7 +18,8 @@ class ModelInfo:
 
     ``maps``: the maps it predicts (a subset of :data:`bolus.paths.MAPS`), in that order;
     ``layout``: the training data it reads (``voxels``: one concentration curve per row;
-    ``slices``: whole axial slices of the series).
+    ``slices``: whole axial slices of the series; ``tof``: whole coregistered TOF-MRA volumes,
+    :mod:`bolus.learn.tof`).
     """
 
     name: str
@@ -36,6 +37,9 @@ MODELS: dict[str, ModelInfo] = {
         ModelInfo("talebi_truncated", ("cbf", "cbv"), "slices", "Talebi et al. 2024, 40 frames"),
         ModelInfo("stnet", ("cbf", "cbv", "tmax"), "slices", "Cao et al., ST-Net"),
         ModelInfo("transformer", ("cbf", "cbv", "mtt", "tmax"), "voxels", "Zeng et al. 2025"),
+        ModelInfo(
+            "pix2pix", ("cbf", "cbv", "mtt", "tmax", "ttp"), "tof", "Kossen et al., 3D pix2pix"
+        ),
     )
 }
 

@@ -3,15 +3,19 @@
 :func:`simulate_cohort` writes::
 
     <out_dir>/participants.tsv          participant_id, dicom_dir, reference_dir, split, group,
-                                        site, tof_nifti
+                                        site, tof_nifti, tof_dicom_dir
     <out_dir>/sourcedata/sub-XX/dicom/  DSC series (SeriesNumber 2, "ep2d_perf") and a 3-plane
                                         localizer (SeriesNumber 1, "localizer"), one flat folder
     <out_dir>/sourcedata/sub-XX/truth/  cbf cbv mtt tmax ttp lesion labels brain (.nii.gz),
                                         labels.tsv, aif.tsv (true arterial ΔR2*, 1/s, at the
                                         acquisition times), motion.tsv, simulation.json
-    <out_dir>/sourcedata/sub-XX/tof/    tof.nii.gz (TOF-MRA-like angiogram on the DSC grid,
-                                        column ``tof_nifti``) and territories.nii.gz
+    <out_dir>/sourcedata/sub-XX/tof/    tof.nii.gz (TOF-MRA-like angiogram on its own finer
+                                        grid with the head moved a little, column
+                                        ``tof_nifti``), territories.nii.gz (DSC grid) and
+                                        tof.json (the head pose between the series)
                                         (:mod:`bolus.simulate.tof`)
+    <out_dir>/sourcedata/sub-XX/tof_dicom/  the same TOF as a DICOM series (SeriesNumber 3,
+                                        "tof_fl3d_tra"), column ``tof_dicom_dir``
 
 Subjects are ``sub-01``, ``sub-02``, …; subject n has pathology ``pathologies[(n-1) % len]``
 (healthy, stroke, tumour, healthy, …), site ``siteA`` (odd n, SIEMENS 1.5 T) or ``siteB``
@@ -48,6 +52,7 @@ from bolus.simulate.dicom_writer import (
     synthetic_exam,
     write_dsc_series,
     write_localizer_series,
+    write_tof_series,
 )
 from bolus.simulate.phantom import (
     LABELS,
@@ -58,7 +63,7 @@ from bolus.simulate.phantom import (
     make_phantom,
     simulate_dsc,
 )
-from bolus.simulate.tof import simulate_tof, write_tof
+from bolus.simulate.tof import draw_pose, simulate_tof, tof_grid, write_tof
 
 __all__ = [
     "PHI_TAGS",
@@ -208,6 +213,30 @@ def write_subject(dicom_dir, sim: DSCSimulation, exam: Exam) -> list[Path]:
     return paths
 
 
+TOF_SERIES_NUMBER = 3
+
+
+def write_subject_tof(subject_dir, sim: DSCSimulation, exam: Exam, seed: int, number: int):
+    """The subject's TOF-MRA (:mod:`bolus.simulate.tof`) on its own grid (:func:`tof_grid`),
+    the head moved by a drawn pose: ``tof/`` (NIfTI, territories, tof.json with the pose)
+    and ``tof_dicom/`` (the same image as a DICOM series). Returns the simulation."""
+    rng = np.random.default_rng([int(seed) % 2**63, number, 0x70F])
+    grid = tof_grid(sim.phantom.grid)
+    pose = draw_pose(np.random.default_rng([int(seed) % 2**63, number, 0x9053]))
+    tof = simulate_tof(sim.phantom, rng, grid=grid, pose=pose)
+    subject_dir = Path(subject_dir)
+    write_tof(subject_dir / "tof", tof, grid.affine_ras, sim.phantom.grid.affine_ras)
+    info = {"head_pose_ras": pose.round(6).tolist(),
+            "note": "TOF-session world point = head_pose_ras @ DSC-session world point (RAS mm)",
+            "tof_voxel_mm": [grid.pixel_spacing_mm] * 2 + [grid.slice_spacing_mm],
+            "tof_shape": list(grid.shape)}  # fmt: skip
+    (subject_dir / "tof" / "tof.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_tof_series(
+        subject_dir / "tof_dicom", tof.image, grid, exam=exam, series_number=TOF_SERIES_NUMBER
+    )
+    return tof
+
+
 def simulate_cohort(
     out_dir,
     n_subjects: int,
@@ -239,7 +268,7 @@ def simulate_cohort(
         pathology = pathologies[(number - 1) % len(pathologies)]
         sim = simulate_subject(seed, number, pathology, constants=constants, **acquisition)
         subject_dir = out / "sourcedata" / pid
-        for sub in ("dicom", "truth", "tof"):
+        for sub in ("dicom", "truth", "tof", "tof_dicom"):
             if (subject_dir / sub).exists():
                 shutil.rmtree(subject_dir / sub)
         exam = synthetic_exam(seed, number)
@@ -249,8 +278,7 @@ def simulate_cohort(
                  "manufacturer": exam.manufacturer,
                  "acquisition_options": {k: acquisition[k] for k in sorted(acquisition)}}  # fmt: skip
         write_truth(subject_dir / "truth", sim, extra)
-        tof = simulate_tof(sim.phantom, np.random.default_rng([int(seed) % 2**63, number, 0x70F]))
-        write_tof(subject_dir / "tof", tof, sim.phantom.grid.affine_ras)
+        write_subject_tof(subject_dir, sim, exam, seed, number)
         rows.append(
             {
                 "participant_id": pid,
@@ -260,6 +288,7 @@ def simulate_cohort(
                 "group": pathology,
                 "site": site,
                 "tof_nifti": f"sourcedata/{pid}/tof/tof.nii.gz",
+                "tof_dicom_dir": f"sourcedata/{pid}/tof_dicom",
             }
         )
     path = out / "participants.tsv"

@@ -284,6 +284,59 @@ def write_dsc_series(
     return paths
 
 
+def write_tof_series(
+    folder,
+    image: np.ndarray,
+    grid,
+    *,
+    exam: Exam,
+    series_number: int = 3,
+    description: str = "tof_fl3d_tra",
+    start_time_s: float | None = None,
+) -> list[Path]:
+    """Write a 3D TOF-MRA ``image`` (i, j, k) on ``grid`` (an axial
+    :class:`~bolus.simulate.phantom.AcquisitionGrid`) as a single-frame MR series, one file
+    per slice, into ``folder``; returns the files. Values rounded and clipped to uint16;
+    ``start_time_s`` default: 2 minutes after the exam's start (before the DSC run)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    nx, ny, nz = image.shape
+    if (nx, ny, nz) != tuple(grid.shape):
+        raise ValueError(f"image of shape {image.shape} does not fit grid {grid.shape}")
+    start = exam.study_time_s + 120.0 if start_time_s is None else float(start_time_s)
+    ds = _base_dataset(exam, series_number, description, start)
+    ds.ScanningSequence = "GR"
+    ds.SequenceVariant = ["SP", "OSP"]
+    ds.ScanOptions = ""
+    ds.MRAcquisitionType = "3D"
+    ds.SequenceName = "*fl3d1r_t70" if exam.manufacturer == "SIEMENS" else "TOF3D"
+    ds.AngioFlag = "Y"
+    ds.SliceThickness = f"{grid.slice_thickness_mm:.6g}"
+    ds.SpacingBetweenSlices = f"{grid.slice_spacing_mm:.6g}"
+    ds.RepetitionTime = "23"
+    ds.EchoTime = "3.6"
+    ds.FlipAngle = 18
+    ds.NumberOfAverages = 1
+    ds.EchoNumbers = 1
+    ds.AcquisitionMatrix = [0, nx, ny, 0]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = _ds([grid.pixel_spacing_mm] * 2)
+    ds.ImagesInAcquisition = nz
+    ds.AcquisitionNumber = 1
+    ds.AcquisitionTime = ds.ContentTime = _dicom_time(start)
+    paths = []
+    for k in range(nz):
+        position = grid.slice_position_lps(k)
+        ds.InstanceNumber = k + 1
+        ds.SOPInstanceUID = exam.uid("image", series_number, k + 1)
+        ds.ImagePositionPatient = _ds(position)
+        ds.SliceLocation = f"{position[2]:.10g}"
+        path = folder / f"IM_{series_number:03d}_{k + 1:05d}.dcm"
+        _save(ds, path, image[:, :, k].T)
+        paths.append(path)
+    return paths
+
+
 @dataclass(frozen=True)
 class Plane:
     """A single-slice image plane in DICOM patient coordinates (LPS, mm)."""

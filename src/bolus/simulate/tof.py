@@ -27,6 +27,15 @@ Image
     width max(radius, half the voxel) along each axis) and fade distally (slower inflow
     saturates); Rician noise σ = 12. The DSC grid (3.4 mm, 6 mm slices) blurs the thin branches
     into faint spots, as a coregistered TOF resampled onto the perfusion grid does.
+
+Own acquisition grid and head pose (``grid`` and ``pose`` of :func:`simulate_tof`)
+    a real TOF-MRA is a separate 3D acquisition: finer voxels, its own field of view, and the
+    head a little elsewhere than during the DSC run. :func:`tof_grid` is such a grid (half
+    the DSC's in-plane voxel over 0.9 of its field of view, half its slice spacing over a
+    slab two DSC slices longer, centre shifted); :func:`draw_pose` a rigid head movement
+    between the two series (rotations up to 4°, translations up to 5 mm). Static tissue is
+    then drawn from the MNI152 templates at the TOF's own voxel centres (no DSC blocks), and
+    the territories stay on the DSC grid (they are truth for the perfusion maps).
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from bolus.simulate.phantom import (
     SCALP,
     SKULL,
     WM,
+    AcquisitionGrid,
     Phantom,
     _apply,
     _polyline,
@@ -56,6 +66,7 @@ TISSUE_SIGNAL = {SCALP: 300.0, WM: 170.0, GM: 140.0, CSF: 60.0, SKULL: 30.0}
 VESSEL_SIGNAL = 1000.0
 NOISE_SIGMA = 12.0
 OCCLUSION_MM = 4.0  # length of the M1 stump left on the occluded side
+TOF_CENTRE_SHIFT_MM = np.array([3.0, -4.0, 5.0])  # TOF slab centre − DSC slab centre (RAS)
 
 
 @dataclass
@@ -209,29 +220,91 @@ def render_vessels(vessels: list[Vessel], world_to_voxel: np.ndarray, spacing_mm
     return out
 
 
-def simulate_tof(phantom: Phantom, rng: np.random.Generator) -> TOFSimulation:
-    """The TOF-like angiogram of ``phantom`` on its DSC grid (see the module docstring)."""
-    grid = phantom.grid
-    world = grid.voxel_centres_ras()
+def tof_grid(dsc: AcquisitionGrid) -> AcquisitionGrid:
+    """A TOF slab for a subject scanned in DSC grid ``dsc`` (see the module docstring)."""
+    nx, ny, nz = dsc.shape
+    fov = 0.9 * dsc.pixel_spacing_mm * nx
+    coverage = dsc.slice_spacing_mm * (nz + 2)
+    centre_lps = dsc.affine_lps @ np.r_[(np.array(dsc.shape) - 1) / 2.0, 1.0]
+    centre_ras = np.array([-centre_lps[0], -centre_lps[1], centre_lps[2]]) + TOF_CENTRE_SHIFT_MM
+    return AcquisitionGrid.axial((2 * nx, 2 * ny, 2 * (nz + 2)), fov, coverage, centre_ras)
+
+
+def draw_pose(rng: np.random.Generator, max_rotation_deg=4.0, max_shift_mm=5.0) -> np.ndarray:
+    """A rigid head movement (4×4, world RAS mm): TOF-session point = pose @ DSC-session
+    point; rotations about the head centre (MNI_CENTRE)."""
+    from bolus.simulate.phantom import MNI_CENTRE, _rotation
+
+    rotation = _rotation(np.radians(rng.uniform(-max_rotation_deg, max_rotation_deg, 3)))
+    pose = np.eye(4)
+    pose[:3, :3] = rotation
+    pose[:3, 3] = MNI_CENTRE - rotation @ MNI_CENTRE + rng.uniform(-max_shift_mm, max_shift_mm, 3)
+    return pose
+
+
+def _static_tissue(phantom: Phantom, grid: AcquisitionGrid, world_to_mni, rng) -> np.ndarray:
+    """TOF background on ``grid`` from the MNI152 templates (skull and scalp by distance)."""
+    from bolus.simulate.phantom import _sample_templates
+
+    brain_p, gm_p, wm_p, outside = _sample_templates(_apply(world_to_mni, grid.voxel_centres_ras()))
+    csf_p = np.clip(brain_p - gm_p - wm_p, 0.0, 1.0)
+    image = np.zeros(grid.shape)
+    image[outside <= 3.0 + 6.0 + 5.0] = TISSUE_SIGNAL[SCALP]
+    image[outside <= 3.0 + 6.0] = TISSUE_SIGNAL[SKULL]
+    image[outside <= 3.0] = TISSUE_SIGNAL[CSF]
+    total = np.maximum(csf_p + gm_p + wm_p, 1e-6)
+    mix = (csf_p * TISSUE_SIGNAL[CSF] + gm_p * TISSUE_SIGNAL[GM] + wm_p * TISSUE_SIGNAL[WM]) / total
+    inside = brain_p >= 0.5
+    image[inside] = mix[inside]
+    coords = [np.linspace(-1, 1, n) for n in grid.shape]
+    x, y, z = np.meshgrid(*coords, indexing="ij")
+    terms = np.stack([x, y, 0.5 * z])
+    bias = np.clip(1.0 + np.tensordot(rng.normal(0, 0.06, 3), terms, 1), 0.8, 1.2)
+    return ndimage.gaussian_filter(image, 0.5) * bias
+
+
+def simulate_tof(
+    phantom: Phantom,
+    rng: np.random.Generator,
+    grid: AcquisitionGrid | None = None,
+    pose: np.ndarray | None = None,
+) -> TOFSimulation:
+    """The TOF-like angiogram of ``phantom`` (see the module docstring): on its DSC grid by
+    default, else on ``grid`` (e.g. :func:`tof_grid`) with the head moved by ``pose``
+    (:func:`draw_pose`; identity by default). ``territories`` are on the DSC grid."""
+    own_grid = grid is not None
+    grid = phantom.grid if grid is None else grid
+    pose = np.eye(4) if pose is None else np.asarray(pose, float)
+    world = phantom.grid.voxel_centres_ras()
     mni = _apply(np.linalg.inv(phantom.mni_to_world), world)
     brain = np.isin(phantom.labels, BRAIN_TISSUE)
     side = {"left": -1, "right": 1}.get(phantom.info.get("stroke_side"), 0)
     occluded = side if phantom.pathology == "stroke" else 0
     vessels, territories = vessel_tree(rng, mni, brain, occluded)
-    # vessels drawn in world space: MNI → world → voxel
+    # vessels drawn in world space: MNI → world (→ the TOF session's pose) → voxel
+    mni_to_world = pose @ phantom.mni_to_world
     to_world = [
-        Vessel(_apply(phantom.mni_to_world, v.points), v.radius_mm, v.territory, v.brightness)
+        Vessel(_apply(mni_to_world, v.points), v.radius_mm, v.territory, v.brightness)
         for v in vessels
     ]
     spacing = (grid.pixel_spacing_mm, grid.pixel_spacing_mm, grid.slice_spacing_mm)
     vessel_signal = render_vessels(to_world, np.linalg.inv(grid.affine_ras), spacing, grid.shape)
+    if own_grid:
+        background = _static_tissue(phantom, grid, np.linalg.inv(mni_to_world), rng)
+        return _finish(background, vessel_signal, territories, occluded, vessels, grid, rng)
     background = np.zeros(grid.shape)
     tissue_labels = np.where(np.isin(phantom.labels, BRAIN_TISSUE), GM, phantom.labels)
     tissue_labels = np.where(phantom.labels == WM, WM, tissue_labels)
     for label, value in TISSUE_SIGNAL.items():
         background[tissue_labels == label] = value
     background = ndimage.gaussian_filter(background, (0.6, 0.6, 0.3))
-    clean = background * phantom.bias + VESSEL_SIGNAL * vessel_signal
+    return _finish(
+        background * phantom.bias, vessel_signal, territories, occluded, vessels, grid, rng
+    )
+
+
+def _finish(background, vessel_signal, territories, occluded, vessels, grid, rng):
+    clean = background + VESSEL_SIGNAL * vessel_signal
     noisy = np.hypot(
         clean + NOISE_SIGMA * rng.standard_normal(grid.shape),
         NOISE_SIGMA * rng.standard_normal(grid.shape),
@@ -244,12 +317,18 @@ def simulate_tof(phantom: Phantom, rng: np.random.Generator) -> TOFSimulation:
     )
 
 
-def write_tof(folder, tof: TOFSimulation, affine: np.ndarray) -> dict[str, Path]:
-    """Write ``tof.nii.gz`` (the angiogram) and ``territories.nii.gz`` into ``folder``."""
+def write_tof(
+    folder, tof: TOFSimulation, affine: np.ndarray, territories_affine: np.ndarray | None = None
+) -> dict[str, Path]:
+    """Write ``tof.nii.gz`` (the angiogram, ``affine``) and ``territories.nii.gz`` (on the DSC
+    grid: ``territories_affine``, default ``affine``) into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
+    affines = {"tof": affine, "territories": affine if territories_affine is None
+               else territories_affine}  # fmt: skip
     for name, data in (("tof", tof.image), ("territories", tof.territories)):
+        affine = affines[name]
         img = nib.Nifti1Image(data, affine)
         img.header.set_xyzt_units("mm")
         img.set_qform(affine, code=1)

@@ -1,0 +1,6 @@
+from bolus.learn.tof import tof_training_data_stage
+from bolus.smk import logged
+
+s = snakemake  # noqa: F821 (injected by Snakemake)
+with logged(s):
+    tof_training_data_stage(s.params.rows, s.params.output_dir, s.output[0], s.params.config)
