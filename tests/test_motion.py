@@ -57,7 +57,9 @@ def test_simulated_head_drift_is_tracked():
     _, table = motion_correct(sim.signal, zooms)
     estimated = table[["trans_x_mm", "trans_y_mm", "trans_z_mm",
                        "rot_x_rad", "rot_y_rad", "rot_z_rad"]].to_numpy()  # fmt: skip
-    estimated = estimated - estimated[0]  # the simulation moves relative to volume 0
+    # the simulation moves about its mean pre-bolus position, the estimate about the mean
+    # pre-bolus image: offsets differ a little, so compare shapes (r) and amplitudes (std)
+    estimated = estimated - estimated[0]
     truth = np.asarray(sim.motion)
     # translations |r| > 0.9; rotations about the in-plane axes tilt a thin slab (8 slices of
     # 6 mm, ≤ 0.04 rad here: ≤ 1 mm at its edge), so they are less determined: |r| > 0.75.

@@ -64,6 +64,7 @@ def convert_subject(
     from bolus.perfusion.checks import check_signal
 
     pid = row["participant_id"]
+    modality = modality or with_defaults({})["modality"]
     if row.get("dicom_dir"):
         source = row["dicom_dir"]
         sidecar = convert_dicom_series(
@@ -71,8 +72,7 @@ def convert_subject(
         )
     else:
         source = row["dsc_nifti"]
-        sidecar = import_nifti_series(source, out_nifti, out_json, subject=pid)
-    modality = modality or with_defaults({})["modality"]
+        sidecar = import_nifti_series(source, out_nifti, out_json, subject=pid, modality=modality)
     check_signal(load_volume(out_nifti)[0], sidecar["VolumeTiming"], pid, source, modality)
     return sidecar
 
@@ -136,11 +136,13 @@ def preprocess_subject(
 
 
 # ----------------------------------------------------------------------------- perfusion
-def read_sidecar_timing(dsc_json) -> tuple[np.ndarray, float]:
-    """(volume onset times in s, echo time in s) from the converted series' sidecar."""
+def read_sidecar_timing(dsc_json) -> tuple[np.ndarray, float | None]:
+    """(volume onset times in s, echo time in s) from the converted series' sidecar; the
+    echo time is None when the sidecar has none (CT perfusion)."""
     sidecar = json.loads(Path(dsc_json).read_text())
     times = np.asarray(sidecar["VolumeTiming"], dtype=float)
-    return times, float(sidecar["EchoTime"])
+    te = sidecar.get("EchoTime")
+    return times, None if te is None else float(te)
 
 
 def write_aif_table(path, times_s: np.ndarray, curve: np.ndarray, vof=None) -> None:

@@ -564,9 +564,16 @@ def convert_dicom_series(
 
 
 def import_nifti_series(
-    dsc_nifti: str | Path, out_nifti: str | Path, out_json: str | Path, *, subject: str
+    dsc_nifti: str | Path,
+    out_nifti: str | Path,
+    out_json: str | Path,
+    *,
+    subject: str,
+    modality: str = "dsc",
 ) -> dict:
-    """Bring a user-supplied 4D NIfTI + BIDS sidecar into the layout, with the same checks."""
+    """Bring a user-supplied 4D NIfTI + BIDS sidecar into the layout, with the same checks.
+    The sidecar needs RepetitionTime (the frame interval) and, for DSC (``modality``), the
+    EchoTime; CT perfusion has no echo time."""
     import nibabel as nib
 
     dsc_nifti = Path(dsc_nifti)
@@ -583,7 +590,7 @@ def import_nifti_series(
         raise SubjectError(subject, dsc_nifti, f"cannot read: {exc}") from exc
     if len(shape) != 4 or shape[3] < 2:
         raise SubjectError(subject, dsc_nifti, f"not a 4D series (shape {shape})")
-    for key in ("EchoTime", "RepetitionTime"):
+    for key in ("EchoTime", "RepetitionTime") if modality != "ctp" else ("RepetitionTime",):
         if not isinstance(sidecar.get(key), int | float) or sidecar[key] <= 0:
             raise SubjectError(subject, sidecar_path, f"sidecar has no valid {key}")
     clean = deidentified_sidecar(sidecar)

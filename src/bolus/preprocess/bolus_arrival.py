@@ -17,6 +17,8 @@ _STEADY_STATE_FRAMES = ((20, 2), (8, 1), (0, 0))
 _ARRIVAL_FRACTION = 0.1
 # ... and the noise multiple (robust σ of the frame-to-frame differences) it must exceed.
 _ARRIVAL_NOISE_SIGMAS = 3.0
+# Share of the rise above which pre-peak frames are left out of the first baseline fit.
+_INITIAL_FIT_FRACTION = 0.25
 
 
 def _steady_state_frames(n_frames: int) -> int:
@@ -41,8 +43,10 @@ def baseline_frames(mean_signal_curve, times_s, *, skip_frames: int | None = Non
        from a robust (Theil–Sen) line through the curve (the bolus passage is a minority of
        frames, so the line follows the baseline level and any drift of it);
     3. the pre-peak baseline level is a robust (Theil–Sen) straight line through the frames
-       before that extremum — a drift (head motion, scanner) is not mistaken for the bolus —
-       refitted on the baseline found (up to 3 times), and the noise σ the robust (MAD)
+       before that extremum (first fit: only those before the curve passes a quarter of its
+       rise, so that a slow rise is not taken for a drift) — a drift (head motion, scanner)
+       is not mistaken for the bolus — refitted on the baseline found (up to 3 times), and
+       the noise σ the robust (MAD)
        spread of their frame-to-frame differences / √2;
     4. walking back from the extremum, the bolus has arrived while the deviation exceeds
        max(10 % of the peak deviation, 3σ); the first frame that falls below is the last
@@ -79,8 +83,17 @@ def baseline_frames(mean_signal_curve, times_s, *, skip_frames: int | None = Non
     sigma = 1.4826 * np.median(np.abs(differences - np.median(differences))) / np.sqrt(2.0)
     frames = np.arange(n, dtype=float)
     # the baseline level may drift (head motion, scanner drift): a robust straight line
-    # (Theil–Sen) through the pre-peak frames, refitted on the baseline it finds
-    slope, intercept = _theil_sen(frames[first:peak], pre)
+    # (Theil–Sen) through the pre-peak frames, refitted on the baseline it finds. A slow rise
+    # (CT perfusion's mean curve, delayed tissue) can fill half the pre-peak frames, beyond
+    # Theil–Sen's breakdown point (29 %): the first fit uses only the frames before the
+    # curve, walking back from the peak, falls below a quarter of its rise
+    low = np.percentile(direction * pre, 10.0)
+    rise = direction * curve[peak] - low
+    k = peak
+    while k > first and direction * curve[k - 1] - low > _INITIAL_FIT_FRACTION * rise:
+        k -= 1
+    fit_stop = k if k - first >= 3 else peak
+    slope, intercept = _theil_sen(frames[first:fit_stop], curve[first:fit_stop])
     stop = peak
     for _ in range(3):
         level = intercept + slope * frames

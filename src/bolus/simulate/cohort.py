@@ -27,7 +27,8 @@ train and one test subject whenever there are two or more.
 Truth NIfTIs are in the DSC acquisition grid with the RAS affine that DICOM defines for it
 (:attr:`bolus.simulate.phantom.AcquisitionGrid.affine_ras`); a dcm2niix conversion of the
 series may flip axes but describes the same world coordinates, so resampling truth into
-the converted grid by world coordinates lines up voxel for voxel (with motion, with volume 0).
+the converted grid by world coordinates lines up voxel for voxel (with motion, with the
+head's mean position over the pre-bolus volumes, the motion-correction reference).
 
 Identifiers: the DICOM files carry fake patient and site identifiers (:data:`PHI_TAGS`);
 :func:`patient_identifiers` returns those of any subject, to check they never leave the
@@ -181,7 +182,7 @@ def write_truth(folder, sim: DSCSimulation, extra: dict | None = None) -> dict[s
         "te_s": sim.te_s,
         "noise_sigma": sim.noise_sigma,
         "units": {"cbf": "ml/100g/min", "cbv": "ml/100g", "mtt": "s", "tmax": "s", "ttp": "s",
-                  "aif": "delta R2* (1/s)", "motion": "mm (trans, RAS), rad (rot), vs volume 0"},
+                  "aif": "delta R2* (1/s)", "motion": "mm (trans, RAS), rad (rot), vs the mean pre-bolus position"},
         "phantom": sim.phantom.info,
         "aif": sim.parameters,
         **(extra or {}),
