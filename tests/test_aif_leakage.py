@@ -237,3 +237,14 @@ def test_perfusion_stage_writes_k2_and_the_vof(tmp_path):
     )
     saved = nib.load(sp.conc).get_fdata()
     assert not np.allclose(saved[tumour], raw[tumour], atol=1e-3)
+
+
+def test_aif_figure_marks_the_vof(tmp_path):
+    """The AIF QC figure takes the VOF (aif.tsv column ``vof``) and draws it beside the AIF."""
+    from bolus.evaluate.figures import aif_figure
+
+    times = np.arange(40) * 1.5
+    aif = np.exp(-0.5 * ((times - 20) / 3) ** 2)
+    vof = 1.1 * np.exp(-0.5 * ((times - 27) / 5) ** 2)
+    out = aif_figure(tmp_path / "aif.png", times, aif, vof=vof)
+    assert out.exists() and out.read_bytes()[:4] == b"\x89PNG"
