@@ -16,6 +16,7 @@ constants and the model's parameters. Targets are learned as (map − mean)/sd.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -330,10 +331,13 @@ class TalebiSpec(SliceSpec):
         a = _to(aif[:frames], ctx.device)
         out = np.zeros((len(self.maps),) + mask.shape, np.float32)
         per = int(ctx.params.get("predict_slices", 4))
+        fast = ctx.device.type == "cpu"
+        if fast:  # a channels-last copy: the same weights, the CPU's faster convolutions
+            model = copy.deepcopy(model).to(memory_format=torch.channels_last)
         for z0 in range(0, x.shape[0], per):
             block = x[z0 : z0 + per]
             with _autocast(ctx):
-                pred = model(block, a.expand(block.shape[0], -1)).float()
+                pred = model(block, a.expand(block.shape[0], -1), fast=fast).float()
             out[..., z0 : z0 + per] = (
                 (pred * sd[:, None, None] + mean[:, None, None]).permute(1, 2, 3, 0).cpu().numpy()
             )
