@@ -394,22 +394,16 @@ def pretraining_arrays(
     the normalisation of :mod:`bolus.learn.datasets` (tissue ×``curve_scale``, AIFs
     ×``aif_scale``, both divided by the global AIF's area): float32 ``curves``, ``aif``,
     ``local_aif`` (n, T) and ``bad`` (n,) s (the effective delay, see the module docstring).
-    For a training loop that pre-trains on a cohort's own time grid."""
-    from bolus.simulate.voxel_curves import simulate_voxel_curves
+    For a training loop that pre-trains on a cohort's own time grid; each voxel is its own
+    acquisition resampled onto the grid
+    (:func:`bolus.simulate.voxel_curves.simulate_on_grid`)."""
+    from bolus.simulate.voxel_curves import simulate_on_grid
 
     constants = constants or PerfusionConstants.from_config()
-    times = np.asarray(times_s, dtype=float) - float(np.asarray(times_s)[0])
     rng = np.random.default_rng(int(seed))
-    parts: dict[str, list] = {"curves": [], "aif": [], "local_aif": [], "bad": []}
-    for start in range(0, int(n), 1024):
-        sim = simulate_voxel_curves(rng, min(1024, int(n) - start), constants)
-        tissue, aif, local = sim.sample_on(times, rng)
-        area = np.trapezoid(aif, times, axis=-1)[:, None]
-        parts["curves"].append(tissue * curve_scale / area)
-        parts["aif"].append(aif * aif_scale / area)
-        parts["local_aif"].append(local * aif_scale / area)
-        parts["bad"].append(sim.tmax_s)
-    return {k: np.concatenate(v).astype(np.float32) for k, v in parts.items()}
+    return simulate_on_grid(
+        rng, int(n), times_s, constants, curve_scale=curve_scale, aif_scale=aif_scale
+    )
 
 
 # ----------------------------------------------------------------------------- physics
