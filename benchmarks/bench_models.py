@@ -8,7 +8,8 @@
 time does not depend on them; the random forest is fitted on random data), predicts one
 synthetic subject of the given shape whose brain mask is an ellipsoid filling ~45 % of
 the grid (≈ 150k voxels at 128×128×20), as :func:`bolus.learn.specs` does in the workflow
-(normalisation included). Prints wall seconds per model. Targets on 2 CPU cores:
+(normalisation included). Prints wall and process CPU seconds (summed over threads; the
+fairer figure on a busy machine) per model and the 1-minute load average. Targets on 2 CPU cores:
 stnet ≤ 30 s, talebi ≤ 10 s, transformer ≤ 60 s.
 
 ``accuracy``: for every subject of ``--split`` (default ``test``) of a finished run, every
@@ -21,6 +22,7 @@ subjects with a lesion). Reads files only.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -82,16 +84,18 @@ def speed(args) -> None:
         f"subject {tuple(args.shape)}, {int(subject.mask.sum())} brain voxels, "
         f"{args.threads} threads, device {args.device}"
     )
-    print("| model | seconds |\n|---|---|")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("| model | wall s | CPU s (all threads) | load avg (1 min) |\n|---|---|---|---|")
     for name in args.models:
         spec, model, ctx = build_untrained(name, args.shape[3], args.device, args.threads)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         maps = predict_maps(spec, model, ctx, subject)
         if args.device == "cuda":
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         assert set(maps) == set(spec.maps)
-        print(f"| {name} | {seconds:.1f} |", flush=True)
+        load = os.getloadavg()[0]
+        print(f"| {name} | {seconds:.1f} | {cpu:.1f} | {load:.2f} |", flush=True)
 
 
 def subject_accuracy(output_dir, pid, reference_dir, methods, threshold) -> list[dict]:

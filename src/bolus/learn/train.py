@@ -285,14 +285,17 @@ def _phase_data(phase, data, ctx, params, config):
         return data
     cached = ctx.extra.get("pretrain_data")
     if cached is None:
-        from bolus.learn.synthetic import simulate_curves
+        from bolus.learn.datasets import AIF_SCALE, CURVE_SCALE
+        from bolus.simulate.voxel_curves import simulate_on_grid
 
-        sim = simulate_curves(
+        sim = simulate_on_grid(
+            np.random.default_rng([int(params["seed"]), 77]),
             int(params["pretrain_curves"]),
             ctx.times_s,
             PerfusionConstants.from_config(config),
-            np.random.default_rng([int(params["seed"]), 77]),
             max_delay_s=float(params["pretrain_max_delay_s"]),
+            curve_scale=CURVE_SCALE,
+            aif_scale=AIF_SCALE,
         )
         cached = ctx.extra["pretrain_data"] = ArrayData(sim)
         ctx.extra["pretrain"] = sim

@@ -25,6 +25,22 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def _nhwc(weight: torch.Tensor) -> torch.Tensor:
+    return weight.contiguous(memory_format=torch.channels_last)
+
+
+def _conv_nhwc(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a channels-last ``x``, with channels-last weights (oneDNN's fast path)."""
+    return F.conv2d(x, _nhwc(conv.weight), conv.bias, conv.stride, conv.padding, conv.dilation)
+
+
+def _conv1d_nhwc(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """``conv`` on (n, C, 1, time) channels-last ``x``, as a (1, k) 2D convolution."""
+    return F.conv2d(
+        x, _nhwc(conv.weight[:, :, None]), conv.bias, 1, (0, conv.padding[0]), (1, conv.dilation[0])
+    )
+
+
 class SpatialEncoder(nn.Module):
     """(batch, time, x, y) → (batch, channels[-1], time, x, y); receptive field 7×7×1.
 
@@ -77,10 +93,23 @@ class TemporalHead(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.inlet(x)
+        return self.rest(self.inlet(x))
+
+    def rest(self, x: torch.Tensor) -> torch.Tensor:
+        """The head after its inlet: (voxels, width, time) → (voxels, n_outputs)."""
         paths = torch.cat([self.local(x)] + [p(x) for p in self.dilated], dim=1)
+        return self.pool(paths)
+
+    def pool(self, paths: torch.Tensor) -> torch.Tensor:
         pooled = torch.cat([paths.mean(dim=-1), paths.amax(dim=-1)], dim=1)
         return self.dense(pooled)
+
+    def rest_nhwc(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`rest` for ``x`` (voxels, width, 1, time) in channels-last layout."""
+        local = self.local
+        y = _conv1d_nhwc(local[2], _conv1d_nhwc(local[0], x).relu_()).relu_()
+        paths = [y] + [_conv1d_nhwc(p[0], x).relu_() for p in self.dilated]
+        return self.pool(torch.cat(paths, dim=1)[:, :, 0])
 
 
 class STNet(nn.Module):
@@ -111,3 +140,36 @@ class STNet(nn.Module):
     def forward(self, curves, s0, aif, voxels) -> torch.Tensor:
         features = self.spatial(curves)
         return self.head(self.voxel_sequences(features, s0, aif, voxels))
+
+    @torch.inference_mode()
+    def predict_slice(self, curves, s0, aif, inside, chunk: int = 1024) -> torch.Tensor:
+        """Inference on every voxel of one slice where ``inside`` (x, y) bool is set:
+        ``curves`` (time, x, y), ``s0`` (x, y), ``aif`` (time,) → (n, n_outputs), voxels in
+        ``inside.nonzero()`` order. The same computation as :meth:`forward` with ``voxels``
+        those of ``inside`` (tested), reordered so nothing is computed twice or gathered
+        wide, and in the channels-last layout, where the CPU convolutions are about twice
+        as fast: the head's inlet (a 1×1 convolution of the 66 channels) is split into its
+        64 feature columns, applied with the spatial encoder over the whole slice (32
+        channels to gather per voxel instead of 66), and its S0 and AIF columns, added per
+        voxel and per time point; the head's 1D convolutions run as (1, k) 2D ones on
+        ``chunk`` voxels at a time.
+        """
+        t, h, w = curves.shape
+        inlet, c = self.head.inlet[0], self.spatial.out_channels
+        weight, bias = inlet.weight[:, :, 0], inlet.bias  # (width, C + 2), (width,)
+        x = F.pad(curves.reshape(t, 1, h, w), (SpatialEncoder.REACH,) * 4)
+        x = x.contiguous(memory_format=torch.channels_last)
+        for layer in self.spatial.net:
+            x = _conv_nhwc(layer, x) if isinstance(layer, nn.Conv2d) else layer(x)
+        x = F.conv2d(x, _nhwc(weight[:, :c, None, None]))  # (time, width, x, y), x·y·width
+        width = x.shape[1]
+        flat = inside.reshape(-1).nonzero()[:, 0]
+        x = x.permute(0, 2, 3, 1).reshape(t, h * w, width).index_select(1, flat)  # (T, n, width)
+        per_time = (aif[:, None] * weight[None, :, c + 1] + bias)[None]  # (1, time, width)
+        per_voxel = (s0.reshape(-1)[flat][:, None] * weight[None, :, c])[:, None]  # (n, 1, width)
+        out = []
+        for at in range(0, flat.numel(), chunk):
+            z = x[:, at : at + chunk].transpose(0, 1) + per_voxel[at : at + chunk]
+            z = z.add_(per_time).relu_()  # (n, time, width): the inlet's output, channels last
+            out.append(self.head.rest_nhwc(z[:, None].permute(0, 3, 1, 2)))
+        return torch.cat(out) if out else x.new_zeros((0, self.head.dense[-1].out_features))

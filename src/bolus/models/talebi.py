@@ -97,10 +97,34 @@ class TalebiNet(nn.Module):
             nn.Conv2d(base_channels, n_outputs, 1),
         )
 
-    def forward(self, curves: torch.Tensor, aif: torch.Tensor) -> torch.Tensor:
+    def forward(self, curves: torch.Tensor, aif: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        """``fast`` (inference only): the temporal encoder through :func:`_temporal_nhwc`,
+        the same computation in the channels-last layout the CPU convolutions prefer (the
+        U-Net too is fastest with the module in ``torch.channels_last``)."""
         b, t, h, w = curves.shape
         voxels = curves.permute(0, 2, 3, 1).reshape(b * h * w, 1, t)
         arterial = aif[:, None, None, :].expand(b, h, w, t).reshape(b * h * w, 1, t)
-        features = self.temporal(torch.cat([voxels, arterial], dim=1))  # (b·h·w, C, L)
+        temporal = _temporal_nhwc if fast else (lambda _, x: self.temporal(x))
+        features = temporal(self.temporal, torch.cat([voxels, arterial], dim=1))  # (b·h·w, C, L)
         image = features.reshape(b, h, w, -1).permute(0, 3, 1, 2)
         return self.head(self.unet(image))
+
+
+def _temporal_nhwc(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``seq(x)`` for the temporal encoder (conv, ReLU, max-pool 2, conv, ReLU, adaptive
+    average pool) on (voxels, 2, time): the 1D convolutions as (1, k) 2D ones on the
+    channels-last (voxels, C, 1, time), the adaptive pool as the product with its
+    averaging matrix (PyTorch's bins: [⌊i·n/L⌋, ⌈(i + 1)·n/L⌉))."""
+    conv1, conv2, length = seq[0], seq[3], seq[5].output_size
+    x = x[:, :, None].contiguous(memory_format=torch.channels_last)
+    for i, conv in enumerate((conv1, conv2)):
+        weight = conv.weight[:, :, None].contiguous(memory_format=torch.channels_last)
+        x = F.conv2d(x, weight, conv.bias, 1, (0, conv.padding[0])).relu_()
+        if i == 0:
+            x = F.max_pool2d(x, (1, 2))
+    n = x.shape[-1]
+    average = x.new_zeros(n, length)
+    for i in range(length):
+        start, stop = (i * n) // length, -(-((i + 1) * n) // length)
+        average[start:stop, i] = 1.0 / (stop - start)
+    return torch.matmul(x[:, :, 0], average)

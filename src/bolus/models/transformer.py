@@ -209,6 +209,11 @@ class PerfusionTransformer(nn.Module):
     def forward(self, tissue, aif, valid=None) -> dict[str, torch.Tensor]:
         cfg = self.config
         batch, n = tissue.shape
+        # CPU inference (eval, no autograd): the same layers through :func:`_encoder_layer`
+        # and :func:`_decoder_layer`, whose attention suits 4-wide heads far better than
+        # PyTorch's kernels, and one AIF token sequence for a batch sharing one AIF
+        fast = tissue.device.type == "cpu" and not self.training and not torch.is_grad_enabled()
+        shared = fast and _rows_equal(aif) and (valid is None or _rows_equal(valid))
         if aif.dim() == 1:
             aif = aif.expand(batch, -1)
         if valid is None:
@@ -221,8 +226,16 @@ class PerfusionTransformer(nn.Module):
         token_valid = valid[:, :: cfg.patch]  # a token is valid when its first sample is
         # padding is marked by the validity channel of the tokens, not by attention masks:
         # every sequence has the same length, and attention runs on the fused fast path
-        memory = self.encoder(self.tissue_tokens(tissue, valid))
-        x = self.decoder(self.aif_tokens(aif, valid), memory)
+        if fast:
+            memory = self.tissue_tokens(tissue, valid)
+            for layer in self.encoder.layers:
+                memory = _encoder_layer(layer, memory)
+            x = self.aif_tokens(aif[:1], valid[:1]) if shared else self.aif_tokens(aif, valid)
+            for i, layer in enumerate(self.decoder.layers):
+                x = _decoder_layer(layer, x, memory, expand=shared and i == 0)
+        else:
+            memory = self.encoder(self.tissue_tokens(tissue, valid))
+            x = self.decoder(self.aif_tokens(aif, valid), memory)
         x = self.norm(x)
         residue = nn.functional.softplus(self.residue_head(x).reshape(batch, -1)[:, :n])
         residue = torch.sort(residue, dim=-1, descending=True).values * cfg.residue_scale
@@ -231,6 +244,56 @@ class PerfusionTransformer(nn.Module):
         pooled = (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         bad = nn.functional.softplus(self.bad_head(pooled)[:, 0]) * BAD_SCALE_S  # δ ≥ 0
         return {"residue": residue, "local_aif": local, "bad_s": bad, "bad": bad}
+
+
+def _rows_equal(x: torch.Tensor) -> bool:
+    """True for a 1-D tensor or one whose rows all equal the first."""
+    return x.dim() == 1 or bool((x == x[:1]).all())
+
+
+def _attention(mha: nn.MultiheadAttention, x: torch.Tensor, memory=None) -> torch.Tensor:
+    """``mha(x, kv, kv, need_weights=False)[0]`` with kv = ``memory`` (``x`` when None), for
+    batch-first inputs (batch, tokens, d), no masks, no dropout (inference): the same
+    projections and softmax(q·kᵀ/√d_head)·v, as batched matrix products on the natural
+    (batch, heads, tokens, d_head) views; the softmax is exp(s − max) with the division
+    applied after the product with v (one pass fewer over the scores). Equal to PyTorch's
+    kernels to float rounding (tested), and several times faster for 4-wide heads."""
+    b, n, d = x.shape
+    h = mha.num_heads
+    w, bias = mha.in_proj_weight, mha.in_proj_bias
+    if memory is None:
+        qkv = nn.functional.linear(x, w, bias).view(b, n, 3, h, d // h)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).contiguous()  # each (batch, heads, tokens, d_head)
+    else:
+        q = nn.functional.linear(x, w[:d], bias[:d]).view(b, n, h, d // h)
+        q = q.transpose(1, 2).contiguous()
+        kv = nn.functional.linear(memory, w[d:], bias[d:]).view(b, memory.shape[1], 2, h, d // h)
+        k, v = kv.permute(2, 0, 3, 1, 4).contiguous()
+    scores = torch.matmul(q.mul_((d // h) ** -0.5), k.transpose(-1, -2))
+    scores = scores.sub_(scores.amax(-1, keepdim=True)).exp_()
+    out = torch.matmul(scores, v).div_(scores.sum(-1, keepdim=True))
+    out = out.transpose(1, 2).reshape(b, n, d)
+    return nn.functional.linear(out, mha.out_proj.weight, mha.out_proj.bias)
+
+
+def _feedforward(layer, x: torch.Tensor) -> torch.Tensor:
+    return layer.linear2(layer.activation(layer.linear1(x)))
+
+
+def _encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor) -> torch.Tensor:
+    """Inference of a pre-norm (``norm_first``) encoder layer, as its own ``forward``."""
+    x = x + _attention(layer.self_attn, layer.norm1(x))
+    return x + _feedforward(layer, layer.norm2(x))
+
+
+def _decoder_layer(layer, x: torch.Tensor, memory: torch.Tensor, expand: bool = False):
+    """Inference of a pre-norm decoder layer, as its own ``forward``. ``expand``: ``x`` is
+    one sequence shared by every memory row; its self-attention is computed once."""
+    x = x + _attention(layer.self_attn, layer.norm1(x))
+    if expand:
+        x = x.expand(memory.shape[0], -1, -1)
+    x = x + _attention(layer.multihead_attn, layer.norm2(x), memory)
+    return x + _feedforward(layer, layer.norm3(x))
 
 
 def build(config: TransformerConfig | None = None, seed: int | None = None) -> PerfusionTransformer:
@@ -331,22 +394,16 @@ def pretraining_arrays(
     the normalisation of :mod:`bolus.learn.datasets` (tissue ×``curve_scale``, AIFs
     ×``aif_scale``, both divided by the global AIF's area): float32 ``curves``, ``aif``,
     ``local_aif`` (n, T) and ``bad`` (n,) s (the effective delay, see the module docstring).
-    For a training loop that pre-trains on a cohort's own time grid."""
-    from bolus.simulate.voxel_curves import simulate_voxel_curves
+    For a training loop that pre-trains on a cohort's own time grid; each voxel is its own
+    acquisition resampled onto the grid
+    (:func:`bolus.simulate.voxel_curves.simulate_on_grid`)."""
+    from bolus.simulate.voxel_curves import simulate_on_grid
 
     constants = constants or PerfusionConstants.from_config()
-    times = np.asarray(times_s, dtype=float) - float(np.asarray(times_s)[0])
     rng = np.random.default_rng(int(seed))
-    parts: dict[str, list] = {"curves": [], "aif": [], "local_aif": [], "bad": []}
-    for start in range(0, int(n), 1024):
-        sim = simulate_voxel_curves(rng, min(1024, int(n) - start), constants)
-        tissue, aif, local = sim.sample_on(times, rng)
-        area = np.trapezoid(aif, times, axis=-1)[:, None]
-        parts["curves"].append(tissue * curve_scale / area)
-        parts["aif"].append(aif * aif_scale / area)
-        parts["local_aif"].append(local * aif_scale / area)
-        parts["bad"].append(sim.tmax_s)
-    return {k: np.concatenate(v).astype(np.float32) for k, v in parts.items()}
+    return simulate_on_grid(
+        rng, int(n), times_s, constants, curve_scale=curve_scale, aif_scale=aif_scale
+    )
 
 
 # ----------------------------------------------------------------------------- physics
@@ -561,7 +618,7 @@ def fine_tune(
 
 
 # ----------------------------------------------------------------------------- inference
-def predict_curves(model, tissue, aif, time_s, *, batch_size: int = 4096, constants=None):
+def predict_curves(model, tissue, aif, time_s, *, batch_size: int = 1024, constants=None):
     """Maps (cbf, cbv, mtt, tmax; (n,) float32) of curves (n, F) with one AIF (F,)."""
     constants = constants or PerfusionConstants.from_config()
     cfg = model.config
@@ -582,7 +639,7 @@ def predict_curves(model, tissue, aif, time_s, *, batch_size: int = 4096, consta
 
 
 def predict_subject(
-    model, conc, time_s, aif, mask, *, batch_size: int = 4096, constants=None
+    model, conc, time_s, aif, mask, *, batch_size: int = 1024, constants=None
 ) -> dict[str, np.ndarray]:
     """CBF, CBV, MTT, Tmax maps (X, Y, Z) float32 of one subject; 0 outside ``mask``.
 

@@ -106,9 +106,12 @@ def _shift(curves, delay_s, dt):
     return take(i0) * (1 - w) + take(i0 + 1) * w
 
 
-def simulate_voxel_curves(rng: np.random.Generator, n: int, constants) -> VoxelCurves:
+def simulate_voxel_curves(
+    rng: np.random.Generator, n: int, constants, *, max_delay_s: float = 25.0
+) -> VoxelCurves:
     """Draw ``n`` voxel acquisitions (see the module docstring); ``constants`` is a
-    :class:`bolus.config.PerfusionConstants`."""
+    :class:`bolus.config.PerfusionConstants`; ``max_delay_s`` bounds the long delays
+    (half the voxels 0–``max_delay_s``, the others 0–min(4 s, ``max_delay_s``))."""
     t = np.arange(int(MAX_DURATION_S / FINE_DT_S) + 1) * FINE_DT_S
     col = (n, 1)
     arrival = rng.uniform(4.0, 20.0, n)
@@ -130,7 +133,9 @@ def simulate_voxel_curves(rng: np.random.Generator, n: int, constants) -> VoxelC
     aif /= aif.max(axis=1, keepdims=True)
 
     short = rng.random(n) < 0.5
-    delay = np.where(short, rng.uniform(0, 4.0, n), rng.uniform(0, 25.0, n))
+    delay = np.where(
+        short, rng.uniform(0, min(4.0, max_delay_s), n), rng.uniform(0, max_delay_s, n)
+    )
     delay = np.minimum(delay, 55.0 - arrival)
     dispersion = np.where(rng.random(n) < 0.5, rng.uniform(0, 1.5, n), rng.uniform(0, 4.0, n))
     local = _fft_convolve(
@@ -186,3 +191,54 @@ def simulate_voxel_curves(rng: np.random.Generator, n: int, constants) -> VoxelC
         dispersion_s=dispersion,
         tmax_s=tmax,
     )
+
+
+def simulate_on_grid(
+    rng: np.random.Generator,
+    n: int,
+    grid_s,
+    constants,
+    *,
+    max_delay_s: float = 25.0,
+    curve_scale: float = 1.0,
+    aif_scale: float = 1.0,
+    chunk: int = 1024,
+) -> dict[str, np.ndarray]:
+    """``n`` voxels of :func:`simulate_voxel_curves` (each its own acquisition: TR, length,
+    noise) as a model sees a subject: the noisy tissue curve and global AIF interpolated
+    linearly onto ``grid_s`` (s from the first frame), holding the end values beyond the
+    acquisition, and divided by the area of the acquired global AIF, as
+    :func:`bolus.learn.datasets.model_inputs` does. Returns float32 ``curves`` (tissue ×
+    ``curve_scale``/area), ``aif`` and ``local_aif`` (noise-free, at the grid times; ×
+    ``aif_scale``/area), all (n, T), and ``bad`` (n,) the effective delay ``tmax_s`` (s)."""
+    grid = np.asarray(grid_s, float) - float(np.asarray(grid_s, float)[0])
+    parts: dict[str, list] = {"curves": [], "aif": [], "local_aif": [], "bad": []}
+    for start in range(0, int(n), chunk):
+        sim = simulate_voxel_curves(
+            rng, min(chunk, int(n) - start), constants, max_delay_s=max_delay_s
+        )
+        m = sim.cbf.size
+        rows = np.arange(m)[:, None]
+        tr = sim.time_s[:, 1:2]  # frames at k·TR
+        last = (sim.n_frames - 1)[:, None]
+        pos = np.clip(grid[None, :] / tr, 0, last)
+        i0 = np.minimum(np.floor(pos).astype(int), last - 1)
+        w = pos - i0
+
+        def on_grid(curves, rows=rows, i0=i0, w=w):
+            return curves[rows, i0] * (1 - w) + curves[rows, i0 + 1] * w
+
+        # trapezoid over the acquired frames (the arrays hold 0 beyond them)
+        area = tr[:, 0] * (
+            sim.aif.sum(axis=1) - 0.5 * (sim.aif[:, 0] + sim.aif[rows[:, 0], last[:, 0]])
+        )
+        area = area[:, None]
+        local_pos = np.clip(grid / FINE_DT_S, 0, sim.fine_time_s.size - 1.001)
+        j0 = np.floor(local_pos).astype(int)
+        v = local_pos - j0
+        local = sim.fine_local_aif[:, j0] * (1 - v) + sim.fine_local_aif[:, j0 + 1] * v
+        parts["curves"].append(on_grid(sim.tissue) * curve_scale / area)
+        parts["aif"].append(on_grid(sim.aif) * aif_scale / area)
+        parts["local_aif"].append(local * aif_scale / area)
+        parts["bad"].append(sim.tmax_s)
+    return {k: np.concatenate(v).astype(np.float32) for k, v in parts.items()}

@@ -1,0 +1,109 @@
+"""The fast CPU inference paths compute what the training forward passes compute.
+
+Each model's inference is reordered for speed (issue 8's targets on 2 CPU cores): the
+Transformer's attention for 4-wide heads and one AIF sequence shared by a batch, ST-Net's
+split inlet and channels-last convolutions, Talebi's channels-last temporal encoder. The
+reference is the module's ordinary forward (autograd on, the nn layers PyTorch ships).
+Tolerance: float32 rounding of a different summation order, relative 1e-5 of the largest
+output (measured ≤ 1e-6).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from bolus.config import PerfusionConstants  # noqa: E402
+from bolus.learn.datasets import AIF_SCALE, CURVE_SCALE  # noqa: E402
+from bolus.models import transformer as T  # noqa: E402
+from bolus.models.stnet import STNet  # noqa: E402
+from bolus.models.talebi import TalebiNet  # noqa: E402
+from bolus.simulate.voxel_curves import simulate_on_grid  # noqa: E402
+
+RTOL = 1e-5
+
+
+def assert_same(new, ref):
+    ref = ref.detach()
+    scale = float(ref.abs().max())
+    assert float((new - ref).abs().max()) <= RTOL * max(scale, 1.0)
+
+
+@pytest.mark.parametrize("sizes", ["paper", "spec"])
+@pytest.mark.parametrize("inputs", ["shared", "shared_masked", "per_row", "expanded"])
+def test_transformer_inference_equals_the_layers_forward(sizes, inputs):
+    torch.manual_seed(0)
+    if sizes == "paper":
+        model = T.build(seed=0)
+    else:
+        model = T.PerfusionTransformer(
+            60, d_model=64, heads=16, layers=3, feedforward=128, patch=8, stride=4
+        )
+    model.eval()
+    n, length = 40, model.config.n_samples
+    tissue = torch.randn(n, length)
+    aif = torch.rand(length)
+    valid = None
+    if inputs == "shared_masked":  # one acquisition shorter than the grid, shared by all
+        valid = (torch.arange(length) < length - 13).expand(n, -1)
+    elif inputs == "per_row":  # every voxel its own AIF and length: nothing shared
+        aif = torch.rand(n, length)
+        valid = torch.arange(length)[None] < torch.randint(length // 2, length + 1, (n, 1))
+    elif inputs == "expanded":
+        aif = aif.expand(n, -1).clone()
+    with torch.enable_grad():  # PyTorch's layers
+        ref = model(tissue, aif, valid)
+    with torch.inference_mode():  # the inference path
+        new = model(tissue, aif, valid)
+    for key in ("residue", "local_aif", "bad_s"):
+        assert_same(new[key], ref[key])
+
+
+def test_stnet_slice_inference_equals_the_forward_on_every_voxel():
+    torch.manual_seed(1)
+    model = STNet(30, 3, (8, 16, 32, 64), 32, (1, 3, 8, 25)).eval()
+    curves = torch.randn(1, 30, 17, 13)
+    s0 = torch.rand(1, 17, 13) * 2
+    aif = torch.rand(1, 30)
+    inside = torch.rand(17, 13) > 0.3
+    ij = inside.nonzero()
+    voxels = torch.cat([torch.zeros(len(ij), 1, dtype=torch.long), ij], 1)
+    with torch.no_grad():
+        ref = model(curves, s0, aif, voxels)
+    new = model.predict_slice(curves[0], s0[0], aif[0], inside, chunk=50)  # several chunks
+    assert new.shape == ref.shape == (int(inside.sum()), 3)
+    assert_same(new, ref)
+
+
+def test_talebi_channels_last_inference_equals_the_forward():
+    torch.manual_seed(2)
+    model = TalebiNet(37, 2, (8, 16), 4, 16, 2).eval()  # odd sizes: pooling bins overlap
+    curves, aif = torch.randn(3, 37, 21, 18), torch.rand(3, 37)
+    with torch.no_grad():
+        ref = model(curves, aif)
+        fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        new = fast(curves, aif, fast=True)
+    assert_same(new, ref)
+
+
+def test_pretraining_curves_are_normalised_like_model_inputs():
+    """The one pre-training simulator (bolus.simulate.voxel_curves) on a cohort's grid: the
+    global AIF's area on the grid is AIF_SCALE, as model_inputs normalises a subject (it
+    divides by the acquired AIF's area; the grid's differs by the interpolation and the
+    held end: median within 5 %), and the delays span the configured range."""
+    constants = PerfusionConstants.from_config()
+    grid = np.arange(60) * 1.5
+    rng = np.random.default_rng(4)
+    arrays = simulate_on_grid(
+        rng, 600, grid, constants, curve_scale=CURVE_SCALE, aif_scale=AIF_SCALE
+    )
+    assert {k: v.shape for k, v in arrays.items()} == {
+        "curves": (600, 60), "aif": (600, 60), "local_aif": (600, 60), "bad": (600,)
+    }  # fmt: skip
+    area = np.trapezoid(arrays["aif"], grid, axis=1)
+    assert abs(np.median(area) / AIF_SCALE - 1) < 0.05
+    assert (arrays["bad"] >= 0).all() and arrays["bad"].max() > 10.0
