@@ -190,6 +190,9 @@ def accuracy(args) -> None:
     columns = ["n", "cbf_median_abs_rel_err", "cbv_median_abs_rel_err", "cbf_rmse",
                "tmax_mae_s", "tmax_dice", "n_dice"]  # fmt: skip
     summary = summary[[c for c in columns if c in summary]]
+    for c in ("n", "n_dice"):
+        if c in summary:
+            summary[c] = summary[c].fillna(0).astype(int).astype(str)
     print(f"{args.split} subjects: {len(chosen)}; medians over subjects")
     if args.per_subject:
         print(table.to_string(index=False, float_format="%.3f"))
