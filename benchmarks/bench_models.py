@@ -13,10 +13,21 @@ fairer figure on a busy machine) per model and the 1-minute load average. Target
 stnet ≤ 30 s, talebi ≤ 10 s, transformer ≤ 60 s.
 
 ``accuracy``: for every subject of ``--split`` (default ``test``) of a finished run, every
-method's CBF and CBV median |relative error| (voxels with reference CBF/CBV > 0), Tmax
-MAE (s) and the Dice of Tmax > threshold, against the reference maps, inside the brain
-mask where the reference is defined; then the medians over subjects (Dice: over the
-subjects with a lesion). Reads files only.
+method's maps against the reference maps, over the voxels where the metrics rules compare
+(brain mask ∩ every reference map finite, :func:`bolus.stages.subject_metrics_table`):
+
+* ``cbf_median_abs_rel_err``, ``cbv_median_abs_rel_err``: median over those voxels (with
+  reference > 0) of |estimate − reference| / reference;
+* ``cbf_rmse`` (ml/100 g/min): root mean square error over those voxels (Zeng et al.'s
+  CBF RMSE);
+* ``tmax_mae_s``: mean |estimate − reference| (s);
+* ``tmax_dice``: Dice of the hypoperfusion lesions, Tmax > ``lesion.tmax_threshold_s``
+  (6 s) of the estimate and of the reference, with the metrics rules' own
+  :func:`bolus.evaluate.lesions.hypoperfusion_mask` and :func:`~bolus.evaluate.lesions.dice`
+  — only for subjects whose reference has such a lesion.
+
+Then the median of each over the subjects (``n``: subjects scored; ``n_dice``: subjects
+with a reference lesion). Reads files only.
 """
 
 from __future__ import annotations
@@ -98,34 +109,62 @@ def speed(args) -> None:
         print(f"| {name} | {seconds:.1f} | {cpu:.1f} | {load:.2f} |", flush=True)
 
 
-def subject_accuracy(output_dir, pid, reference_dir, methods, threshold) -> list[dict]:
+def map_accuracy(estimates: dict, reference: dict, defined, threshold: float) -> dict:
+    """The accuracy columns (module docstring) of one method's ``estimates`` ({map: array})
+    against ``reference`` ({map: array}) over the voxels ``defined``."""
     from bolus.evaluate.lesions import dice, hypoperfusion_mask
+
+    row = {}
+    for name in ("cbf", "cbv"):
+        if name in estimates:
+            est, ref = estimates[name], reference[name]
+            ok = defined & (ref > 0)
+            row[f"{name}_median_abs_rel_err"] = float(
+                np.median(np.abs(est[ok] - ref[ok]) / ref[ok])
+            )
+            if name == "cbf":
+                row["cbf_rmse"] = float(np.sqrt(np.mean((est[defined] - ref[defined]) ** 2)))
+    if "tmax" in estimates:
+        est, ref = estimates["tmax"], reference["tmax"]
+        row["tmax_mae_s"] = float(np.mean(np.abs(est[defined] - ref[defined])))
+        truth_lesion = hypoperfusion_mask(ref, defined, threshold)
+        if truth_lesion.any():
+            row["tmax_dice"] = dice(hypoperfusion_mask(est, defined, threshold), truth_lesion)
+    return row
+
+
+def reference_and_mask(output_dir, pid, reference_dir):
+    """(reference maps, voxels compared) of a subject as the metrics rules compare them:
+    the brain mask where every reference map is finite; None before the brain mask exists."""
     from bolus.io.nifti import load_volume
     from bolus.stages import load_reference_maps
 
     sp = paths.SubjectPaths(output_dir, pid)
     if not sp.brain_mask.exists():
-        return []
+        return None
     mask, affine = load_volume(sp.brain_mask)
     reference = load_reference_maps(reference_dir, mask.shape, affine)
     defined = (mask > 0) & np.logical_and.reduce([np.isfinite(r) for r in reference.values()])
+    return reference, defined
+
+
+def subject_accuracy(output_dir, pid, reference_dir, methods, threshold) -> list[dict]:
+    from bolus.io.nifti import load_volume
+
+    found_reference = reference_and_mask(output_dir, pid, reference_dir)
+    if found_reference is None:
+        return []
+    reference, defined = found_reference
+    sp = paths.SubjectPaths(output_dir, pid)
     rows = []
     for method in methods:
-        found = {m: sp.map(method, m) for m in ("cbf", "cbv", "tmax") if sp.map(method, m).exists()}
+        estimates = {
+            m: load_volume(sp.map(method, m))[0]
+            for m in ("cbf", "cbv", "tmax")
+            if sp.map(method, m).exists()
+        }
         row = {"participant_id": pid, "method": method}
-        for name in ("cbf", "cbv"):
-            if name in found:
-                est, ref = load_volume(found[name])[0], reference[name]
-                ok = defined & (ref > 0)
-                row[f"{name}_median_abs_rel_err"] = float(
-                    np.median(np.abs(est[ok] - ref[ok]) / ref[ok])
-                )
-        if "tmax" in found:
-            est, ref = load_volume(found["tmax"])[0], reference["tmax"]
-            row["tmax_mae_s"] = float(np.mean(np.abs(est[defined] - ref[defined])))
-            truth_lesion = hypoperfusion_mask(ref, defined, threshold)
-            if truth_lesion.any():
-                row["tmax_dice"] = dice(hypoperfusion_mask(est, defined, threshold), truth_lesion)
+        row.update(map_accuracy(estimates, reference, defined, threshold))
         rows.append(row)
     return rows
 
@@ -133,6 +172,10 @@ def subject_accuracy(output_dir, pid, reference_dir, methods, threshold) -> list
 def accuracy(args) -> None:
     from bolus.participants import read_participants
 
+    if args.threshold is None:
+        from bolus.evaluate.lesions import default_tmax_threshold_s
+
+        args.threshold = default_tmax_threshold_s()
     participants = read_participants(args.participants)
     chosen = participants[participants["split"] == args.split]
     methods = args.methods or (["osvd"] + [m for m in MODELS])
@@ -146,7 +189,17 @@ def accuracy(args) -> None:
     ]
     summary = table.groupby("method").median(numeric_only=True).reindex(present)
     summary.insert(0, "n", table.groupby("method").size().reindex(present))
+    if "tmax_dice" in table:
+        summary["n_dice"] = table.groupby("method")["tmax_dice"].count().reindex(present)
+    columns = ["n", "cbf_median_abs_rel_err", "cbv_median_abs_rel_err", "cbf_rmse",
+               "tmax_mae_s", "tmax_dice", "n_dice"]  # fmt: skip
+    summary = summary[[c for c in columns if c in summary]]
+    for c in ("n", "n_dice"):
+        if c in summary:
+            summary[c] = summary[c].fillna(0).astype(int).astype(str)
     print(f"{args.split} subjects: {len(chosen)}; medians over subjects")
+    if args.per_subject:
+        print(table.to_string(index=False, float_format="%.3f"))
     print(summary.to_markdown(floatfmt=".3f") if hasattr(summary, "to_markdown") else summary)
 
 
@@ -163,7 +216,8 @@ def main(argv=None) -> None:
     a.add_argument("participants")
     a.add_argument("--split", default="test")
     a.add_argument("--methods", nargs="*")
-    a.add_argument("--threshold", type=float, default=6.0)
+    a.add_argument("--per-subject", action="store_true", help="print every subject's row too")
+    a.add_argument("--threshold", type=float, help="Tmax lesion threshold (s; config default)")
     args = parser.parse_args(argv)
     speed(args) if args.command == "speed" else accuracy(args)
 

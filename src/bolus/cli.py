@@ -24,7 +24,7 @@ def cmd_simulate(args) -> int:
     options = {k: v for k, v in vars(args).items() if k in SIMULATION_OPTIONS}
     if "matrix" in options:
         options["matrix"] = tuple(options["matrix"])
-    participants = simulate_cohort(args.out, args.subjects, args.seed, **options)
+    participants = simulate_cohort(args.out, args.subjects, args.seed, jobs=args.jobs, **options)
     if args.fault:
         from bolus.simulate.faults import SUBJECT_FAULTS, add_faulty_subjects, break_participants
 
@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out")
     p.add_argument("--subjects", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--jobs", type=int, default=1, help="subjects simulated at a time (worker processes)"
+    )
     unset = argparse.SUPPRESS
     p.add_argument("--matrix", type=int, nargs=3, metavar=("X", "Y", "Z"), default=unset)
     p.add_argument("--timepoints", dest="n_timepoints", type=int, default=unset)

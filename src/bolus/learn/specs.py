@@ -57,6 +57,35 @@ def _masked_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.smooth_l1_loss(pred[ok], target[ok], beta=0.5)
 
 
+#: maps whose error :func:`supervised_loss` counts relative to the reference value when
+#: ``relative_loss`` is on (flows and volumes); times (Tmax, TTP) stay absolute
+RELATIVE_MAPS = ("cbf", "cbv", "mtt")
+
+
+def supervised_loss(pred: torch.Tensor, target: torch.Tensor, ctx, maps) -> torch.Tensor:
+    """Smooth L1 of normalised maps (map axis 1: (n, M) or (B, M, H, W)), NaN targets left out.
+
+    With ``relative_loss`` (training parameter) the error of every map of
+    :data:`RELATIVE_MAPS` is weighted by mean/reference (reference floored at 10 % of the
+    training mean), i.e. it becomes (mean/sd)·|estimate − reference|/reference: the
+    training minimises the relative error the study reports (a low-flow voxel's error
+    counts as much as a high-flow one's, not less).
+    """
+    if not ctx.params.get("relative_loss"):
+        return _masked_l1(pred, target)
+    mean, sd = ctx.scale(maps)
+    shape = (1, -1) + (1,) * (target.dim() - 2)
+    mean, sd = mean.view(shape), sd.view(shape)
+    relative = torch.tensor([m in RELATIVE_MAPS for m in maps], device=target.device).view(shape)
+    truth = target * sd + mean
+    weight = torch.where(relative, mean / torch.clamp(truth, min=0.1 * mean), 1.0)
+    ok = torch.isfinite(target)
+    if not ok.any():
+        return pred.sum() * 0.0
+    error = F.smooth_l1_loss(pred[ok], target[ok], beta=0.5, reduction="none")
+    return (error * weight.expand_as(target)[ok]).mean()
+
+
 def _to(x, device, dtype=torch.float32) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
 
@@ -141,7 +170,9 @@ class MLPSpec(VoxelSpec):
         return VoxelMLP(n_timepoints, len(self.maps), tuple(params["hidden"]), params["dropout"])
 
     def loss(self, model, batch, ctx, phase="train"):
-        return _masked_l1(model(batch["curves"], batch["aif"]), batch["targets"])
+        return supervised_loss(
+            model(batch["curves"], batch["aif"]), batch["targets"], ctx, self.maps
+        )
 
     @torch.no_grad()
     def voxel_outputs(self, model, curves, aif, ctx):
@@ -247,7 +278,7 @@ class TransformerSpec(VoxelSpec):
         maps = self.maps_from(out, ctx)
         mean, sd = ctx.scale(self.maps)
         pred = torch.stack([maps[m] for m in self.maps], dim=-1)
-        supervised = _masked_l1((pred - mean) / sd, batch["targets"])
+        supervised = supervised_loss((pred - mean) / sd, batch["targets"], ctx, self.maps)
         return supervised + p["lambda_recon"] * recon + p["lambda_smooth"] * smooth
 
     @torch.inference_mode()
@@ -320,7 +351,7 @@ class TalebiSpec(SliceSpec):
     def loss(self, model, batch, ctx, phase="train"):
         with _autocast(ctx):
             pred = model(batch["curves"], batch["aif"]).float()
-        return _masked_l1(pred, batch["targets"])
+        return supervised_loss(pred, batch["targets"], ctx, self.maps)
 
     @torch.no_grad()
     def predict(self, model, inputs, ctx):
@@ -409,7 +440,7 @@ class STNetSpec(SliceSpec):
             pred = model(batch["curves"], batch["s0"], batch["aif"], v).float()
         b, i, j = v[:, 0], v[:, 1], v[:, 2]
         target = batch["targets"][b, :, i, j]  # (n, maps)
-        supervised = _masked_l1(pred, target)
+        supervised = supervised_loss(pred, target, ctx, self.maps)
         # physics: CBV = (k_H/ρ)·∫C_t/∫C_a = (k_H/ρ)·∫curve dt / CURVE_SCALE·100, per voxel
         curves = batch["curves"][b, :, i, j]  # (n, T)
         area = torch.trapezoid(curves, dx=ctx.dt, dim=-1)

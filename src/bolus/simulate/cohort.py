@@ -244,6 +244,7 @@ def simulate_cohort(
     seed: int,
     *,
     pathologies=("healthy", "stroke", "tumour"),
+    jobs: int = 1,
     **acquisition,
 ) -> Path:
     """Simulate ``n_subjects`` subjects into ``out_dir``; returns ``<out_dir>/participants.tsv``.
@@ -252,7 +253,9 @@ def simulate_cohort(
     S0_GM/snr, Rician), motion_mm (maximum rigid drift; 0: none), relaxivity_ratio
     (tissue/blood ΔR2* relaxivity; keep 1.0 for truth maps that DSC quantification can
     reproduce); defaults as in :func:`simulate_subject`. Existing ``dicom`` and ``truth``
-    folders of the subjects written are replaced.
+    folders of the subjects written are replaced. ``jobs`` > 1 simulates that many subjects
+    at a time in worker processes; every subject depends only on (seed, number), so the
+    files are the same as with one.
     """
     if n_subjects < 1:
         raise ValueError(f"n_subjects must be ≥ 1, got {n_subjects}")
@@ -263,38 +266,49 @@ def simulate_cohort(
     out.mkdir(parents=True, exist_ok=True)
     constants = PerfusionConstants.from_config()
     splits = assign_splits(n_subjects, seed)
-    rows = []
-    for number in range(1, n_subjects + 1):
-        pid = participant_id(number, n_subjects)
-        pathology = pathologies[(number - 1) % len(pathologies)]
-        sim = simulate_subject(seed, number, pathology, constants=constants, **acquisition)
-        subject_dir = out / "sourcedata" / pid
-        for sub in ("dicom", "truth", "tof", "tof_dicom"):
-            if (subject_dir / sub).exists():
-                shutil.rmtree(subject_dir / sub)
-        exam = synthetic_exam(seed, number)
-        write_subject(subject_dir / "dicom", sim, exam)
-        site = "siteA" if number % 2 == 1 else "siteB"
-        extra = {"participant_id": pid, "seed": int(seed), "site": site,
-                 "manufacturer": exam.manufacturer,
-                 "acquisition_options": {k: acquisition[k] for k in sorted(acquisition)}}  # fmt: skip
-        write_truth(subject_dir / "truth", sim, extra)
-        write_subject_tof(subject_dir, sim, exam, seed, number)
-        rows.append(
-            {
-                "participant_id": pid,
-                "dicom_dir": f"sourcedata/{pid}/dicom",
-                "reference_dir": f"sourcedata/{pid}/truth",
-                "split": splits[number - 1],
-                "group": pathology,
-                "site": site,
-                "tof_nifti": f"sourcedata/{pid}/tof/tof.nii.gz",
-                "tof_dicom_dir": f"sourcedata/{pid}/tof_dicom",
-            }
-        )
+    numbers = range(1, n_subjects + 1)
+    args = [
+        (out, n, n_subjects, seed, pathologies, splits, constants, acquisition) for n in numbers
+    ]
+    if int(jobs) > 1 and n_subjects > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(int(jobs), n_subjects)) as pool:
+            rows = list(pool.map(_write_one_subject, *zip(*args, strict=True)))
+    else:
+        rows = [_write_one_subject(*a) for a in args]
     path = out / "participants.tsv"
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]), delimiter="\t", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def _write_one_subject(out, number, n_subjects, seed, pathologies, splits, constants, acquisition):
+    """Simulate and write subject ``number`` of :func:`simulate_cohort`; its participants row."""
+    pid = participant_id(number, n_subjects)
+    pathology = pathologies[(number - 1) % len(pathologies)]
+    sim = simulate_subject(seed, number, pathology, constants=constants, **acquisition)
+    subject_dir = out / "sourcedata" / pid
+    for sub in ("dicom", "truth", "tof", "tof_dicom"):
+        if (subject_dir / sub).exists():
+            shutil.rmtree(subject_dir / sub)
+    exam = synthetic_exam(seed, number)
+    write_subject(subject_dir / "dicom", sim, exam)
+    site = "siteA" if number % 2 == 1 else "siteB"
+    extra = {"participant_id": pid, "seed": int(seed), "site": site,
+             "manufacturer": exam.manufacturer,
+             "acquisition_options": {k: acquisition[k] for k in sorted(acquisition)}}  # fmt: skip
+    write_truth(subject_dir / "truth", sim, extra)
+    write_subject_tof(subject_dir, sim, exam, seed, number)
+    return {
+        "participant_id": pid,
+        "dicom_dir": f"sourcedata/{pid}/dicom",
+        "reference_dir": f"sourcedata/{pid}/truth",
+        "split": splits[number - 1],
+        "group": pathology,
+        "site": site,
+        "tof_nifti": f"sourcedata/{pid}/tof/tof.nii.gz",
+        "tof_dicom_dir": f"sourcedata/{pid}/tof_dicom",
+    }
