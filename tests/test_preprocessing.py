@@ -55,11 +55,13 @@ def test_parallel_motion_leaves_no_files_and_flags_large_displacements(
     _, parallel = motion_correct(series, _zooms(sim), workers=2, work_dir=job, fd_threshold_mm=0.2)
     # identical up to ITK's thread count, which a process fixes at its first registration (an
     # earlier test may have run one with two threads), which changes the metric's sums in the
-    # last digits: translations within 0.1 mm (1/30 voxel), rotations within 0.002 rad
+    # last digits, and the optimiser can then stop an iteration apart: translations within
+    # 0.1 mm, rotations within 0.003 rad, i.e. 0.15 mm at 50 mm from the centre (Power's FD
+    # radius); both under 1/30 of the 5.5 mm voxel (measured in a full CI run: up to 0.0026 rad)
     translations = ["trans_x_mm", "trans_y_mm", "trans_z_mm"]
     rotations = ["rot_x_rad", "rot_y_rad", "rot_z_rad"]
     np.testing.assert_allclose(parallel[translations], serial[translations], atol=0.1)
-    np.testing.assert_allclose(parallel[rotations], serial[rotations], atol=0.002)
+    np.testing.assert_allclose(parallel[rotations], serial[rotations], atol=0.003)
     assert list(system_tmp.iterdir()) == [] and list(job.iterdir()) == []
     flagged = serial["fd_above_threshold"].to_numpy()
     np.testing.assert_array_equal(flagged, serial["framewise_displacement_mm"] > 0.2)
