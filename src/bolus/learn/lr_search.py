@@ -78,7 +78,7 @@ def _fold_loss(spec, data, held, ctx, params, lr, epochs, seed) -> float:
     """Held-out loss after ``epochs`` epochs of the last phase on one fold's training rows."""
     import torch
 
-    from bolus.learn.train import _validate
+    from bolus.learn.train import _validate, train_epoch
 
     phase = spec.phases(params)[-1][0]
     source = FoldData(data, held)
@@ -89,19 +89,7 @@ def _fold_loss(spec, data, held, ctx, params, lr, epochs, seed) -> float:
     max_batches = params.get("max_batches_per_epoch")
     best = math.inf
     for epoch in range(epochs):
-        torch.manual_seed(seed * 1000 + epoch)
-        ctx.extra["rng"] = np.random.default_rng([seed, epoch, 1])
-        model.train()
-        for k, rows in enumerate(
-            source.batches("train", per_batch, np.random.default_rng([seed, epoch]))
-        ):
-            if max_batches and k >= int(max_batches):
-                break
-            loss = spec.loss(model, spec.batch(source, rows, ctx, phase), ctx, phase)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimiser.step()
+        train_epoch(spec, model, optimiser, source, ctx, phase, per_batch, max_batches, seed, epoch)
         val = _validate(spec, model, source, ctx, phase, per_batch, seed)
         if math.isfinite(val):
             best = min(best, val)

@@ -225,21 +225,9 @@ def train_model(name: str, data_dir, model_dir, config: dict | None = None, thre
         source = _phase_data(phase, data, ctx, params, config)
         while state["epoch_in_phase"] < n_epochs and state["stale"] < patience:
             epoch, started = state["epoch"], time.perf_counter()
-            torch.manual_seed(seed * 1000 + epoch)
-            ctx.extra["rng"] = np.random.default_rng([seed, epoch, 1])
-            model.train()
-            losses = []
-            for k, rows in enumerate(
-                source.batches("train", per_batch, np.random.default_rng([seed, epoch]))
-            ):
-                if max_batches and k >= int(max_batches):
-                    break
-                loss = spec.loss(model, spec.batch(source, rows, ctx, phase), ctx, phase)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-                optimiser.step()
-                losses.append(float(loss.detach()))
+            losses = train_epoch(
+                spec, model, optimiser, source, ctx, phase, per_batch, max_batches, seed, epoch
+            )
             val = _validate(spec, model, source, ctx, phase, per_batch, seed)
             if val < state["best"]:
                 state["best"], state["stale"] = val, 0
@@ -300,6 +288,31 @@ def _phase_data(phase, data, ctx, params, config):
         cached = ctx.extra["pretrain_data"] = ArrayData(sim)
         ctx.extra["pretrain"] = sim
     return cached
+
+
+def train_epoch(
+    spec, model, optimiser, source, ctx, phase, per_batch, max_batches, seed, epoch
+) -> list[float]:
+    """One epoch over the ``train`` rows (seeded by ``seed`` and ``epoch``, at most
+    ``max_batches`` batches, gradients clipped at norm 5); the batches' losses."""
+    import torch
+
+    torch.manual_seed(seed * 1000 + epoch)
+    ctx.extra["rng"] = np.random.default_rng([seed, epoch, 1])
+    model.train()
+    losses = []
+    for k, rows in enumerate(
+        source.batches("train", per_batch, np.random.default_rng([seed, epoch]))
+    ):
+        if max_batches and k >= int(max_batches):
+            break
+        loss = spec.loss(model, spec.batch(source, rows, ctx, phase), ctx, phase)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimiser.step()
+        losses.append(float(loss.detach()))
+    return losses
 
 
 def _validate(spec, model, source, ctx, phase, per_batch, seed) -> float:
