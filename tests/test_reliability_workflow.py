@@ -51,6 +51,23 @@ def _env() -> dict:
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
+def _incomplete_outputs(work: Path) -> set[Path]:
+    """Outputs of the jobs Snakemake had started but not finished: its markers in
+    ``.snakemake/incomplete/`` are the outputs' paths, URL-safe base64, split into path
+    components of at most the file system's name length (all but the last prefixed "@")."""
+    from base64 import urlsafe_b64decode
+
+    root = work / ".snakemake" / "incomplete"
+    found = set()
+    for marker in root.rglob("*") if root.is_dir() else ():
+        if not marker.is_file() or marker.name == "migration_underway":
+            continue
+        encoded = "".join(part.lstrip("@") for part in marker.relative_to(root).parts)
+        path = Path(urlsafe_b64decode(encoded).decode())
+        found.add((path if path.is_absolute() else work / path).resolve())
+    return found
+
+
 def _setup(work: Path, cohort: Path) -> None:
     config = {"participants": str(cohort / "participants.tsv"), "output_dir": "results"}
     (work / "config.yaml").write_text(yaml.safe_dump(config))
@@ -111,10 +128,15 @@ def runs(tmp_path_factory):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     out = resumed / "results"
+    # complete = its metrics verdict is ok and Snakemake had recorded the job as finished: a
+    # job whose script had written its outputs when the kill came is still marked incomplete
+    # and is rightly redone on resume
+    running = _incomplete_outputs(resumed)
     done = [
         s
         for s in GOOD
         if paths.verdict(out, s, "metrics").exists()
+        and paths.verdict(out, s, "metrics").resolve() not in running
         and json.loads(paths.verdict(out, s, "metrics").read_text())["status"] == "ok"
     ]
     after_kill = {
