@@ -118,3 +118,37 @@ def test_series_rule_by_description(small_cohort):
     assert chosen.n_timepoints == 40
     with pytest.raises(SubjectError, match="no dynamic series matches"):
         select_series(found, "no-such-series", "sub-01", dicom_dir)
+
+
+def test_ct_perfusion_dicom_converts_without_echo_time(dcm2niix, tmp_path):
+    """A CT perfusion series (CT Image Storage: HU + 1024 stored with RescaleIntercept −1024,
+    no EchoTime, no RepetitionTime) converts with ``modality="ctp"``: the NIfTI holds the HU
+    in the same world grid (within float32 rounding of the intercept, 0.02 HU), the frame
+    interval comes from the AcquisitionTimes, and no identifier survives. As DSC it is refused,
+    naming the missing EchoTime."""
+    from bolus.io.nifti import load_volume, resample_to_grid
+    from bolus.simulate.cohort import simulate_subject
+    from bolus.simulate.ctp import ctp_series
+    from bolus.simulate.dicom_writer import PHI_TAGS, synthetic_exam, write_ctp_series
+
+    sim = simulate_subject(3, 1, "stroke", matrix=(24, 24, 4), n_timepoints=12, tr_s=2.0)
+    hu = np.rint(ctp_series(sim, np.random.default_rng(0)))
+    exam = synthetic_exam(3, 1)
+    write_ctp_series(tmp_path / "dicom", hu, sim.phantom.grid, tr_s=2.0, exam=exam)
+    out = tmp_path / "out"
+    sidecar = convert_dicom_series(
+        tmp_path / "dicom", out / "ct.nii.gz", out / "ct.json", subject="sub-01", modality="ctp"
+    )
+    assert sidecar["Modality"] == "CT" and "EchoTime" not in sidecar
+    assert sidecar["RepetitionTime"] == 2.0
+    assert sidecar["VolumeTiming"] == [2.0 * k for k in range(12)]
+    data, affine = load_volume(out / "ct.nii.gz")
+    on_grid = np.stack(
+        [resample_to_grid(data[..., t], affine, hu.shape[:3], sim.phantom.grid.affine_ras, order=0)
+         for t in range(12)], axis=-1,
+    )  # fmt: skip
+    np.testing.assert_allclose(on_grid, hu, atol=0.02)
+    text = (out / "ct.json").read_text()
+    assert not [k for k in PHI_TAGS if exam.identifiers[k] in text]
+    with pytest.raises(SubjectError, match="sub-01.*EchoTime"):
+        convert_dicom_series(tmp_path / "dicom", out / "x.nii.gz", out / "x.json", subject="sub-01")

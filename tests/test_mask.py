@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -32,3 +34,27 @@ def test_data_estimate_alone_is_close(head):
     estimate = data_brain_estimate(np.median(head.signal, axis=-1))
     brain = np.isin(head.phantom.labels, [ph.GM, ph.WM])
     assert (estimate & brain).sum() > 0.97 * brain.sum()
+
+
+def test_template_registration_gives_the_same_mask_in_every_process(head, tmp_path):
+    """A rerun gives the same mask: each fresh process registers the template with one ITK
+    thread (bolus.preprocess.itk). With ITK's default of one thread per core, the same subject
+    gave masks differing by a few rim voxels from one process to the next."""
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "signal.npy", head.signal)
+    np.save(tmp_path / "affine.npy", head.phantom.grid.affine_ras)
+    script = (
+        "import sys, numpy as np\n"
+        "from bolus.preprocess.mask import brain_mask\n"
+        "d = sys.argv[1]\n"
+        "mask = brain_mask(np.load(d + '/signal.npy'), np.load(d + '/affine.npy'), work_dir=d)\n"
+        "np.save(d + '/mask-' + sys.argv[2] + '.npy', mask)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"}
+    for run in ("a", "b"):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path), run], check=True, env=env)
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "mask-a.npy"), np.load(tmp_path / "mask-b.npy")
+    )

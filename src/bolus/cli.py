@@ -24,7 +24,9 @@ def cmd_simulate(args) -> int:
     options = {k: v for k, v in vars(args).items() if k in SIMULATION_OPTIONS}
     if "matrix" in options:
         options["matrix"] = tuple(options["matrix"])
-    participants = simulate_cohort(args.out, args.subjects, args.seed, jobs=args.jobs, **options)
+    participants = simulate_cohort(
+        args.out, args.subjects, args.seed, jobs=args.jobs, modality=args.modality, **options
+    )
     if args.fault:
         from bolus.simulate.faults import SUBJECT_FAULTS, add_faulty_subjects, break_participants
 
@@ -54,7 +56,13 @@ def cmd_convert(args) -> int:
     is_nifti = source.name.endswith((".nii", ".nii.gz"))
     row["dsc_nifti" if is_nifti else "dicom_dir"] = str(source)
     prefix = Path(args.out_prefix)
-    convert_subject(row, f"{prefix}_dsc.nii.gz", f"{prefix}_dsc.json", series_rule=args.series)
+    convert_subject(
+        row,
+        f"{prefix}_dsc.nii.gz",
+        f"{prefix}_dsc.json",
+        series_rule=args.series,
+        modality=args.modality,
+    )
     return 0
 
 
@@ -116,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--jobs", type=int, default=1, help="subjects simulated at a time (worker processes)"
     )
+    p.add_argument(
+        "--modality",
+        choices=("dsc", "ctp"),
+        default="dsc",
+        help="dsc: DSC-MRI DICOM; ctp: the same subjects as CT perfusion DICOM (HU; process "
+        "with modality: ctp)",
+    )
     unset = argparse.SUPPRESS
     p.add_argument("--matrix", type=int, nargs=3, metavar=("X", "Y", "Z"), default=unset)
     p.add_argument("--timepoints", dest="n_timepoints", type=int, default=unset)
@@ -148,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out_prefix", help="e.g. results/sub-01/perf/sub-01")
     p.add_argument("--subject", required=True, help="participant_id, for messages")
     p.add_argument("--series", default="most_timepoints", help="series choice (dicom.series)")
+    p.add_argument(
+        "--modality", choices=("dsc", "ctp"), default="dsc", help="ctp: CT perfusion (no EchoTime)"
+    )
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("preprocess", help="motion correction + brain mask")

@@ -68,7 +68,7 @@ def convert_subject(
     if row.get("dicom_dir"):
         source = row["dicom_dir"]
         sidecar = convert_dicom_series(
-            source, out_nifti, out_json, subject=pid, series_rule=series_rule
+            source, out_nifti, out_json, subject=pid, series_rule=series_rule, modality=modality
         )
     else:
         source = row["dsc_nifti"]

@@ -460,6 +460,22 @@ def _checked_volume_order(image, info: SeriesInfo, subject: str):
     return nib.Nifti1Image(expected.astype(np.float32), image.affine, header)
 
 
+def _ct_frame_interval(sidecar: dict, info: SeriesInfo, n_volumes: int, subject, dicom_dir):
+    """A CT sidecar with RepetitionTime = the frame interval: dcm2niix's value when it gave
+    one, else the median interval of the volumes' AcquisitionTime (CT has no TR tag)."""
+    if isinstance(sidecar.get("RepetitionTime"), int | float) and sidecar["RepetitionTime"] > 0:
+        return sidecar
+    onsets = volume_times(info, n_volumes, 0.0)
+    if not any(onsets):
+        raise SubjectError(
+            subject,
+            dicom_dir,
+            "CT perfusion series has no per-volume AcquisitionTime: the frame interval is "
+            "unknown (give the series as NIfTI with a sidecar RepetitionTime)",
+        )
+    return {**sidecar, "RepetitionTime": round(float(np.median(np.diff(onsets))), 6)}
+
+
 def convert_dicom_series(
     dicom_dir: str | Path,
     out_nifti: str | Path,
@@ -467,9 +483,14 @@ def convert_dicom_series(
     *,
     subject: str,
     series_rule: str = "most_timepoints",
+    modality: str = "dsc",
 ) -> dict:
     """Convert the subject's perfusion series to a 4D NIfTI + de-identified JSON sidecar.
 
+    A DSC series needs EchoTime and RepetitionTime; CT perfusion (``modality`` ``ctp``) has
+    neither: its frame interval comes from the volumes' AcquisitionTime (dcm2niix's
+    RepetitionTime when it derives one, else the median interval of the volume onsets), and
+    its values are HU (dcm2niix keeps the rescale slope and intercept in the NIfTI header).
     Returns the sidecar written. Raises :class:`SubjectError` naming the subject, the folder
     and what was wrong (no dynamic series, dcm2niix failure, a result that is not the series).
     """
@@ -527,7 +548,9 @@ def convert_dicom_series(
                 f"dcm2niix wrote {shape[3]} time points but the DICOM series has "
                 f"{info.n_timepoints}: data were dropped or scrambled",
             )
-        for key in ("EchoTime", "RepetitionTime"):
+        if modality == "ctp":
+            sidecar = _ct_frame_interval(sidecar, info, shape[3], subject, dicom_dir)
+        for key in ("EchoTime", "RepetitionTime") if modality != "ctp" else ("RepetitionTime",):
             if not isinstance(sidecar.get(key), int | float) or sidecar[key] <= 0:
                 raise SubjectError(subject, dicom_dir, f"converted series has no valid {key}")
         image = _checked_volume_order(image, info, subject)

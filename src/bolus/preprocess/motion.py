@@ -29,20 +29,20 @@ import numpy as np
 import pandas as pd
 
 from bolus.preprocess.bolus_arrival import baseline_frames
+from bolus.preprocess.itk import load_ants
 
 log = logging.getLogger(__name__)
 
 MOTION_COLUMNS = ("trans_x_mm", "trans_y_mm", "trans_z_mm", "rot_x_rad", "rot_y_rad", "rot_z_rad")
 HEAD_RADIUS_MM = 50.0
 RANDOM_SEED = 1  # ANTs samples the metric randomly: a fixed seed makes reruns identical
-_ITK_THREADS = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 # A first pass darkens the mean head signal by ≥ 5 % (ΔR2* ≈ 5–10 /s in tissue at TE 30 ms);
 # below 1 % there is no bolus to avoid and the reference is the temporal median.
 MIN_BOLUS_DIP = 0.01
 
 
 def _to_ants(volume: np.ndarray, spacing_mm):
-    import ants
+    ants = load_ants()
 
     return ants.from_numpy(
         np.ascontiguousarray(volume, dtype=np.float32), spacing=tuple(spacing_mm)
@@ -51,7 +51,7 @@ def _to_ants(volume: np.ndarray, spacing_mm):
 
 def _rigid_parameters(transform_file: str) -> np.ndarray:
     """(tx, ty, tz, rx, ry, rz) of an ANTs affine/rigid .mat (Euler angles, XYZ order)."""
-    import ants
+    ants = load_ants()
 
     params = np.asarray(ants.read_transform(transform_file).parameters, dtype=float)
     rotation = params[:9].reshape(3, 3)
@@ -119,9 +119,9 @@ def registration_schedule(shape) -> dict:
 def _register_volume(reference, volume, spacing, ants_transform: str, outprefix: str):
     """Register one volume to the reference: (warped volume, 6 rigid parameters). The
     transform files (under ``outprefix``) are removed before returning."""
-    import ants
+    ants = load_ants()
 
-    ants.config.set_ants_deterministic(True, RANDOM_SEED)  # also one ITK thread
+    ants.config.set_ants_deterministic(True, RANDOM_SEED)
     if float(np.std(volume)) == 0.0:
         return np.asarray(volume, np.float32), np.zeros(6)
     fixed, moving = _to_ants(reference, spacing), _to_ants(volume, spacing)
@@ -144,8 +144,8 @@ def _register_volume(reference, volume, spacing, ants_transform: str, outprefix:
 
 
 def _worker_init(tmp: str) -> None:
-    """A pool worker: one ITK thread, temporary files in the job's folder."""
-    os.environ[_ITK_THREADS] = "1"
+    """A pool worker: temporary files in the job's folder (one ITK thread, as every bolus
+    process: :mod:`bolus.preprocess.itk`)."""
     os.environ["TMPDIR"] = tmp
     tempfile.tempdir = tmp
 

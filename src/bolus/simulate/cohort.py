@@ -51,6 +51,7 @@ from bolus.simulate.dicom_writer import (
     Exam,
     localizer_planes,
     synthetic_exam,
+    write_ctp_series,
     write_dsc_series,
     write_localizer_series,
     write_tof_series,
@@ -245,6 +246,7 @@ def simulate_cohort(
     *,
     pathologies=("healthy", "stroke", "tumour"),
     jobs: int = 1,
+    modality: str = "dsc",
     **acquisition,
 ) -> Path:
     """Simulate ``n_subjects`` subjects into ``out_dir``; returns ``<out_dir>/participants.tsv``.
@@ -255,8 +257,12 @@ def simulate_cohort(
     reproduce); defaults as in :func:`simulate_subject`. Existing ``dicom`` and ``truth``
     folders of the subjects written are replaced. ``jobs`` > 1 simulates that many subjects
     at a time in worker processes; every subject depends only on (seed, number), so the
-    files are the same as with one.
+    files are the same as with one. ``modality`` ``ctp`` writes each subject's dynamic series
+    as CT perfusion DICOM (:mod:`bolus.simulate.ctp`: the same anatomy, perfusion and truth
+    seen in HU; process with ``modality: ctp``) in place of the DSC series.
     """
+    if modality not in ("dsc", "ctp"):
+        raise ValueError(f"modality must be dsc or ctp, got {modality!r}")
     if n_subjects < 1:
         raise ValueError(f"n_subjects must be ≥ 1, got {n_subjects}")
     unknown = [p for p in pathologies if p not in PATHOLOGIES]
@@ -268,7 +274,8 @@ def simulate_cohort(
     splits = assign_splits(n_subjects, seed)
     numbers = range(1, n_subjects + 1)
     args = [
-        (out, n, n_subjects, seed, pathologies, splits, constants, acquisition) for n in numbers
+        (out, n, n_subjects, seed, pathologies, splits, constants, acquisition, modality)
+        for n in numbers
     ]
     if int(jobs) > 1 and n_subjects > 1:
         from concurrent.futures import ProcessPoolExecutor
@@ -285,7 +292,9 @@ def simulate_cohort(
     return path
 
 
-def _write_one_subject(out, number, n_subjects, seed, pathologies, splits, constants, acquisition):
+def _write_one_subject(
+    out, number, n_subjects, seed, pathologies, splits, constants, acquisition, modality="dsc"
+):
     """Simulate and write subject ``number`` of :func:`simulate_cohort`; its participants row."""
     pid = participant_id(number, n_subjects)
     pathology = pathologies[(number - 1) % len(pathologies)]
@@ -295,10 +304,19 @@ def _write_one_subject(out, number, n_subjects, seed, pathologies, splits, const
         if (subject_dir / sub).exists():
             shutil.rmtree(subject_dir / sub)
     exam = synthetic_exam(seed, number)
-    write_subject(subject_dir / "dicom", sim, exam)
+    if modality == "ctp":
+        from bolus.simulate.ctp import ctp_series
+
+        hu = ctp_series(sim, np.random.default_rng([int(seed) % 2**63, number, 0xC7]))
+        write_ctp_series(
+            subject_dir / "dicom", hu, sim.phantom.grid, tr_s=sim.tr_s, exam=exam,
+            series_number=DSC_SERIES_NUMBER,
+        )  # fmt: skip
+    else:
+        write_subject(subject_dir / "dicom", sim, exam)
     site = "siteA" if number % 2 == 1 else "siteB"
     extra = {"participant_id": pid, "seed": int(seed), "site": site,
-             "manufacturer": exam.manufacturer,
+             "manufacturer": exam.manufacturer, "modality": modality,
              "acquisition_options": {k: acquisition[k] for k in sorted(acquisition)}}  # fmt: skip
     write_truth(subject_dir / "truth", sim, extra)
     write_subject_tof(subject_dir, sim, exam, seed, number)

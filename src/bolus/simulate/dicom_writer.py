@@ -58,6 +58,8 @@ _SCANNERS = {  # manufacturer: (model, field strength T, imaging frequency MHz, 
     "GE MEDICAL SYSTEMS": ("DISCOVERY MR750", 3.0, 127.74, 60.0),
     "Philips Medical Systems": ("Ingenia", 3.0, 127.77, 60.0),
 }
+_CT_SCANNERS = {"SIEMENS": "SOMATOM Definition AS+", "GE MEDICAL SYSTEMS": "Revolution CT",
+                "Philips Medical Systems": "iCT 256"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -280,6 +282,73 @@ def write_dsc_series(
             ds.SliceLocation = f"{position[2]:.10g}"
             path = folder / f"IM_{series_number:03d}_{instance:05d}.dcm"
             _save(ds, path, signal[:, :, k, t].T)
+            paths.append(path)
+    return paths
+
+
+#: CT Image Storage; CT pixels are stored as HU + 1024 (uint16) with RescaleIntercept −1024
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+CT_RESCALE_INTERCEPT = -1024.0
+
+
+def write_ctp_series(
+    folder,
+    hu: np.ndarray,
+    grid: AcquisitionGrid,
+    *,
+    tr_s: float,
+    exam: Exam,
+    series_number: int = 2,
+    description: str = "CTP Brain 5mm",
+    start_time_s: float | None = None,
+) -> list[Path]:
+    """Write a CT perfusion series ``hu`` (i, j, k, t; Hounsfield units) into ``folder`` as CT
+    Image Storage, one file per slice per time point; returns the files.
+
+    As CT scanners do: Modality CT, no echo or repetition time (the frame interval is only in
+    the AcquisitionTime of each volume, ``start_time_s`` + t·``tr_s``), stored value
+    HU + 1024 (uint16, HU below −1024 clipped) with RescaleSlope 1 and RescaleIntercept −1024.
+    Geometry, numbering and identifiers as :func:`write_dsc_series`.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    nx, ny, nz, nt = hu.shape
+    if (nx, ny, nz) != tuple(grid.shape):
+        raise ValueError(f"series of shape {hu.shape} does not fit grid {grid.shape}")
+    start = exam.study_time_s + 300.0 if start_time_s is None else float(start_time_s)
+    ds = _base_dataset(exam, series_number, description, start)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CT_IMAGE_STORAGE
+    ds.Modality = "CT"
+    ds.ManufacturerModelName = _CT_SCANNERS[exam.manufacturer]
+    ds.StudyDescription = "CT HEAD PERFUSION"
+    for keyword in ("MagneticFieldStrength", "ImagingFrequency", "ImagedNucleus"):
+        delattr(ds, keyword)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.KVP = "80"
+    ds.XRayTubeCurrent = 150
+    ds.ConvolutionKernel = "H20f"
+    ds.SliceThickness = f"{grid.slice_thickness_mm:.6g}"
+    ds.SpacingBetweenSlices = f"{grid.slice_spacing_mm:.6g}"
+    ds.RescaleIntercept = f"{CT_RESCALE_INTERCEPT:g}"
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "HU"
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = _ds([grid.pixel_spacing_mm] * 2)
+    stored = np.asarray(hu, float) - CT_RESCALE_INTERCEPT
+    paths = []
+    for t in range(nt):
+        ds.AcquisitionNumber = t + 1
+        ds.TemporalPositionIdentifier = t + 1
+        ds.AcquisitionTime = ds.ContentTime = _dicom_time(start + t * float(tr_s))
+        for k in range(nz):
+            instance = t * nz + k + 1
+            position = grid.slice_position_lps(k)
+            ds.InstanceNumber = instance
+            ds.SOPInstanceUID = exam.uid("image", series_number, instance)
+            ds.ImagePositionPatient = _ds(position)
+            ds.SliceLocation = f"{position[2]:.10g}"
+            path = folder / f"CT_{series_number:03d}_{instance:05d}.dcm"
+            _save(ds, path, stored[:, :, k, t].T)
             paths.append(path)
     return paths
 
