@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 
 from bolus.io.errors import SubjectError
-from bolus.preprocess.itk import load_ants
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +53,8 @@ def _ants_image(data: np.ndarray, affine: np.ndarray):
 
 def _transform_matrix_ras(transform_file: str) -> np.ndarray:
     """4×4 world (RAS mm) matrix of an ANTs rigid/affine .mat: fixed point → moving point."""
+    from bolus.preprocess.itk import load_ants
+
     ants = load_ants()
 
     tx = ants.read_transform(transform_file)
@@ -82,9 +83,10 @@ def register_rigid(
     point → moving point, ``extra_moving`` volumes (same grid as ``moving``) carried by the
     same transform). Transforms live in a private folder in ``work_dir``, removed at the end.
     """
-    ants = load_ants()
-
+    from bolus.preprocess.itk import load_ants
     from bolus.preprocess.motion import registration_schedule
+
+    ants = load_ants()
 
     fixed_img = _ants_image(fixed, fixed_affine)
     moving_img = _ants_image(moving, moving_affine)

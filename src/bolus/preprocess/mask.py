@@ -18,8 +18,6 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from bolus.preprocess.itk import load_ants
-
 # SyN iterations per level (shrink 4, 2, 1): the finest level is skipped, a brain outline
 # at DSC resolution needs only the coarse deformation.
 SYN_ITERATIONS = (40, 20, 0)
@@ -28,6 +26,8 @@ SIGNAL_FLOOR = 0.25  # fraction of the median in-mask baseline signal below whic
 
 def _ants_from_nifti(data: np.ndarray, affine: np.ndarray):
     """An ANTs image with the NIfTI geometry (ANTs works in LPS; NIfTI in RAS)."""
+    from bolus.preprocess.itk import load_ants
+
     ants = load_ants()
 
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
@@ -50,8 +50,11 @@ def template_brain_mask(
     system's temporary folder), removed at the end."""
     import tempfile
 
-    ants = load_ants()
     from nilearn import datasets
+
+    from bolus.preprocess.itk import load_ants
+
+    ants = load_ants()
 
     template = datasets.load_mni152_template(resolution=2)
     template_mask = datasets.load_mni152_brain_mask(resolution=2)

@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 
 from bolus.preprocess.bolus_arrival import baseline_frames
-from bolus.preprocess.itk import load_ants
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +41,8 @@ MIN_BOLUS_DIP = 0.01
 
 
 def _to_ants(volume: np.ndarray, spacing_mm):
+    from bolus.preprocess.itk import load_ants
+
     ants = load_ants()
 
     return ants.from_numpy(
@@ -51,6 +52,8 @@ def _to_ants(volume: np.ndarray, spacing_mm):
 
 def _rigid_parameters(transform_file: str) -> np.ndarray:
     """(tx, ty, tz, rx, ry, rz) of an ANTs affine/rigid .mat (Euler angles, XYZ order)."""
+    from bolus.preprocess.itk import load_ants
+
     ants = load_ants()
 
     params = np.asarray(ants.read_transform(transform_file).parameters, dtype=float)
@@ -119,6 +122,8 @@ def registration_schedule(shape) -> dict:
 def _register_volume(reference, volume, spacing, ants_transform: str, outprefix: str):
     """Register one volume to the reference: (warped volume, 6 rigid parameters). The
     transform files (under ``outprefix``) are removed before returning."""
+    from bolus.preprocess.itk import load_ants
+
     ants = load_ants()
 
     ants.config.set_ants_deterministic(True, RANDOM_SEED)
