@@ -189,6 +189,19 @@ def _save(ds: Dataset, path: Path, image: np.ndarray) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
+def _save_slice(ds, stem: Path, exam, series_number, instance, grid, k, image) -> Path:
+    """Save slice ``k`` (``image`` (i, j)) of a dynamic series as instance ``instance``:
+    ``<stem>_<series>_<instance>.dcm``, its position from the grid."""
+    position = grid.slice_position_lps(k)
+    ds.InstanceNumber = instance
+    ds.SOPInstanceUID = exam.uid("image", series_number, instance)
+    ds.ImagePositionPatient = _ds(position)
+    ds.SliceLocation = f"{position[2]:.10g}"
+    path = stem.with_name(f"{stem.name}_{series_number:03d}_{instance:05d}.dcm")
+    _save(ds, path, image.T)
+    return path
+
+
 def write_dsc_series(
     folder,
     signal: np.ndarray,
@@ -275,14 +288,10 @@ def write_dsc_series(
                     slice_offset_s=float(slice_offsets[k]),
                     to_dicom_time=_dicom_time,
                 )
-            position = grid.slice_position_lps(k)
-            ds.InstanceNumber = instance
-            ds.SOPInstanceUID = exam.uid("image", series_number, instance)
-            ds.ImagePositionPatient = _ds(position)
-            ds.SliceLocation = f"{position[2]:.10g}"
-            path = folder / f"IM_{series_number:03d}_{instance:05d}.dcm"
-            _save(ds, path, signal[:, :, k, t].T)
-            paths.append(path)
+            paths.append(
+                _save_slice(ds, folder / "IM", exam, series_number, instance, grid, k,
+                            signal[:, :, k, t])
+            )  # fmt: skip
     return paths
 
 
@@ -342,14 +351,10 @@ def write_ctp_series(
         ds.AcquisitionTime = ds.ContentTime = _dicom_time(start + t * float(tr_s))
         for k in range(nz):
             instance = t * nz + k + 1
-            position = grid.slice_position_lps(k)
-            ds.InstanceNumber = instance
-            ds.SOPInstanceUID = exam.uid("image", series_number, instance)
-            ds.ImagePositionPatient = _ds(position)
-            ds.SliceLocation = f"{position[2]:.10g}"
-            path = folder / f"CT_{series_number:03d}_{instance:05d}.dcm"
-            _save(ds, path, stored[:, :, k, t].T)
-            paths.append(path)
+            paths.append(
+                _save_slice(ds, folder / "CT", exam, series_number, instance, grid, k,
+                            stored[:, :, k, t])
+            )  # fmt: skip
     return paths
 
 
