@@ -95,3 +95,33 @@ def test_simulate_command_passes_only_given_options(tmp_path):
     )
     assert info["acquisition_options"] == {"matrix": [24, 24, 4], "n_timepoints": 6, "snr": 50.0}
     assert len(list((tmp_path / "sourcedata" / "sub-01" / "dicom").glob("*"))) == 3 + 4 * 6
+
+
+def test_tof_command_converts_and_registers_onto_the_dsc_grid(tmp_path):
+    """``bolus tof``: the TOF DICOM series of a simulated subject → the de-identified NIfTI
+    in its own grid, and the TOF registered onto the DSC grid (same shape and affine as the
+    DSC), nothing else written beside them."""
+    pytest.importorskip("ants")
+    from bolus.simulate.cohort import simulate_subject, write_subject_tof
+    from bolus.simulate.dicom_writer import PHI_TAGS, synthetic_exam
+
+    sim = simulate_subject(4, 1, "stroke", matrix=(40, 40, 8), n_timepoints=10)
+    exam = synthetic_exam(4, 1)
+    write_subject_tof(tmp_path / "src", sim, exam, 4, 1)
+    affine = sim.phantom.grid.affine_ras
+    save_like(sim.signal.astype(np.float32), affine, tmp_path / "mc.nii.gz")
+    out = tmp_path / "out"
+    out.mkdir()
+    code = main(["tof", str(tmp_path / "src" / "tof_dicom"), str(tmp_path / "mc.nii.gz"),
+                 str(out / "sub-01"), "--subject", "sub-01"])  # fmt: skip
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "sub-01_desc-coreg_tof.nii.gz", "sub-01_tof.json", "sub-01_tof.nii.gz"
+    ]  # fmt: skip
+    coreg, coreg_affine = load_volume(out / "sub-01_desc-coreg_tof.nii.gz")
+    assert coreg.shape == sim.signal.shape[:3] and np.allclose(coreg_affine, affine, atol=1e-4)
+    assert coreg.max() > 0
+    tof, _ = load_volume(out / "sub-01_tof.nii.gz")
+    assert tof.shape != coreg.shape  # its own, finer grid
+    text = (out / "sub-01_tof.json").read_text()
+    assert not [k for k in PHI_TAGS if exam.identifiers[k] in text]

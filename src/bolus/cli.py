@@ -80,6 +80,24 @@ def cmd_preprocess(args) -> int:
     return 0
 
 
+def cmd_tof(args) -> int:
+    from bolus.preprocess.coregister import tof_stage
+
+    source = Path(args.source)
+    is_nifti = source.name.endswith((".nii", ".nii.gz"))
+    row = {"participant_id": args.subject, "tof_nifti" if is_nifti else "tof_dicom_dir": source}
+    prefix = args.out_prefix
+    tof_stage(
+        row,
+        args.mc_dsc,
+        f"{prefix}_tof.nii.gz",
+        f"{prefix}_tof.json",
+        f"{prefix}_desc-coreg_tof.nii.gz",
+        args.subject,
+    )
+    return 0
+
+
 def cmd_perfusion(args) -> int:
     from bolus.stages import perfusion_subject
 
@@ -173,6 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out_prefix")
     p.add_argument("--no-motion", action="store_true")
     p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser(
+        "tof",
+        help="TOF-MRA (DICOM folder or NIfTI) → <prefix>_tof.nii.gz + .json, and registered "
+        "onto the DSC grid: <prefix>_desc-coreg_tof.nii.gz",
+    )
+    p.add_argument("source", help="TOF DICOM folder, or a 3D NIfTI")
+    p.add_argument("mc_dsc", help="the subject's motion-corrected DSC series (the target grid)")
+    p.add_argument("out_prefix", help="e.g. results/sub-01/perf/sub-01")
+    p.add_argument("--subject", required=True, help="participant_id, for messages")
+    p.set_defaults(func=cmd_tof)
 
     p = sub.add_parser("perfusion", help="concentration, AIF and SVD maps")
     p.add_argument("dsc", help="motion-corrected 4D series")
