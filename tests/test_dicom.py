@@ -152,3 +152,18 @@ def test_ct_perfusion_dicom_converts_without_echo_time(dcm2niix, tmp_path):
     assert not [k for k in PHI_TAGS if exam.identifiers[k] in text]
     with pytest.raises(SubjectError, match="sub-01.*EchoTime"):
         convert_dicom_series(tmp_path / "dicom", out / "x.nii.gz", out / "x.json", subject="sub-01")
+
+
+def test_ct_frame_interval_from_acquisition_times_when_dcm2niix_gives_none():
+    """A CT sidecar without RepetitionTime (dcm2niix writes none when it cannot derive one)
+    gets the median interval of the volumes' AcquisitionTime (here 2 s, one 3 s gap); a
+    series whose volumes share one AcquisitionTime is refused, naming subject and folder."""
+    from bolus.io.dicom import SeriesInfo, _ct_frame_interval
+
+    info = SeriesInfo(uid="1.2", number=2, description="CTP", modality="CT")
+    info.acquisition_times = {k + 1: 36000.0 + t for k, t in enumerate([0, 2, 4, 7, 9, 11])}
+    sidecar = _ct_frame_interval({"Modality": "CT"}, info, 6, "sub-01", "/data/sub-01")
+    assert sidecar["RepetitionTime"] == 2.0
+    info.acquisition_times = {k + 1: 36000.0 for k in range(6)}
+    with pytest.raises(SubjectError, match="sub-01.*AcquisitionTime"):
+        _ct_frame_interval({"Modality": "CT"}, info, 6, "sub-01", "/data/sub-01")
