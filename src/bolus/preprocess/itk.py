@@ -1,10 +1,10 @@
 """ANTs, imported one way in bolus: one ITK thread per process, fixed before ITK's first use.
 
 ITK reads ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` once per process, when its first filter or
-image is made, and keeps that count. With more than one thread, ANTs' Mattes mutual information
-and SyN sum per-thread pieces whose split varies with scheduling, so the same registration run
-twice can differ: the MNI mask registered onto one subject in three fresh processes with two
-threads gave 2137, 2140 and 2143 brain voxels; with one thread, 2143 every time. A cohort rerun
+image is made, and keeps that count. With more than one thread the same ANTs registration
+(Mattes mutual information, affine then SyN) does not repeat exactly from one process to the
+next (measured: the MNI mask registered onto one subject in three fresh processes with two
+threads gave 2137, 2140 and 2143 brain voxels; with one thread, 2143 every time). A cohort rerun
 must give the same maps, so every ANTs call in bolus goes through :func:`load_ants` and uses one
 thread; parallelism comes from processes instead (motion correction registers volumes in a
 worker pool, Snakemake runs subjects side by side).
