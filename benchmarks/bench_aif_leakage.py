@@ -4,8 +4,8 @@
 
 ``--aif``: for pure arteries and two partial-volume settings (each artery voxel holds a
 blood fraction f ~ U(low, high), the rest grey matter), on four simulated subjects
-(64×64×10, 50 frames), every AIF method of :func:`bolus.perfusion.aif.select_aif` with and
-without VOF scaling: Pearson r with the true arterial ΔR2*, the peak-frame error, the area
+(64×64×10, 50 frames), every AIF method of :func:`bolus.perfusion.aif.select_aif` without VOF
+scaling (0), with it (1) and with ``auto`` (a: only when ∫VOF/∫AIF > 1.5): Pearson r with the true arterial ΔR2*, the peak-frame error, the area
 of the AIF over the true area (CBF and CBV scale with its inverse), the mean blood fraction
 of the voxels chosen, and the run time.
 
@@ -51,7 +51,7 @@ def aif_table() -> None:
             truth = np.asarray(sim.aif_delta_r2s)
             true_area = np.trapezoid(truth, sim.time_s)
             for method in AIF_METHODS:
-                for vof in (False, True):
+                for vof in (False, True, "auto"):
                     start = time.perf_counter()
                     aif = select_aif(conc, sim.time_s, search, method=method, vof_scaling=vof)
                     took = time.perf_counter() - start
@@ -65,7 +65,7 @@ def aif_table() -> None:
                     )
                     label = "pure" if fraction is None else f"{fraction[0]}-{fraction[1]}"
                     print(
-                        f"{label:10s} {pathology}{number:<3d} {method:7s} {int(vof)}    "
+                        f"{label:10s} {pathology}{number:<3d} {method:7s} {str(int(vof))[0] if vof != 'auto' else 'a'}    "
                         f"{r:.4f}  {dpeak:+d}     {area:.3f}      {f:.2f}      "
                         f"{int(aif.voxel_mask.sum()):<3d} {took:.2f}"
                     )

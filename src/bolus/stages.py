@@ -8,6 +8,7 @@ and the ``bolus`` command are thin calls of these; tests call them directly.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +19,8 @@ from bolus import paths
 from bolus.config import PerfusionConstants, with_defaults
 from bolus.io import atomic
 from bolus.io.errors import SubjectError
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- inspect
@@ -253,6 +256,12 @@ def perfusion_subject(
         raise SubjectError(
             _subject_of(mc_dsc), mc_dsc, f"no arterial input function: {exc}"
         ) from exc
+    if aif.vof_scale != 1.0:
+        log.warning(
+            "%s: AIF scaled ×%.2f to the venous output function's area (aif.vof_scaling=%s): "
+            "the arterial voxels are partial-volumed",
+            _subject_of(mc_dsc), aif.vof_scale, config["aif"]["vof_scaling"],
+        )  # fmt: skip
     if config["concentration"]["leakage_correction"]:
         from bolus.perfusion.leakage import boxerman_weisskoff
 
