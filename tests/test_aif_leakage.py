@@ -270,3 +270,34 @@ def test_automatic_vof_scaling_leaves_pure_arteries_alone():
     assert np.trapezoid(auto.curve, sim.time_s) / truth_area == pytest.approx(1.0, abs=0.05)
     with pytest.raises(ValueError, match="vof_scaling"):
         select_aif(conc, sim.time_s, search, vof_scaling="sometimes")
+
+
+@pytest.mark.parametrize("seed,number", [(9, 1), (10, 2), (11, 3)])
+def test_aif_of_a_moving_head_is_arterial_and_scaled_to_the_vein(seed, number):
+    """A 2 mm drift on 4.6 mm voxels (48×48×8, the motion cases of
+    ``test_preprocess_accuracy``), corrected with the true motion (the best rigid correction
+    can do): moving one-voxel arteries lose ≈ 30–60 % of their area to partial volume, and
+    the edge voxels of CSF and the sinus gain large false curves that peak late. The AIF is
+    still arterial in shape (r ≥ 0.95 with the true curve, peak within one frame: the issue-3
+    criterion) because the candidates are the largest curves among those peaking no later
+    than the median (before, seed 10 took the sinus: peak 5 frames late), and
+    ``vof_scaling: auto`` restores its area to within 25 % of the truth: the VOF is the
+    sinus because false CSF-edge curves, which ramp up and stay, are not taken for a vein
+    (before, seed 10's VOF was 8 such voxels and its area 1.35× the AIF's; the VOF's own area
+    is 1.15–1.19× the AIF's; measured 1.11–1.18)."""
+    from bolus.simulate.cohort import simulate_subject
+    from bolus.simulate.phantom import undo_motion
+
+    sim = simulate_subject(
+        seed, number, "stroke", matrix=(48, 48, 8), n_timepoints=40, motion_mm=2.0
+    )
+    search = sim.truth["labels"] >= 3
+    corrected = undo_motion(sim.signal, sim.phantom.grid, sim.motion)
+    conc, _ = concentration_from_signal(corrected, sim.te_s, sim.time_s, mask=search)
+    truth = np.asarray(sim.aif_delta_r2s)
+    aif = select_aif(conc, sim.time_s, search)
+    assert np.corrcoef(aif.curve, truth)[0, 1] >= 0.95
+    assert abs(int(np.argmax(aif.curve)) - int(np.argmax(truth))) <= 1
+    assert aif.vof_scale > 1.5
+    area = np.trapezoid(aif.curve, sim.time_s) / np.trapezoid(truth, sim.time_s)
+    assert 0.8 <= area <= 1.25, area

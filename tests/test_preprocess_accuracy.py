@@ -22,7 +22,7 @@ CT perfusion, no motion correction: NIfTI / DICOM     0.889 / 0.803
 
 Absolute level (mean over the brain / the truth's), CBF / CBV: still 0.74 / 1.00; 2 mm
 drift 0.79 / 0.89 with the default ``aif.vof_scaling: auto`` (the AIF scaled ×3.0 to the
-vein's area), 2.35 / 2.64 without it.
+vein's area), 2.35 / 2.64 without it; true motion undone (oracle) 0.79 / 0.95.
 
 CT is fragile under motion correction: skull (1000 HU) beside brain (30 HU, peak enhancement
 15–20 HU) turns a registration error of 0.05 mm into ≈ 10 HU of false enhancement in edge
@@ -205,19 +205,24 @@ def test_motion_correction_tracks_the_drift_and_reaches_the_true_motion_bound(ru
         assert moving[name] >= oracle[name] - 0.05, (name, moving, oracle)
 
 
-def test_moving_head_keeps_the_absolute_scale_of_the_still_head(runs):
+def test_moving_head_keeps_the_absolute_scale_of_the_true_motion_bound(runs):
     """The absolute level of CBF and CBV (mean over the brain / the truth's). With the 2 mm
     drift the one-voxel arteries lose ≈ 60 % of their area to partial volume (ΔR2* of a
-    mixed voxel is −ln of the mean signal, which the dark arterial part barely moves), which
-    unscaled put CBF and CBV at 2.35 and 2.64× the truth (still head: 0.74 and 1.00×); the
-    default ``aif.vof_scaling: auto`` scales the AIF to the vein's area (∫VOF/∫AIF ≈ 3.0
-    here, > 1.5; still head ≈ 1.17: not scaled). Tolerance: within 20 % of the still head's
-    scale, the error a VOF itself carries (its area is 1.15–1.19× the true arterial area in
-    the simulator); measured moving/still: CBF 1.07, CBV 0.89."""
-    still, moving = runs("still"), runs("moving")
+    mixed voxel is −ln of the mean signal, which the dark arterial part barely moves): the
+    AIF left unscaled put CBF and CBV at 2.35 and 2.64× the truth (still head: 0.74 and
+    1.00×). The default ``aif.vof_scaling: auto`` scales the AIF to the sinus's area
+    (∫VOF/∫AIF ≈ 3.0 here, > 1.5; still head ≈ 1.17: not scaled), which gives 0.79 / 0.89×,
+    the level of the series with the true motion undone (oracle: 0.79 / 0.95×). Tolerance:
+    the ANTs-corrected scale within 20 % of the oracle's (the VOF's own area error, 15–19 %
+    in the simulator), and within a factor 1.5 of the truth (the partial-volume AIF's error
+    was a factor 2.3–2.6). The still head's scale is not the bound: the tissue curves of a
+    moving head keep partial-volume errors any rigid correction keeps (on two more subjects,
+    seeds 10 and 11: CBV 1.40× and 0.79× the truth, oracle 1.54× and 0.89×, still 0.99×)."""
+    moving, oracle = runs("moving"), runs("oracle")
     for name in ("cbf", "cbv"):
-        ratio = moving[f"{name}_scale"] / still[f"{name}_scale"]
-        assert 0.8 <= ratio <= 1.2, (name, still, moving)
+        ratio = moving[f"{name}_scale"] / oracle[f"{name}_scale"]
+        assert 0.8 <= ratio <= 1.2, (name, oracle, moving)
+        assert 1 / 1.5 <= moving[f"{name}_scale"] <= 1.5, (name, moving)
 
 
 @pytest.mark.xfail(

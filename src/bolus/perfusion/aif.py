@@ -6,13 +6,16 @@ vectorised over the candidate voxels:
 
 1. every curve in the mask is baseline-corrected (mean of the pre-bolus frames → 0, the
    frames found by :func:`bolus.perfusion.concentration.baseline_frames` on the mean curve);
-2. candidates: curves with a positive peak and area whose area under the curve is in the
-   top 10 % of the mask (Mouridsen: the AIF is among the largest curves), and at least
-   ``5 · n_voxels`` of the largest;
+2. candidates: curves with a positive peak and area that peak no later than the median
+   curve, the largest by area: as many as 10 % of the mask's curves (Mouridsen: the AIF
+   is among the largest curves), and at least ``5 · n_voxels`` (all curves when too few
+   peak early). Ranking only the early curves keeps the arteries in when a moving head
+   gives the edge voxels of CSF and of the sinus large, late, false curves: with a 2 mm
+   drift on 4.6 mm voxels they filled the whole top 10 % and the AIF was the sinus;
 3. noisy curves are dropped: peak below 5 × the baseline noise σ (contrast-to-noise < 5);
 4. curves peaking after the median curve of the mask are dropped: an artery feeds the
-   tissue and peaks before most of it, a vein drains it and peaks after (skipped if fewer
-   than ``n_voxels`` would remain);
+   tissue and peaks before most of it, a vein drains it and peaks after (this matters only
+   when step 2 took all curves; skipped if fewer than ``n_voxels`` would remain);
 5. each candidate is scored
 
        score = peak / FWHM  ×  exp(−max(0, TTP − TTP_early) / 2 s)  ×  1 / (1 + 10 σ / peak)
@@ -36,10 +39,13 @@ chosen. The AIF is the mean of the (not normalised) curves of that cluster. Part
 voxels carry a tissue tail and a flattened peak, noisy ones a rough shape: both have a
 larger first moment or fall in other clusters.
 
-VOF: among the candidates not chosen for the AIF, those peaking at least one frame
-interval after the AIF; the mean of the ``n_voxels`` with the largest area. It is reported
-only if its area is at least half the AIF's (a sinus carries the whole bolus; smaller late
-curves are tissue), else None.
+VOF: among the largest curves (step 2's count, by area, whatever their peak time) not
+chosen for the AIF, those peaking at least one frame interval after the AIF and returning
+below half their peak over the last quarter of the series (:data:`MAX_VOF_TAIL`: a first
+pass returns; the CSF edges of a moving head give large curves that ramp up and stay);
+the mean of the ``n_voxels`` with the largest area. It is reported only if its area is at
+least half the AIF's (a sinus carries the whole bolus; smaller late curves are tissue),
+else None.
 
 VOF scaling (``vof_scaling=True``): arterial voxels are small and partial-volumed, the
 sinus is large, and both carry the same tracer, so the area under the AIF should equal that
@@ -69,6 +75,8 @@ from bolus.perfusion.concentration import baseline_frames
 
 # vof_scaling="auto": scale only when ∫VOF/∫AIF exceeds this (module docstring)
 AUTO_VOF_RATIO = 1.5
+# VOF candidates: mean of the last quarter of the series at most this fraction of the peak
+MAX_VOF_TAIL = 0.5
 
 # Step 2: fraction of the mask's curves (by area) that may hold the AIF, and the minimum
 # number of candidates as a multiple of n_voxels.
@@ -252,15 +260,17 @@ def select_aif(
     n_base = len(range(*baseline.indices(n_frames)))
     noise = curves[:, baseline].std(axis=1, ddof=1) if n_base >= 3 else np.zeros_like(peak)
 
-    # 2. candidates: the largest curves
+    # 2. candidates: the largest curves among those peaking no later than the median curve
     usable = np.flatnonzero((peak > 0) & (area > 0))
     if usable.size == 0:
         raise ValueError("no curve in the mask rises above its baseline: cannot find an AIF")
-    by_area = usable[np.argsort(area[usable])[::-1]]
     n_candidates = max(
         int(np.ceil(CANDIDATE_AREA_FRACTION * usable.size)), CANDIDATE_MULTIPLE * n_voxels
     )
-    candidates = by_area[: min(n_candidates, by_area.size)]
+    by_area = usable[np.argsort(area[usable])[::-1]]
+    largest = by_area[: min(n_candidates, by_area.size)]  # where the VOF is looked for
+    early_enough = by_area[ttp[by_area] <= np.median(ttp[usable])]
+    candidates = early_enough[:n_candidates] if early_enough.size >= n_candidates else largest
 
     # 3. drop noisy curves (keep at least n_voxels, the cleanest)
     cnr = peak[candidates] / np.maximum(noise[candidates], 1e-12)
@@ -303,8 +313,13 @@ def select_aif(
     # VOF: late, large curves among the candidates not used for the AIF
     dt = float(np.median(np.diff(times)))
     aif_ttp = times[int(np.argmax(curve))]
-    late = np.setdiff1d(candidates, chosen)
+    late = np.setdiff1d(largest, chosen)
     late = late[ttp[late] >= aif_ttp + dt]
+    # a vein's first pass returns: over the last quarter of the series it is below half its
+    # peak (recirculation keeps 10–40 %); a curve still near its peak there is a drift of
+    # the baseline (CSF edges of a moving head) or leakage, and would inflate the VOF
+    tail = curves[late, -max(n_frames // 4, 1) :].mean(axis=1)
+    late = late[tail <= MAX_VOF_TAIL * peak[late]]
     vof_curve, vof_mask = None, None
     if late.size:
         venous = late[np.argsort(area[late])[::-1][:n_voxels]]
