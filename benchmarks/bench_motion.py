@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--drift-mm", type=float, default=2.0)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.ERROR)
+    logging.getLogger("bolus").setLevel(logging.ERROR)  # the figures only
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-motion-"))
     print("seed:subject case    CBF r  CBV r  CBF level  CBV level  Dice   AIF r   dpeak  AIF area")
     for spec in args.subjects:
