@@ -30,6 +30,11 @@ voxels. The still CT head corrected by ANTs gives CBV r 0.82 from the NIfTI and 
 same data converted from DICOM (rows stored flipped, so ANTs' random metric points differ and
 the registrations differ by ≈ 0.05 mm); uncorrected, both give 0.80.
 
+Two more subjects and drifts of 0.5, 1 and 2 mm (``python benchmarks/bench_motion.py
+--drift-mm D``, README): ANTs stays within −0.02 of the true-motion bound in r on all of
+them, and the still head's r is out of reach of both (CBV r −0.09 to −0.20 already at
+0.5 mm).
+
 ANTs runs with one ITK thread in every bolus process (:mod:`bolus.preprocess.itk`), so
 reruns give the same figures.
 
