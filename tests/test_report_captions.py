@@ -40,6 +40,6 @@ def test_caption_renders_without_rst_errors(caption, models, subjects):
     text = env.from_string(caption.read_text()).render(snakemake=_Snakemake(config))
     problems = io.StringIO()
     docutils.core.publish_parts(
-        text, writer_name="html", settings_overrides={"warning_stream": problems}
+        text, writer="html", settings_overrides={"warning_stream": problems}
     )
     assert problems.getvalue() == "", (caption.name, problems.getvalue(), text)
