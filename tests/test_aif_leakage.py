@@ -283,8 +283,8 @@ def test_aif_of_a_moving_head_is_arterial_and_scaled_to_the_vein(seed, number):
     than the median (before, seed 10 took the sinus: peak 5 frames late), and
     ``vof_scaling: auto`` restores its area to within 25 % of the truth: the VOF is the
     sinus because false CSF-edge curves, which ramp up and stay, are not taken for a vein
-    (before, seed 10's VOF was 8 such voxels and its area 1.35× the AIF's; the VOF's own area
-    is 1.15–1.19× the AIF's; measured 1.11–1.18)."""
+    (before, seed 10's VOF was 8 such voxels and its area 1.35× the true AIF's; the VOF's
+    own area is 1.15–1.19× the AIF's; measured 1.11–1.18)."""
     from bolus.simulate.cohort import simulate_subject
     from bolus.simulate.phantom import undo_motion
 
