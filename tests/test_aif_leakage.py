@@ -268,6 +268,8 @@ def test_automatic_vof_scaling_leaves_pure_arteries_alone():
     assert auto.vof_scale == 1.0
     np.testing.assert_array_equal(auto.curve, plain.curve)
     assert np.trapezoid(auto.curve, sim.time_s) / truth_area == pytest.approx(1.0, abs=0.05)
+    numpy_true = select_aif(conc, sim.time_s, search, vof_scaling=np.bool_(True))
+    assert numpy_true.vof_scale == forced.vof_scale  # a numpy boolean is not taken for auto
     with pytest.raises(ValueError, match="vof_scaling"):
         select_aif(conc, sim.time_s, search, vof_scaling="sometimes")
 

@@ -7,25 +7,24 @@ vectorised over the candidate voxels:
 1. every curve in the mask is baseline-corrected (mean of the pre-bolus frames → 0, the
    frames found by :func:`bolus.perfusion.concentration.baseline_frames` on the mean curve);
 2. candidates: curves with a positive peak and area that peak no later than the median
-   curve, the largest by area: as many as 10 % of the mask's curves (Mouridsen: the AIF
-   is among the largest curves), and at least ``5 · n_voxels`` (all curves when too few
-   peak early). Ranking only the early curves keeps the arteries in when a moving head
-   gives the edge voxels of CSF and of the sinus large, late, false curves: with a 2 mm
-   drift on 4.6 mm voxels they filled the whole top 10 % and the AIF was the sinus;
+   curve (an artery feeds the tissue and peaks before most of it, a vein drains it and
+   peaks after), the largest by area: as many as 10 % of the mask's curves (Mouridsen: the
+   AIF is among the largest curves), and at least ``5 · n_voxels`` (the largest curves
+   whatever their peak time when fewer than ``n_voxels`` peak early). Ranking only the
+   early curves keeps the arteries in when a moving head gives the edge voxels of CSF and
+   of the sinus large, late, false curves: with a 2 mm drift on 4.6 mm voxels they filled
+   the whole top 10 % and the AIF was the sinus;
 3. noisy curves are dropped: peak below 5 × the baseline noise σ (contrast-to-noise < 5);
-4. curves peaking after the median curve of the mask are dropped: an artery feeds the
-   tissue and peaks before most of it, a vein drains it and peaks after (this matters only
-   when step 2 took all curves; skipped if fewer than ``n_voxels`` would remain);
-5. each candidate is scored
+4. each candidate is scored
 
        score = peak / FWHM  ×  exp(−max(0, TTP − TTP_early) / 2 s)  ×  1 / (1 + 10 σ / peak)
 
    — high and narrow, penalised when it peaks later than the early arrivals (TTP_early: the
    5th percentile of the candidates' TTP; a vein peaks several seconds later and loses
    most of its score) and when it is rough;
-6. the AIF is the mean of the ``n_voxels`` best-scoring curves, baseline-corrected again.
+5. the AIF is the mean of the ``n_voxels`` best-scoring curves, baseline-corrected again.
 
-``method="cluster"`` replaces steps 5–6 by the cluster analysis of Mouridsen et al. (MRM
+``method="cluster"`` replaces steps 4–5 by the cluster analysis of Mouridsen et al. (MRM
 2006;55:524): the 25 % roughest candidates are dropped (roughness: baseline σ / peak, as
 in the score; Mouridsen's ∫(C″)²dt of the area-normalised curve would drop the sharpest
 boluses, the arteries, first), the rest are normalised to unit area, so that only their shapes
@@ -229,6 +228,8 @@ def select_aif(
     vof_scaling = defaults["vof_scaling"] if vof_scaling is None else vof_scaling
     if vof_scaling not in (True, False, "auto"):
         raise ValueError(f"vof_scaling must be true, false or 'auto', got {vof_scaling!r}")
+    if vof_scaling != "auto":
+        vof_scaling = bool(vof_scaling)  # numpy booleans too: `is True` below
     if method not in AIF_METHODS:
         raise ValueError(f"unknown AIF method {method!r}; expected one of {AIF_METHODS}")
     if n_voxels < 1:
@@ -270,7 +271,7 @@ def select_aif(
     by_area = usable[np.argsort(area[usable])[::-1]]
     largest = by_area[: min(n_candidates, by_area.size)]  # where the VOF is looked for
     early_enough = by_area[ttp[by_area] <= np.median(ttp[usable])]
-    candidates = early_enough[:n_candidates] if early_enough.size >= n_candidates else largest
+    candidates = early_enough[:n_candidates] if early_enough.size >= n_voxels else largest
 
     # 3. drop noisy curves (keep at least n_voxels, the cleanest)
     cnr = peak[candidates] / np.maximum(noise[candidates], 1e-12)
@@ -278,13 +279,7 @@ def select_aif(
     if clean.size < n_voxels:
         clean = candidates[np.argsort(cnr)[::-1][:n_voxels]]
 
-    # 4. an artery feeds the tissue and peaks before most of it; a vein drains it and peaks
-    #    after: drop candidates peaking later than the median tissue curve
-    feeding = clean[ttp[clean] <= np.median(ttp[usable])]
-    if feeding.size >= n_voxels:
-        clean = feeding
-
-    # 5. score: high, narrow, early, smooth
+    # 4. score: high, narrow, early, smooth
     width = _half_maximum_width(curves[clean], times, peak_index[clean])
     early = np.percentile(ttp[clean], EARLY_PERCENTILE)
     lateness = np.clip(ttp[clean] - early, 0.0, None)
@@ -301,7 +296,7 @@ def select_aif(
         order = np.argsort(score)[::-1]
         chosen = clean[order[: min(n_voxels, clean.size)]]
 
-    # 6. the AIF
+    # 5. the AIF
     curve = curves[chosen].mean(axis=0)
     curve = curve - curve[baseline].mean()
 
