@@ -90,7 +90,12 @@ def simulated_cohort(n_subjects: int, seed: int, config=None):
         intracranial = ~np.isin(sim.truth["labels"], (BACKGROUND, SCALP, SKULL))
         conc, _ = concentration_from_signal(sim.signal, sim.te_s, sim.time_s, mask=intracranial)
         aif = select_aif(conc, sim.time_s, intracranial, n_voxels=config["aif"]["n_voxels"])
-        maps = compute_maps(conc, sim.time_s, aif.curve, config["svd"]["methods"], brain, config)
+        maps = {
+            m: compute_maps(
+                conc, sim.time_s, aif.curve, m, brain, config["svd"], config["constants"]
+            )
+            for m in config["svd"]["methods"]
+        }
         attainable = np.zeros(brain.shape, np.float32)
         attainable[brain] = sim.truth["cbf"][brain] * attainable_cbf_fraction(sim.phantom, brain)
         maps["attainable"] = {"cbf": attainable, "cbv": sim.truth["cbv"], "tmax": sim.truth["tmax"]}
@@ -128,6 +133,7 @@ def run_results(output_dir: Path, participants_tsv: Path) -> pd.DataFrame:
     from bolus import paths
     from bolus.io.nifti import load_volume, resample_to_grid
     from bolus.participants import read_participants
+    from bolus.perfusion.methods import METHODS as SVD_METHODS
 
     participants = read_participants(participants_tsv)
     rows = []
@@ -148,7 +154,7 @@ def run_results(output_dir: Path, participants_tsv: Path) -> pd.DataFrame:
 
         labels = on_grid(reference / "labels.nii.gz", 0)
         truth = {name: on_grid(reference / f"{name}.nii.gz", 0) for name in ("cbf", "cbv", "tmax")}
-        for method in paths.SVD_METHODS:
+        for method in SVD_METHODS:
             maps = {name: load_volume(sp.map(method, name))[0] for name in ("cbf", "cbv", "tmax")}
             rows += tissue_rows(pid, method, maps, truth, labels, mask > 0)
     return pd.DataFrame(rows)

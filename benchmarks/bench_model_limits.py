@@ -78,9 +78,9 @@ def main(argv=None) -> None:
             conc, s0 = concentration_from_signal(signal, sim.te_s, sim.time_s, mask=brain)
             estimates = {}
             if "osvd" in args.methods:
-                estimates["osvd"] = compute_maps(conc, sim.time_s, aif, ["osvd"], brain, config)[
-                    "osvd"
-                ]
+                estimates["osvd"] = compute_maps(
+                    conc, sim.time_s, aif, "osvd", brain, config["svd"], config["constants"]
+                )
             subject = SubjectSeries(
                 pid,
                 conc.astype(np.float32),

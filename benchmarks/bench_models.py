@@ -136,8 +136,8 @@ def map_accuracy(estimates: dict, reference: dict, defined, threshold: float) ->
 def reference_and_mask(output_dir, pid, reference_dir):
     """(reference maps, voxels compared) of a subject as the metrics rules compare them:
     the brain mask where every reference map is finite; None before the brain mask exists."""
+    from bolus.evaluate.reference import load_reference_maps
     from bolus.io.nifti import load_volume
-    from bolus.stages import load_reference_maps
 
     sp = paths.SubjectPaths(output_dir, pid)
     if not sp.brain_mask.exists():

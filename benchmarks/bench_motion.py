@@ -28,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bolus import stages
+from bolus import paths, stages
+from bolus.evaluate.reference import load_reference_maps
 from bolus.io.nifti import load_volume
+from bolus.io.tables import read_aif_table
 from bolus.simulate.cohort import simulate_subject, write_truth
 from bolus.simulate.dicom_writer import synthetic_exam, write_dsc_series
 from bolus.simulate.phantom import undo_motion
@@ -46,17 +48,13 @@ def run_case(folder: Path, sim, signal, seed: int, number: int, *, motion: bool,
     out = folder / "out"
     row = {"participant_id": "sub-01", "dicom_dir": str(folder / "dicom")}
     stages.convert_subject(row, out / "dsc.nii.gz", out / "dsc.json")
-    stages.preprocess_subject(
-        out / "dsc.nii.gz", out / "mc.nii.gz", out / "motion.tsv", out / "mask.nii.gz",
-        motion=motion, workers=2,
-    )  # fmt: skip
-    config = {"participants": "x", "svd": {"methods": ["osvd"]}}
-    stages.perfusion_subject(
-        out / "mc.nii.gz", out / "dsc.json", out / "mask.nii.gz", out / "conc.nii.gz",
-        out / "aif.tsv", out / "aif_mask.nii.gz", out / "sub-01", config,
-    )  # fmt: skip
-    mask, affine = load_volume(out / "mask.nii.gz")
-    reference = stages.load_reference_maps(folder / "truth", mask.shape, affine)
+    subject = paths.SubjectPaths.at_prefix(out / "sub-01").with_input(
+        dsc=out / "dsc.nii.gz", dsc_json=out / "dsc.json"
+    )
+    stages.preprocess_subject(subject, {"enabled": motion}, workers=2)
+    stages.perfusion_and_maps(subject, {"svd": {"methods": ["osvd"]}})
+    mask, affine = load_volume(subject.brain_mask)
+    reference = load_reference_maps(folder / "truth", mask.shape, affine)
     inside = (mask > 0) & np.isfinite(reference["cbf"])
     row = {}
     for name in ("cbf", "cbv"):
@@ -68,7 +66,7 @@ def run_case(folder: Path, sim, signal, seed: int, number: int, *, motion: bool,
     lesion = inside & (tmax > LESION_TMAX_S)
     truth = inside & (reference["tmax"] > LESION_TMAX_S)
     row["dice"] = 2 * (lesion & truth).sum() / max(lesion.sum() + truth.sum(), 1)
-    times, aif = stages.read_aif_table(out / "aif.tsv")
+    times, aif = read_aif_table(subject.aif_tsv)
     true_aif = np.asarray(sim.aif_delta_r2s)
     row["aif_r"] = np.corrcoef(aif, true_aif)[0, 1]
     row["aif_dpeak"] = int(np.argmax(aif)) - int(np.argmax(true_aif))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 _ONE_RUN = """
 import json, resource, sys, time
+from bolus.paths import SubjectPaths
 from bolus.stages import preprocess_subject
 dsc, out, workers, syn = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
 import bolus.preprocess.mask as mask
@@ -34,8 +35,7 @@ if not syn:
     mask_brain = mask.brain_mask
     mask.brain_mask = lambda *a, **k: mask_brain(*a, **{**k, "nonlinear": False})
 start = time.perf_counter()
-preprocess_subject(dsc, out + "/mc.nii.gz", out + "/motion.tsv", out + "/mask.nii.gz",
-                   workers=workers)
+preprocess_subject(SubjectPaths(out, "sub-01").with_input(dsc=dsc), workers=workers)
 seconds = time.perf_counter() - start
 me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
 cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime

@@ -1,9 +1,13 @@
-# Configuration and sample sheet, validated before any job runs; path helpers.
+# Configuration and sample sheet, validated before any job runs; what each rule's jobs read.
+#
+# A rule's params carry exactly what its job reads: the config sections or keys it uses and
+# the columns of the subject's own participants.tsv row, never the whole config, so that
+# Snakemake's params trigger reruns the jobs an edit changes and no other. Input data a
+# user may replace (reference maps, masks, NIfTI series) are inputs where they exist; a
+# DICOM folder's content is tracked by its fingerprint (bolus.participants.source_fingerprint).
 import os
 import sys
 from pathlib import Path
-
-from snakemake.utils import validate
 
 sys.path.insert(
     0, str(Path(workflow.basedir) / "src")
@@ -13,50 +17,75 @@ os.environ.update(BOLUS_SOURCE=str(Path(workflow.basedir)))
 
 from bolus import paths  # noqa: E402
 from bolus.config import validate_config  # noqa: E402
-from bolus.participants import read_participants  # noqa: E402
+from bolus.models import MODELS as MODEL_INFO  # noqa: E402
+from bolus.participants import read_participants, source_fingerprint  # noqa: E402
 
-validate(config, schema="../schemas/config.schema.yaml")
+# the schema check, once, with every default filled in (bolus.config; schemas/)
 config.update(validate_config(config))
 
 OUT = config["output_dir"]
 PARTICIPANTS = read_participants(config["participants"], seed=config["seed"])
-SUBJECTS = list(PARTICIPANTS["participant_id"])
+SUBJECTS = list(PARTICIPANTS.index)
+ROWS = {pid: row for pid, row in zip(SUBJECTS, PARTICIPANTS.to_dict("records"))}
+for _pid in SUBJECTS:
+    ROWS[_pid]["participant_id"] = _pid
+METHODS = list(config["svd"]["methods"])
+MODELS = list(config["models"])
 
 
 wildcard_constraints:
     subject="sub-[A-Za-z0-9]+",
-    method="|".join(config["svd"]["methods"]),
+    method="|".join(METHODS),
 
 
-def row(wildcards):
-    """The subject's participants.tsv row, paths resolved, as a plain dict."""
-    return {k: v for k, v in PARTICIPANTS.loc[wildcards.subject].items()}
+def columns(*names):
+    """params function: the subject's participants.tsv row, these columns only (editing
+    another column, or another subject's row, reruns nothing of this job)."""
+
+    def of(wildcards):
+        row = ROWS[wildcards.subject]
+        return {"participant_id": wildcards.subject, **{n: row.get(n) for n in names}}
+
+    return of
 
 
-def sp(subject, attribute):
-    """One per-subject output path (see bolus.paths.SubjectPaths)."""
-    return str(getattr(paths.SubjectPaths(OUT, subject), attribute))
+def subject_files(subject, *names):
+    """The files a subject's row names in these columns, where they exist (a reference_dir:
+    the reference maps in it): inputs, so that replacing one reruns the job; a missing one
+    is the stage's to report, for that subject alone."""
+    from bolus.evaluate.reference import reference_files
+
+    row = ROWS[subject]
+    found = []
+    for name in names:
+        value = row.get(name)
+        if not value:
+            continue
+        if name == "reference_dir":
+            found += [str(p) for p in reference_files(value).values()]
+        elif os.path.isfile(value):
+            found.append(value)
+    return found
 
 
-def subject_maps(subject, methods):
-    return [
-        str(paths.SubjectPaths(OUT, subject).map(m, name))
-        for m in methods
-        for name in paths.MAPS
-    ]
+def row_files(*names):
+    """input function: :func:`subject_files` of the job's subject."""
+    return lambda wildcards: subject_files(wildcards.subject, *names)
 
 
-def inspection(subject):
-    return f"{OUT}/qc/{subject}_inspect.json"
+def fingerprint(*names):
+    """params function: size and modification time of every file under the row's source
+    folders or files (a replaced DICOM export reruns the subject's chain)."""
+
+    def of(wildcards):
+        row = ROWS[wildcards.subject]
+        return {n: source_fingerprint(row.get(n)) for n in names if row.get(n)}
+
+    return of
 
 
-def logfile(subject, stage):
-    return f"{OUT}/logs/{subject}/{stage}.log"
-
-
-def benchmark(subject, stage):
-    """Wall time and memory of one job (Snakemake's benchmark table)."""
-    return f"{OUT}/benchmarks/{subject}/{stage}.tsv"
+def sp(wildcards):
+    return paths.SubjectPaths(OUT, wildcards.subject)
 
 
 def verdict(subject, stage):
@@ -65,18 +94,12 @@ def verdict(subject, stage):
     return str(paths.verdict(OUT, subject, stage))
 
 
-def final_verdicts():
-    """Each subject's last verdict (metrics'): the chain is verdict-driven, so a subject that
-    fails a stage, inspection included, leaves `skipped` verdicts after it (bolus.qc reads
-    a chain up to its first verdict that is not ok)."""
-    return [verdict(s, "metrics") for s in SUBJECTS]
+def logfile(subject, stage):
+    return str(paths.log_file(OUT, subject, stage))
 
 
-def usable_subjects():
-    """Every subject: `inspect` is a plain rule, and the stages after it skip a subject whose
-    previous verdict is not ok (no checkpoint, so the DAG is built once, not re-evaluated
-    after every subject's inspection)."""
-    return list(SUBJECTS)
+def benchmark(subject, stage):
+    return str(paths.benchmark_file(OUT, subject, stage))
 
 
 def study_outputs():
@@ -101,40 +124,3 @@ onerror:
     from bolus.smk import cohort_finished
 
     cohort_finished(OUT, crashed=True)
-
-
-# ----------------------------------------------------------------------------- learned models
-from bolus.models import model_maps  # noqa: E402
-
-MODELS = list(config["models"])
-
-
-def model_map_paths(subject, model):
-    """The maps one model predicts for one subject (see bolus.models.MODELS)."""
-    return [
-        str(paths.SubjectPaths(OUT, subject).map(model, name))
-        for name in model_maps(model)
-    ]
-
-
-def prediction_verdicts(subject):
-    """The verdicts of every configured model's prediction for one subject."""
-    return [verdict(subject, f"predict_{m}") for m in MODELS]
-
-
-def training_rows():
-    """participants.tsv rows of the train/val subjects; those whose perfusion stage did not
-    succeed (inspection included) are left out when the training data are written."""
-    return [
-        dict(PARTICIPANTS.loc[s].items())
-        for s in usable_subjects()
-        if PARTICIPANTS.loc[s, "split"] in ("train", "val")
-    ]
-
-
-def training_meta(model):
-    """The training data a model reads: TOF volumes for pix2pix (rules/tof.smk), else the
-    DSC layouts."""
-    if model == "pix2pix":
-        return str(paths.tof_training_data_dir(OUT) / "meta.json")
-    return str(paths.training_data_dir(OUT) / "meta.json")

@@ -1,13 +1,16 @@
 # DICOM folder (or user NIfTI) → 4D NIfTI + de-identified JSON sidecar.
 # Every per-subject rule declares only its verdict (qc/{subject}_{stage}.json) as output and
-# the previous stage's verdict as input; the data files it reads and writes are params. A
-# subject whose data fail a stage gets a "failed" verdict and the job still succeeds, so
-# the cohort and the study tables go on (bolus.smk.run_stage; README "When subjects fail").
+# the previous stage's verdict as input; the data files it reads and writes come from
+# bolus.paths. A subject whose data fail a stage gets a "failed" verdict and the job still
+# succeeds, so the cohort and the study tables go on (bolus.smk.run_stage; README "When
+# subjects fail").
 
 
 rule inspect:
+    input:
+        row_files("dsc_nifti"),
     output:
-        inspection("{subject}"),
+        verdict("{subject}", "inspect"),
     log:
         logfile("{subject}", "inspect"),
     benchmark:
@@ -15,7 +18,8 @@ rule inspect:
     conda:
         "../envs/convert.yaml"
     params:
-        row=row,
+        row=columns("dicom_dir", "dsc_nifti"),
+        source=fingerprint("dicom_dir"),
         series=config["dicom"]["series"],
     script:
         "../scripts/inspect.py"
@@ -23,7 +27,8 @@ rule inspect:
 
 rule convert:
     input:
-        previous=inspection("{subject}"),
+        row_files("dsc_nifti"),
+        previous=verdict("{subject}", "inspect"),
     output:
         verdict=verdict("{subject}", "convert"),
     log:
@@ -33,10 +38,8 @@ rule convert:
     conda:
         "../envs/convert.yaml"
     params:
-        row=row,
+        row=columns("dicom_dir", "dsc_nifti"),
         series=config["dicom"]["series"],
         modality=config["modality"],
-        nifti=sp("{subject}", "dsc"),
-        json=sp("{subject}", "dsc_json"),
     script:
         "../scripts/convert.py"

@@ -1,9 +1,16 @@
 # Every method against the reference, per subject; then the study tables and qc.tsv.
 
 
+def evaluated_methods():
+    """Every method whose maps may exist: the SVD methods, then the learned models."""
+    return METHODS + MODELS
+
+
 rule subject_metrics:
     input:
+        row_files("reference_dir", "lesion_mask", "tissue_labels"),
         previous=verdict("{subject}", "perfusion"),
+        maps=lambda wc: svd_verdicts(wc.subject),
         predictions=lambda wc: prediction_verdicts(wc.subject),
     output:
         verdict=verdict("{subject}", "metrics"),
@@ -14,19 +21,19 @@ rule subject_metrics:
     conda:
         "../envs/metrics.yaml"
     params:
-        row=row,
-        prefix=lambda wc: str(Path(OUT) / wc.subject / "perf" / wc.subject),
-        methods=config["svd"]["methods"] + config["models"],
-        config=config,
-        mask=sp("{subject}", "brain_mask"),
-        metrics=sp("{subject}", "metrics_tsv"),
+        row=columns("reference_dir", "lesion_mask", "tissue_labels"),
+        methods=evaluated_methods(),
+        reference=config["reference"],
+        registration=config["reference_registration"],
+        lesion=config["lesion"],
     script:
         "../scripts/subject_metrics.py"
 
 
 rule study:
     input:
-        verdicts=lambda wc: final_verdicts(),
+        verdicts=[verdict(s, "metrics") for s in SUBJECTS],
+        models=[str(paths.model_verdict(OUT, m)) for m in MODELS],
     output:
         subjects=str(paths.subjects_table(OUT)),
         study=str(paths.study_table(OUT)),
@@ -35,14 +42,16 @@ rule study:
         paired=str(paths.paired_table(OUT)),
         excluded=str(paths.excluded_table(OUT)),
     log:
-        f"{OUT}/logs/study.log",
+        str(paths.cohort_log(OUT, "study")),
     conda:
         "../envs/metrics.yaml"
     params:
         participants=config["participants"],
+        rows=lambda wc: [ROWS[s] for s in SUBJECTS],  # strata and splits: a row edit reruns it
         subjects=SUBJECTS,
         seed=config["seed"],
-        config=config,
-        output_dir=lambda wildcards, output: str(Path(output.qc).parent),
+        study=config["study"],
+        models=MODELS,
+        output_dir=OUT,
     script:
         "../scripts/study.py"

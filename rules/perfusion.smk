@@ -1,8 +1,10 @@
-# Concentration, automatic AIF and the SVD maps of every configured method, in one job.
+# Concentration and automatic AIF (one job per subject), then each SVD method's maps (one job
+# per subject and method, reading only that method's options).
 
 
 rule perfusion:
     input:
+        row_files("aif_mask"),
         previous=verdict("{subject}", "preprocess"),
     output:
         verdict=verdict("{subject}", "perfusion"),
@@ -13,16 +15,38 @@ rule perfusion:
     conda:
         "../envs/perfusion.yaml"
     params:
-        prefix=lambda wc: str(Path(OUT) / wc.subject / "perf" / wc.subject),
-        config=config,
-        mc=sp("{subject}", "mc_dsc"),
-        json=sp("{subject}", "dsc_json"),
-        mask=sp("{subject}", "brain_mask"),
-        conc=sp("{subject}", "conc"),
-        aif=sp("{subject}", "aif_tsv"),
-        aif_mask=sp("{subject}", "aif_mask"),
-        tissue_mask=sp("{subject}", "tissue_mask"),
-        user_aif_mask=lambda wc: row(wc).get("aif_mask") or "",
-        leakage_k2=sp("{subject}", "leakage_k2"),
+        modality=config["modality"],
+        aif=config["aif"],
+        concentration=config["concentration"],
+        row=columns("aif_mask"),
     script:
         "../scripts/perfusion.py"
+
+
+rule svd_maps:
+    input:
+        previous=verdict("{subject}", "perfusion"),
+    output:
+        verdict=verdict("{subject}", paths.svd_stage("{method}")),
+    log:
+        logfile("{subject}", paths.svd_stage("{method}")),
+    benchmark:
+        benchmark("{subject}", paths.svd_stage("{method}"))
+    conda:
+        "../envs/perfusion.yaml"
+    params:
+        svd=lambda wc: method_config(wc.method),
+        constants=config["constants"],
+    script:
+        "../scripts/svd_maps.py"
+
+
+def method_config(method):
+    """The part of the svd section one method reads (bolus.perfusion.methods)."""
+    from bolus.perfusion.methods import get_method
+
+    return get_method(method).config(config["svd"])
+
+
+def svd_verdicts(subject):
+    return [verdict(subject, paths.svd_stage(m)) for m in METHODS]

@@ -3,6 +3,7 @@
 
 rule preprocess:
     input:
+        row_files("brain_mask"),
         previous=verdict("{subject}", "convert"),
     output:
         verdict=verdict("{subject}", "preprocess"),
@@ -13,13 +14,7 @@ rule preprocess:
     conda:
         "../envs/preprocess.yaml"
     params:
-        motion=config["motion"]["enabled"],
-        transform=config["motion"]["transform"],
-        dsc=sp("{subject}", "dsc"),
-        mc=sp("{subject}", "mc_dsc"),
-        motion_tsv=sp("{subject}", "motion_tsv"),
-        mask=sp("{subject}", "brain_mask"),
-        fd_threshold_mm=config["motion"]["fd_threshold_mm"],
-        user_mask=lambda wc: row(wc).get("brain_mask") or "",
+        motion=config["motion"],
+        row=columns("brain_mask"),
     script:
         "../scripts/preprocess.py"

@@ -9,6 +9,7 @@ report: "../report/workflow.rst"
 
 rule subject_figures:
     input:
+        row_files("reference_dir"),
         previous=verdict("{subject}", "metrics"),
     output:
         montage=report(
@@ -39,13 +40,12 @@ rule subject_figures:
     conda:
         "../envs/report.yaml"
     params:
-        row=row,
-        prefix=lambda wc: str(Path(OUT) / wc.subject / "perf" / wc.subject),
+        row=columns("reference_dir"),
         methods=evaluated_methods(),
-        config=config,
-        mask=sp("{subject}", "brain_mask"),
-        aif=sp("{subject}", "aif_tsv"),
-        motion=sp("{subject}", "motion_tsv"),
+        reference=config["reference"],
+        registration=config["reference_registration"],
+        lesion=config["lesion"],
+        modality=config["modality"],
     script:
         "../scripts/subject_figures.py"
 
@@ -67,12 +67,13 @@ rule study_figures:
             for name in paths.STUDY_FIGURES
         },
     log:
-        f"{OUT}/logs/study_figures.log",
+        str(paths.cohort_log(OUT, "study_figures")),
     conda:
         "../envs/report.yaml"
     params:
-        output_dir=lambda wildcards, input: str(Path(input.subjects).parents[1]),
-        config=config,
+        output_dir=OUT,
+        models=MODELS,
+        scope=config["study"]["subjects"],
     script:
         "../scripts/study_figures.py"
 
@@ -103,10 +104,11 @@ rule report_tables:
             labels={"table": "excluded subjects"},
         ),
     log:
-        f"{OUT}/logs/report_tables.log",
+        str(paths.cohort_log(OUT, "report_tables")),
     conda:
         "../envs/report.yaml"
     params:
-        config=config,
+        models=MODELS,
+        scope=config["study"]["subjects"],
     script:
         "../scripts/report_tables.py"

@@ -1,22 +1,13 @@
 # Path helpers of the report rules (rules/report.smk).
 
 
-def evaluated_methods():
-    """Every method whose maps may exist: the SVD methods, then the learned models."""
-    return list(config["svd"]["methods"]) + list(config.get("models", []))
-
-
 def subject_figure(subject, kind):
     return str(paths.subject_figure(OUT, subject, kind))
 
 
 def subject_figure_targets(wildcards):
     """The per-subject figures of every subject (an excluded subject's say why)."""
-    return [
-        subject_figure(s, kind)
-        for s in usable_subjects()
-        for kind in paths.SUBJECT_FIGURES
-    ]
+    return [subject_figure(s, kind) for s in SUBJECTS for kind in paths.SUBJECT_FIGURES]
 
 
 def study_caption(name):

@@ -1,10 +1,10 @@
 from bolus.preprocess.coregister import tof_stage
-from bolus.smk import run_stage
+from bolus.smk import run_stage, subject_paths
 
 s = snakemake  # noqa: F821 (injected by Snakemake)
-p = s.params
+out = subject_paths(s)
 run_stage(
     s,
     "tof",
-    lambda: tof_stage(p.row, p.mc, p.tof, p.tof_json, p.coreg, s.wildcards.subject),
+    lambda: tof_stage(s.params.row, out.mc_dsc, out.tof, out.tof_json, out.coreg_tof, out.pid),
 )

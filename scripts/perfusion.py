@@ -1,4 +1,4 @@
-from bolus.smk import run_stage
+from bolus.smk import run_stage, subject_paths
 from bolus.stages import perfusion_subject
 
 s = snakemake  # noqa: F821 (injected by Snakemake)
@@ -7,8 +7,7 @@ run_stage(
     s,
     "perfusion",
     lambda: perfusion_subject(
-        p.mc, p.json, p.mask, p.conc, p.aif, p.aif_mask, p.prefix, config=p.config,
-        out_tissue_mask=p.tissue_mask, user_aif_mask=p.user_aif_mask,
-        out_leakage_k2=p.leakage_k2,
+        subject_paths(s), modality=p.modality, aif=p.aif, concentration=p.concentration,
+        user_aif_mask=p.row["aif_mask"],
     ),
 )  # fmt: skip

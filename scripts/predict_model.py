@@ -7,6 +7,7 @@ run_stage(
     s,
     s.rule,
     lambda: predict_stage(
-        s.input.model, p.output_dir, s.wildcards.subject, p.maps, s.threads, p.config
+        p.model, s.input.model, p.output_dir, s.wildcards.subject, device=p.device,
+        threads=s.threads,
     ),
-)
+)  # fmt: skip

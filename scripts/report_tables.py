@@ -11,5 +11,6 @@ with logged(s):
         s.output.study,
         s.output.paired,
         s.output.excluded,
-        config=s.params.config,
+        models=s.params.models,
+        scope=s.params.scope,
     )

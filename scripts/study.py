@@ -8,5 +8,6 @@ with logged(s):
         s.params.subjects,
         s.params.output_dir,
         seed=s.params.seed,
-        config=s.params.config,
+        study=s.params.study,
+        models=s.params.models,
     )

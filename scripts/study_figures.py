@@ -3,4 +3,6 @@ from bolus.smk import logged
 
 s = snakemake  # noqa: F821 (injected by Snakemake)
 with logged(s):
-    study_figures(s.input.subjects, s.params.output_dir, config=s.params.config)
+    study_figures(
+        s.input.subjects, s.params.output_dir, models=s.params.models, scope=s.params.scope
+    )

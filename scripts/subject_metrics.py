@@ -1,4 +1,4 @@
-from bolus.smk import run_stage
+from bolus.smk import run_stage, subject_paths
 from bolus.stages import subject_metrics_table
 
 s = snakemake  # noqa: F821 (injected by Snakemake)
@@ -7,8 +7,8 @@ run_stage(
     s,
     "metrics",
     lambda: subject_metrics_table(
-        s.wildcards.subject, p.prefix, p.methods, p.mask, p.metrics,
-        reference_dir=row.get("reference_dir"), lesion_mask=row.get("lesion_mask"),
-        tissue_labels=row.get("tissue_labels"), config=p.config,
+        subject_paths(s), p.methods, reference=p.reference, registration=p.registration,
+        lesion=p.lesion, reference_dir=row["reference_dir"], lesion_mask=row["lesion_mask"],
+        tissue_labels=row["tissue_labels"],
     ),
 )  # fmt: skip

@@ -3,4 +3,6 @@ from bolus.smk import logged
 
 s = snakemake  # noqa: F821 (injected by Snakemake)
 with logged(s):
-    tof_training_data_stage(s.params.rows, s.params.output_dir, s.output[0], s.params.config)
+    tof_training_data_stage(
+        s.params.rows, s.params.output_dir, s.output[0], registration=s.params.registration
+    )

@@ -2,5 +2,13 @@ from bolus.learn.stages import training_data_stage
 from bolus.smk import logged
 
 s = snakemake  # noqa: F821 (injected by Snakemake)
+p = s.params
 with logged(s):
-    training_data_stage(s.params.rows, s.params.output_dir, s.output[0], config=s.params.config)
+    training_data_stage(
+        p.rows,
+        p.output_dir,
+        s.output[0],
+        training={"voxels_per_subject": p.voxels_per_subject, "lesion_tmax_s": p.lesion_tmax_s},
+        seed=p.seed,
+        registration=p.registration,
+    )

@@ -206,7 +206,7 @@ def test_perfusion_stage_writes_k2_and_the_vof(tmp_path):
     from bolus import paths
     from bolus.io.nifti import save_like
     from bolus.simulate.cohort import simulate_subject
-    from bolus.stages import perfusion_subject
+    from bolus.stages import perfusion_and_maps
 
     sim = simulate_subject(
         11, 3, "tumour", matrix=(48, 48, 8), n_timepoints=50, tumour_leakage_per_s=1e-3
@@ -222,11 +222,7 @@ def test_perfusion_stage_writes_k2_and_the_vof(tmp_path):
         "concentration": {"leakage_correction": True},
         "aif": {"method": "cluster"},
     }
-    prefix = tmp_path / "sub-01" / "perf" / "sub-01"
-    perfusion_subject(
-        sp.mc_dsc, sp.dsc_json, sp.brain_mask, sp.conc, sp.aif_tsv, sp.aif_mask, prefix,
-        config=config, out_leakage_k2=sp.leakage_k2,
-    )  # fmt: skip
+    perfusion_and_maps(sp, config)
     assert sp.leakage_k2.name == "sub-01_desc-leakage_k2.nii.gz"
     k2 = nib.load(sp.leakage_k2).get_fdata()
     tumour = sim.truth["labels"] == TUMOUR

@@ -85,7 +85,7 @@ def test_reference_maps_in_another_grid_are_registered_onto_the_dsc_grid(subject
     assert after.mean() < 0.5 * grid.pixel_spacing_mm and after.max() < grid.pixel_spacing_mm
     # and the maps now agree better with the truth than a world-coordinate resampling
     truth = nib.load(tmp_path / "truth" / "cbf.nii.gz").get_fdata()
-    from bolus.stages import load_reference_maps
+    from bolus.evaluate.reference import load_reference_maps
 
     naive = load_reference_maps(moved, grid.shape, grid.affine_ras)["cbf"]
     ok = subject.phantom.brain & np.isfinite(naive) & np.isfinite(maps["cbf"])

@@ -49,18 +49,14 @@ def write_pipeline_outputs(out_dir, pid, sim) -> None:
     """What convert/preprocess would leave for ``sim`` (no motion), then the real
     perfusion stage (concentration, automatic AIF, SVD maps)."""
     from bolus.io.nifti import save_like
-    from bolus.stages import perfusion_subject
+    from bolus.stages import perfusion_and_maps
 
     sp = paths.SubjectPaths(out_dir, pid)
     affine = sim.phantom.grid.affine_ras
     save_like(sim.signal, affine, sp.mc_dsc)
     sp.dsc_json.write_text(json.dumps({"VolumeTiming": sim.time_s.tolist(), "EchoTime": sim.te_s}))
     save_like(sim.truth["brain"] > 0, affine, sp.brain_mask, dtype=np.uint8)
-    prefix = Path(out_dir) / pid / "perf" / pid
-    perfusion_subject(
-        sp.mc_dsc, sp.dsc_json, sp.brain_mask, sp.conc, sp.aif_tsv, sp.aif_mask, prefix,
-        config={"participants": "x", "svd": {"methods": ["osvd"]}},
-    )  # fmt: skip
+    perfusion_and_maps(sp, {"svd": {"methods": ["osvd"]}})
 
 
 @pytest.fixture(scope="module")

@@ -103,7 +103,8 @@ def _write(folder, sim, signal=None, *, vendor=None, extra_series=False):
 def _pipeline_pcc(folder, sim, *, motion=True, nifti=None, modality="dsc"):
     """Convert (the DICOM folder, or ``nifti``), preprocess, oSVD; Pearson r of CBF and CBV
     with the truth."""
-    from bolus import stages
+    from bolus import paths, stages
+    from bolus.evaluate.reference import load_reference_maps
     from bolus.io.nifti import load_volume
     from bolus.simulate.cohort import write_truth
 
@@ -112,18 +113,13 @@ def _pipeline_pcc(folder, sim, *, motion=True, nifti=None, modality="dsc"):
     row = {"participant_id": "sub-01"}
     row.update({"dsc_nifti": str(nifti)} if nifti else {"dicom_dir": str(folder / "dicom")})
     stages.convert_subject(row, out / "dsc.nii.gz", out / "dsc.json", modality=modality)
-    stages.preprocess_subject(
-        out / "dsc.nii.gz", out / "mc.nii.gz", out / "motion.tsv", out / "mask.nii.gz",
-        motion=motion, workers=2,
-    )  # fmt: skip
-    config = {"participants": "x", "svd": {"methods": ["osvd"]}, "modality": modality}
-    stages.perfusion_subject(
-        out / "mc.nii.gz", out / "dsc.json", out / "mask.nii.gz", out / "conc.nii.gz",
-        out / "aif.tsv", out / "aif_mask.nii.gz", out / "sub-01", config,
-        out_tissue_mask=out / "tissue.nii.gz",
-    )  # fmt: skip
-    mask, affine = load_volume(out / "mask.nii.gz")
-    reference = stages.load_reference_maps(folder / "truth", mask.shape, affine)
+    subject = paths.SubjectPaths.at_prefix(out / "sub-01").with_input(
+        dsc=out / "dsc.nii.gz", dsc_json=out / "dsc.json"
+    )
+    stages.preprocess_subject(subject, {"enabled": motion}, workers=2)
+    stages.perfusion_and_maps(subject, {"svd": {"methods": ["osvd"]}, "modality": modality})
+    mask, affine = load_volume(subject.brain_mask)
+    reference = load_reference_maps(folder / "truth", mask.shape, affine)
     inside = (mask > 0) & np.isfinite(reference["cbf"])
     result = {}
     for name in ("cbf", "cbv"):

@@ -138,10 +138,8 @@ def _reference_setup(tmp_path, affine_change):
 def _metrics(prefix, ref_dir, tmp_path):
     from bolus.stages import subject_metrics_table
 
-    return subject_metrics_table(
-        "sub-01", prefix, ["ssvd"], tmp_path / "mask.nii.gz", tmp_path / "m.tsv",
-        reference_dir=ref_dir, config={"participants": ""},
-    )  # fmt: skip
+    subject = paths.SubjectPaths.at_prefix(prefix).with_input(brain_mask=tmp_path / "mask.nii.gz")
+    return subject_metrics_table(subject, ["ssvd"], reference_dir=ref_dir)
 
 
 def test_reference_maps_on_another_grid_are_resampled(tmp_path):
@@ -396,9 +394,9 @@ def test_no_arterial_input_function_is_a_subject_failure(tmp_path):
     save_like(np.zeros(data.shape[:3]), np.eye(4), tmp_path / "mask.nii.gz", dtype=np.uint8)
     sidecar = {"EchoTime": 0.03, "VolumeTiming": t.tolist()}
     (tmp_path / "dsc.json").write_text(json.dumps(sidecar))
+    subject = paths.SubjectPaths.at_prefix(tmp_path / "sub-05").with_input(
+        mc_dsc=tmp_path / "sub-05_desc-mc_dsc.nii.gz", dsc_json=tmp_path / "dsc.json",
+        brain_mask=tmp_path / "mask.nii.gz",
+    )  # fmt: skip
     with pytest.raises(SubjectError, match=r"^sub-05: .*no arterial input function: the mask"):
-        perfusion_subject(
-            tmp_path / "sub-05_desc-mc_dsc.nii.gz", tmp_path / "dsc.json",
-            tmp_path / "mask.nii.gz", tmp_path / "c.nii.gz", tmp_path / "aif.tsv",
-            tmp_path / "aifmask.nii.gz", tmp_path / "sub-05",
-        )  # fmt: skip
+        perfusion_subject(subject)

@@ -70,26 +70,25 @@ def two_methods(tmp_path):
     return prefix, tmp_path
 
 
+def _subject(prefix, tmp) -> paths.SubjectPaths:
+    return paths.SubjectPaths.at_prefix(prefix).with_input(brain_mask=tmp / "mask.nii.gz")
+
+
 def test_metrics_against_a_named_method(two_methods):
     prefix, tmp = two_methods
-    table = subject_metrics_table(
-        "sub-01", prefix, ["ssvd", "osvd"], tmp / "mask.nii.gz", tmp / "m.tsv",
-        config={"participants": "", "reference": "ssvd"},
-    )  # fmt: skip
+    subject = _subject(prefix, tmp)
+    table = subject_metrics_table(subject, ["ssvd", "osvd"], reference="ssvd")
     assert set(table["method"]) == {"osvd"}, "the reference is not compared with itself"
     nrmse = table.query("map == 'cbf' and metric == 'nrmse' and region == 'brain'")["value"]
     assert nrmse.iloc[0] == pytest.approx(0.1, rel=1e-4)
-    assert pd.read_csv(tmp / "m.tsv", sep="\t").shape[0] == len(table)
+    assert pd.read_csv(subject.metrics_tsv, sep="\t").shape[0] == len(table)
 
 
 def test_metrics_need_reference_maps(two_methods, tmp_path):
     prefix, tmp = two_methods
     (tmp_path / "empty").mkdir()
     with pytest.raises(SubjectError, match="sub-01: .*no reference maps"):
-        subject_metrics_table(
-            "sub-01", prefix, ["ssvd"], tmp / "mask.nii.gz", tmp / "m.tsv",
-            reference_dir=tmp_path / "empty", config={"participants": ""},
-        )  # fmt: skip
+        subject_metrics_table(_subject(prefix, tmp), ["ssvd"], reference_dir=tmp_path / "empty")
 
 
 def test_comparison_is_restricted_to_where_the_reference_is_defined(two_methods, tmp_path):
@@ -106,10 +105,7 @@ def test_comparison_is_restricted_to_where_the_reference_is_defined(two_methods,
         garbage = truth.copy()
         garbage[undefined] = 1e6
         save_like(garbage, affine, paths.map_prefix(prefix, "ssvd", name))
-    table = subject_metrics_table(
-        "sub-01", prefix, ["ssvd"], tmp / "mask.nii.gz", tmp / "m.tsv",
-        reference_dir=ref_dir, config={"participants": ""},
-    )  # fmt: skip
+    table = subject_metrics_table(_subject(prefix, tmp), ["ssvd"], reference_dir=ref_dir)
     brain = table.query("region == 'brain' and metric in ['mae', 'nrmse']")
     assert np.allclose(brain["value"], 0.0, atol=1e-5)
     # the garbage Tmax (1e6 s > 6 s) there must not count as a hypoperfusion lesion
@@ -144,12 +140,9 @@ def test_preprocessed_series_keep_the_repetition_time(tmp_path):
     image.header.set_zooms(image.header.get_zooms()[:3] + (1.5,))
     image.header.set_xyzt_units("mm", "sec")
     nib.save(image, tmp_path / "dsc.nii.gz")
-    out = tmp_path / "out"
-    preprocess_subject(
-        tmp_path / "dsc.nii.gz", out / "mc.nii.gz", out / "motion.tsv", out / "mask.nii.gz",
-        motion=False,
-    )  # fmt: skip
-    assert nib.load(out / "mc.nii.gz").header.get_zooms()[3] == pytest.approx(1.5)
-    motion = pd.read_csv(out / "motion.tsv", sep="\t")
+    out = paths.SubjectPaths(tmp_path / "out", "sub-01").with_input(dsc=tmp_path / "dsc.nii.gz")
+    preprocess_subject(out, {"enabled": False})
+    assert nib.load(out.mc_dsc).header.get_zooms()[3] == pytest.approx(1.5)
+    motion = pd.read_csv(out.motion_tsv, sep="\t")
     assert motion.shape == (8, 9) and (motion["fd_above_threshold"] == 0).all()
-    assert nib.load(out / "mask.nii.gz").get_fdata().sum() > 0
+    assert nib.load(out.brain_mask).get_fdata().sum() > 0

@@ -66,17 +66,19 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def _prefix_paths(prefix: str):
+    """SubjectPaths whose files are ``<prefix>_…`` (``prefix`` = ``<folder>/<subject>``)."""
+    from bolus.paths import SubjectPaths
+
+    return SubjectPaths.at_prefix(prefix)
+
+
 def cmd_preprocess(args) -> int:
     from bolus.stages import preprocess_subject
 
-    prefix = args.out_prefix
-    preprocess_subject(
-        args.dsc,
-        f"{prefix}_desc-mc_dsc.nii.gz",
-        f"{prefix}_motion.tsv",
-        f"{prefix}_desc-brain_mask.nii.gz",
-        motion=not args.no_motion,
-    )
+    subject = _prefix_paths(args.out_prefix).with_input(dsc=Path(args.dsc))
+    subject.mc_dsc.parent.mkdir(parents=True, exist_ok=True)
+    preprocess_subject(subject, {"enabled": not args.no_motion})
     return 0
 
 
@@ -99,34 +101,33 @@ def cmd_tof(args) -> int:
 
 
 def cmd_perfusion(args) -> int:
-    from bolus.stages import perfusion_subject
+    from bolus.stages import perfusion_and_maps
 
-    prefix = args.out_prefix
-    perfusion_subject(
-        args.dsc,
-        args.json,
-        args.mask,
-        f"{prefix}_desc-conc_dsc.nii.gz",
-        f"{prefix}_aif.tsv",
-        f"{prefix}_desc-aif_mask.nii.gz",
-        prefix,
-        config=_config(args.config),
-        out_leakage_k2=f"{prefix}_desc-leakage_k2.nii.gz",
+    subject = _prefix_paths(args.out_prefix).with_input(
+        mc_dsc=Path(args.dsc), dsc_json=Path(args.json), brain_mask=Path(args.mask)
     )
+    perfusion_and_maps(subject, _config(args.config))
     return 0
 
 
 def cmd_maps(args) -> int:
+    from bolus import paths
     from bolus.stages import maps_from_files
 
-    for path in maps_from_files(
-        args.conc, args.aif, args.out_prefix, args.method, args.mask, config=_config(args.config)
-    ):
+    config = _config(args.config) if args.config else {}  # else the schema's defaults
+    out = {name: paths.map_prefix(args.out_prefix, args.method, name) for name in paths.MAPS}
+    written = maps_from_files(
+        args.conc, args.aif, args.method, out, args.mask,
+        config.get("svd"), config.get("constants"),
+    )  # fmt: skip
+    for path in written:
         print(path)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bolus.perfusion.methods import METHODS as DECONVOLUTION_METHODS
+
     parser = argparse.ArgumentParser(prog="bolus", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("conc")
     p.add_argument("aif", help="TSV with columns time (s) and concentration")
     p.add_argument("out_prefix")
-    p.add_argument("--method", required=True, choices=["ssvd", "csvd", "osvd"])
+    p.add_argument("--method", required=True, choices=list(DECONVOLUTION_METHODS))
     p.add_argument("--mask")
     p.add_argument("--config", help="config.yaml (defaults from the schema)")
     p.set_defaults(func=cmd_maps)

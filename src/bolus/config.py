@@ -29,7 +29,12 @@ def load_schema(name: str) -> dict[str, Any]:
     """Load ``schemas/<name>.schema.yaml`` (``config`` or ``participants``)."""
     path = _schema_dir() / f"{name}.schema.yaml"
     with open(path) as fh:
-        return yaml.safe_load(fh)
+        schema = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    if name == "config":  # the methods' one home is their registry
+        from bolus.perfusion.methods import METHODS
+
+        schema["properties"]["svd"]["properties"]["methods"]["items"]["enum"] = list(METHODS)
+    return schema
 
 
 def _defaults_of(schema: dict[str, Any]) -> Any:
@@ -60,6 +65,17 @@ def with_defaults(config: dict[str, Any] | None) -> dict[str, Any]:
         return copy.deepcopy(over) if over is not None else base
 
     return merge(schema_defaults(), config or {})
+
+
+def section(name: str, value: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One config section (``svd``, ``aif``, ``lesion``, …) with its missing keys filled from
+    the schema. Stage functions take the sections they read, so a rule's params can carry
+    exactly those; in the workflow they arrive filled already (the Snakefile validates the
+    config once), from tests and the command line they may be partial or None."""
+    defaults = schema_defaults()
+    if name not in defaults:
+        raise KeyError(f"the config schema has no section {name!r}")
+    return defaults[name] if value is None else with_defaults({name: value})[name]
 
 
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -92,3 +92,30 @@ def strata_columns(table: pd.DataFrame) -> list[str]:
     """Columns beyond the documented ones: carried into study tables as strata."""
     known = {"participant_id", "split", *PATH_COLUMNS}
     return [c for c in table.columns if c not in known]
+
+
+def source_fingerprint(path) -> str:
+    """``<files>:<bytes>:<newest mtime in ns>`` of a file, or of every file under a folder
+    (one stat per file, no file is read); ``missing`` when there is none. The workflow
+    carries it as a param of the jobs that read a subject's source data, so a replaced or
+    re-exported DICOM folder reruns that subject's chain."""
+    import os
+
+    def walk(folder):
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=True):
+                    yield from walk(entry.path)
+                elif entry.is_file(follow_symlinks=True):
+                    yield entry.stat()
+
+    path = Path(path)
+    if path.is_file():
+        stats = [path.stat()]
+    elif path.is_dir():
+        stats = list(walk(path))
+    else:
+        return "missing"
+    size = sum(s.st_size for s in stats)
+    newest = max((s.st_mtime_ns for s in stats), default=0)
+    return f"{len(stats)}:{size}:{newest}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 MAPS = ("cbf", "cbv", "mtt", "tmax", "ttp")
-#: the unit of every map (DESIGN.md, "Units and conventions")
+#: the unit of every map
 MAP_UNITS = {
     "cbf": "ml/100 g/min",
     "cbv": "ml/100 g",
@@ -17,7 +17,6 @@ MAP_UNITS = {
     "tmax": "s",
     "ttp": "s",
 }
-SVD_METHODS = ("ssvd", "csvd", "osvd")
 
 
 def bids(
@@ -42,81 +41,90 @@ def bids(
     return str(Path(root) / sub / datatype / name)
 
 
-class SubjectPaths:
-    """Every per-subject output of DESIGN.md for one ``participant_id``."""
+#: every per-subject file: attribute of :class:`SubjectPaths` → (suffix, desc, extension)
+SUBJECT_FILES = {
+    "dsc": ("dsc", None, ".nii.gz"),  # the converted series
+    "dsc_json": ("dsc", None, ".json"),  # its de-identified sidecar
+    "mc_dsc": ("dsc", "mc", ".nii.gz"),  # motion-corrected
+    "motion_tsv": ("motion", None, ".tsv"),
+    "brain_mask": ("mask", "brain", ".nii.gz"),
+    # brain without CSF and large vessels, for metrics (written by the perfusion stage)
+    "tissue_mask": ("mask", "tissue", ".nii.gz"),
+    "conc": ("dsc", "conc", ".nii.gz"),  # concentration (ΔR2* 1/s, or HU)
+    "aif_tsv": ("aif", None, ".tsv"),
+    "aif_mask": ("mask", "aif", ".nii.gz"),
+    # Boxerman–Weisskoff leakage K2 map (1/s), with concentration.leakage_correction
+    "leakage_k2": ("k2", "leakage", ".nii.gz"),
+    "metrics_tsv": ("metrics", None, ".tsv"),
+    "tof": ("tof", None, ".nii.gz"),  # the converted TOF-MRA, in its own grid
+    "tof_json": ("tof", None, ".json"),
+    "coreg_tof": ("tof", "coreg", ".nii.gz"),  # the TOF-MRA registered onto the DSC grid
+}
 
-    def __init__(self, output_dir: str | Path, participant_id: str):
+
+class SubjectPaths:
+    """Every per-subject output for one ``participant_id``: BIDS-derivatives names
+    ``<output_dir>/sub-<label>/perf/sub-<label>[_desc-<desc>]_<suffix><ext>``, one attribute
+    per :data:`SUBJECT_FILES` entry, plus each method's maps (:meth:`map`).
+
+    The ``bolus`` commands name files by a prefix instead (:meth:`at_prefix`) and may take
+    inputs from elsewhere (:meth:`with_input`); the stages see the same object either way.
+    """
+
+    def __init__(self, output_dir: str | Path, participant_id: str, *, prefix=None, inputs=None):
         self.root = Path(output_dir)
         self.pid = participant_id
+        self._prefix = Path(prefix) if prefix is not None else None
+        self._inputs = dict(inputs or {})
+
+    @classmethod
+    def at_prefix(cls, prefix: str | Path) -> SubjectPaths:
+        """Files ``<prefix>_…`` (``prefix``: ``<folder>/<participant_id>``), as the ``bolus``
+        commands write them."""
+        prefix = Path(prefix)
+        return cls(prefix.parent, prefix.name.split("_")[0], prefix=prefix)
+
+    def with_input(self, **files) -> SubjectPaths:
+        """A copy whose named files (attributes of :data:`SUBJECT_FILES`) are elsewhere."""
+        unknown = set(files) - set(SUBJECT_FILES)
+        if unknown:
+            raise AttributeError(f"no subject file {', '.join(sorted(unknown))}")
+        return SubjectPaths(
+            self.root, self.pid, prefix=self._prefix, inputs={**self._inputs, **files}
+        )
 
     def _p(self, suffix: str, desc: str | None = None, extension: str = ".nii.gz") -> Path:
+        if self._prefix is not None:
+            return Path(f"{self._prefix}{f'_desc-{desc}' if desc else ''}_{suffix}{extension}")
         return Path(bids(self.root, self.pid, suffix, desc=desc, extension=extension))
 
-    @property
-    def dsc(self) -> Path:
-        return self._p("dsc")
+    def __getattr__(self, name: str) -> Path:
+        if name.startswith("_") or name not in SUBJECT_FILES:
+            raise AttributeError(name)
+        if name in self._inputs:
+            return Path(self._inputs[name])
+        return self._p(*SUBJECT_FILES[name])
 
     @property
-    def dsc_json(self) -> Path:
-        return self._p("dsc", extension=".json")
-
-    @property
-    def mc_dsc(self) -> Path:
-        return self._p("dsc", desc="mc")
-
-    @property
-    def motion_tsv(self) -> Path:
-        return self._p("motion", extension=".tsv")
-
-    @property
-    def brain_mask(self) -> Path:
-        return self._p("mask", desc="brain")
-
-    @property
-    def tissue_mask(self) -> Path:
-        """Brain without CSF and large vessels, for metrics (written by the perfusion stage)."""
-        return self._p("mask", desc="tissue")
-
-    @property
-    def conc(self) -> Path:
-        return self._p("dsc", desc="conc")
-
-    @property
-    def aif_tsv(self) -> Path:
-        return self._p("aif", extension=".tsv")
-
-    @property
-    def aif_mask(self) -> Path:
-        return self._p("mask", desc="aif")
-
-    @property
-    def leakage_k2(self) -> Path:
-        """Boxerman–Weisskoff leakage K2 map (1/s), with ``concentration.leakage_correction``."""
-        return self._p("k2", desc="leakage")
+    def prefix(self) -> Path:
+        """``<output_dir>/sub-<label>/perf/sub-<label>``: what ``bolus`` commands take as
+        ``out_prefix``."""
+        return self._prefix if self._prefix is not None else self.dsc.parent / self.pid
 
     def map(self, method: str, name: str) -> Path:
         return self._p(name, desc=method)
 
-    def maps(self, method: str) -> dict[str, Path]:
-        return {name: self.map(method, name) for name in MAPS}
+    def maps(self, method: str, names=MAPS) -> dict[str, Path]:
+        return {name: self.map(method, name) for name in names}
 
-    @property
-    def metrics_tsv(self) -> Path:
-        return self._p("metrics", extension=".tsv")
+    def verdict(self, stage: str) -> Path:
+        return verdict(self.root, self.pid, stage)
 
-    @property
-    def tof(self) -> Path:
-        """The converted TOF-MRA, in its own grid (``sub-XX_tof.nii.gz``)."""
-        return self._p("tof")
+    def log(self, stage: str) -> Path:
+        return log_file(self.root, self.pid, stage)
 
-    @property
-    def tof_json(self) -> Path:
-        return self._p("tof", extension=".json")
-
-    @property
-    def coreg_tof(self) -> Path:
-        """The TOF-MRA registered and resampled onto the DSC grid."""
-        return self._p("tof", desc="coreg")
+    def benchmark(self, stage: str) -> Path:
+        return benchmark_file(self.root, self.pid, stage)
 
 
 def map_prefix(prefix: str | Path, method: str, name: str) -> Path:
@@ -205,8 +213,30 @@ def verdict(output_dir: str | Path, participant_id: str, stage: str) -> Path:
     return Path(output_dir) / "qc" / f"{participant_id}_{stage}.json"
 
 
+def svd_stage(method: str) -> str:
+    """The stage name (verdict, log) of one SVD method's maps: ``maps_<method>``."""
+    return f"maps_{method}"
+
+
+def predict_stage(model: str) -> str:
+    """The stage name (verdict, log) of one learned model's prediction: ``predict_<model>``."""
+    return f"predict_{model}"
+
+
 def log_file(output_dir: str | Path, participant_id: str, stage: str) -> Path:
+    """``<output_dir>/logs/<participant_id>/<stage>.log``; ``participant_id`` ``models`` holds
+    the cohort's training logs, and a cohort-wide job's log is :func:`cohort_log`."""
     return Path(output_dir) / "logs" / participant_id / f"{stage}.log"
+
+
+def cohort_log(output_dir: str | Path, job: str) -> Path:
+    """``<output_dir>/logs/<job>.log`` of a job over the whole cohort (study, figures)."""
+    return Path(output_dir) / "logs" / f"{job}.log"
+
+
+def benchmark_file(output_dir: str | Path, participant_id: str, stage: str) -> Path:
+    """Wall time and memory of one job (Snakemake's benchmark table)."""
+    return Path(output_dir) / "benchmarks" / participant_id / f"{stage}.tsv"
 
 
 def excluded_table(output_dir: str | Path) -> Path:
@@ -228,6 +258,13 @@ def model_file(output_dir: str | Path, model: str) -> Path:
     return model_dir(output_dir, model) / "model.pt"
 
 
+def model_verdict(output_dir: str | Path, model: str) -> Path:
+    """``<output_dir>/models/<model>/verdict.json``: the training job's verdict (ok with the
+    maps the model learned, ``skipped`` or ``failed`` with the reason), the output of the
+    training rule and the input of the model's predictions."""
+    return model_dir(output_dir, model) / "verdict.json"
+
+
 def training_data_dir(output_dir: str | Path) -> Path:
     """The cohort's memory-mapped training data (``meta.json`` marks it complete)."""
     return models_dir(output_dir) / "data"
@@ -237,3 +274,11 @@ def tof_training_data_dir(output_dir: str | Path) -> Path:
     """The cohort's memory-mapped TOF training data of pix2pix (``meta.json`` marks it
     complete)."""
     return training_data_dir(output_dir) / "tof"
+
+
+def training_meta(output_dir: str | Path, layout: str) -> Path:
+    """The ``meta.json`` of the training data a layout reads (``tof``: pix2pix's volumes;
+    else the DSC voxels and slices); it records ``status`` and, when no data could be
+    written, the reason."""
+    folder = tof_training_data_dir(output_dir) if layout == "tof" else training_data_dir(output_dir)
+    return folder / "meta.json"

@@ -15,6 +15,12 @@ qc.tsv has one row per subject and stage reached (``participant_id, stage, statu
 reason``): a subject that completed has one ``ok`` row per stage, an excluded subject its
 ``ok`` rows and then exactly one ``failed`` row, so ``status == "failed"`` lists the
 exclusions once each.
+
+Learned models are trained once per cohort: each training job leaves a verdict
+(:func:`bolus.paths.model_verdict`: ok, ``skipped`` — it cannot be trained on this cohort,
+e.g. no TOF or no reference map it predicts — or ``failed``), listed in qc.tsv as rows
+``participant_id = cohort``, ``stage = train_<model>``. A model that did not train costs
+no subject anything: the study tables score every other method.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from bolus.io import atomic
 QC_COLUMNS = ("participant_id", "stage", "status", "reason")
 #: exit status of a run that wrote the study tables but excluded at least one subject
 PARTIAL_EXIT_STATUS = 3
+#: qc.tsv's participant_id of the cohort-wide rows (model training)
+COHORT = "cohort"
 
 
 def write_verdict(path, participant_id: str, stage: str, status: str, reason: str = "", **extra):
@@ -64,8 +72,23 @@ def subject_chain(output_dir, participant_id: str) -> list[dict]:
     return chain
 
 
-def qc_table(output_dir, participant_ids: Iterable[str]) -> pd.DataFrame:
-    """qc.tsv's rows for ``participant_ids`` from their verdicts."""
+def model_verdicts(output_dir, models: Iterable[str]) -> dict[str, dict]:
+    """``{model: verdict}`` of each model's training (``missing`` when it did not run)."""
+    found = {}
+    for model in models:
+        path = paths.model_verdict(output_dir, model)
+        if path.exists():
+            found[model] = read_verdict(path)
+        else:
+            found[model] = {"status": "missing", "reason": "training did not run (see the logs)"}
+    return found
+
+
+def qc_table(
+    output_dir, participant_ids: Iterable[str], models: Iterable[str] = ()
+) -> pd.DataFrame:
+    """qc.tsv's rows for ``participant_ids`` from their verdicts, then one row per learned
+    model's training (``participant_id`` :data:`COHORT`)."""
     rows = []
     for pid in participant_ids:
         chain = subject_chain(output_dir, pid)
@@ -82,7 +105,13 @@ def qc_table(output_dir, participant_ids: Iterable[str]) -> pd.DataFrame:
         if last.get("status") == "ok" and last["stage"] != paths.STAGES[-1]:
             following = paths.STAGES[paths.STAGES.index(last["stage"]) + 1]
             rows.append((pid, following, "missing", "stage did not run (see the logs)"))
+    for model, record in model_verdicts(output_dir, models).items():
+        rows.append((COHORT, f"train_{model}", record["status"], record.get("reason", "")))
     return pd.DataFrame(rows, columns=list(QC_COLUMNS))
+
+
+def _subject_rows(qc: pd.DataFrame) -> pd.DataFrame:
+    return qc[qc["participant_id"] != COHORT]
 
 
 def completed(qc: pd.DataFrame) -> list[str]:
@@ -93,7 +122,7 @@ def completed(qc: pd.DataFrame) -> list[str]:
 
 def exclusions(qc: pd.DataFrame) -> pd.DataFrame:
     """One row per subject that did not complete: participant_id, stage, status, reason."""
-    last = qc.groupby("participant_id", sort=False).tail(1)
+    last = _subject_rows(qc).groupby("participant_id", sort=False).tail(1)
     return last[last["status"] != "ok"].reset_index(drop=True)
 
 
@@ -104,10 +133,26 @@ def summary(output_dir) -> tuple[int, int, str]:
     if not qc_path.exists():
         return 0, 0, f"bolus: no {qc_path} yet: the study step has not run"
     qc = pd.read_csv(qc_path, sep="\t", dtype=str, keep_default_na=False)
-    n_total = qc["participant_id"].nunique()
+    n_total = _subject_rows(qc)["participant_id"].nunique()
     excluded = exclusions(qc)
+    models = qc[(qc["participant_id"] == COHORT) & (qc["status"] != "ok")]
+    not_trained = [
+        f"  model {row.stage.removeprefix('train_')} {row.status}: {row.reason}"
+        for row in models.itertuples()
+    ]
+    if not_trained:
+        not_trained.insert(0, "bolus: learned models left out of the study tables:")
     if excluded.empty:
-        return 0, n_total, f"bolus: all {n_total} subjects completed; study: {output_dir}/metrics"
+        return (
+            0,
+            n_total,
+            "\n".join(
+                [
+                    f"bolus: all {n_total} subjects completed; study: {output_dir}/metrics",
+                    *not_trained,
+                ]
+            ),
+        )
     lines = [
         f"bolus: {len(excluded)} of {n_total} subjects failed and are excluded from the study "
         f"tables ({n_total - len(excluded)} completed). Reasons in {qc_path}; "
@@ -115,4 +160,4 @@ def summary(output_dir) -> tuple[int, int, str]:
     ]
     for row in excluded.itertuples():
         lines.append(f"  {row.participant_id} at {row.stage}: {row.reason}")
-    return len(excluded), n_total, "\n".join(lines)
+    return len(excluded), n_total, "\n".join(lines + not_trained)

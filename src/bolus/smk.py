@@ -37,6 +37,14 @@ def logged(snakemake):
             sys.stdout, sys.stderr = old_out, old_err
 
 
+def subject_paths(snakemake):
+    """The job's subject's :class:`bolus.paths.SubjectPaths` (every file its stage reads and
+    writes)."""
+    from bolus import paths
+
+    return paths.SubjectPaths(snakemake.config["output_dir"], snakemake.wildcards.subject)
+
+
 def _subject_folder(verdict_path: Path, subject: str) -> Path:
     from bolus import paths
 
@@ -51,13 +59,15 @@ def run_stage(snakemake, stage: str, work) -> dict:
     * ``work()`` raises :class:`~bolus.io.errors.SubjectError` (bad data: the message names
       subject, file and cause): the verdict says ``failed`` with that reason, the log ends
       with it, and the job *succeeds*, so the other subjects and the study tables go on;
+    * ``work()`` raises :class:`~bolus.io.errors.ModelSkipped` (a learned model that was not
+      trained on this cohort): the verdict says ``skipped`` with the reason;
     * any other exception is a bug or a broken installation: it is logged and re-raised,
       the job fails, and Snakemake reports it (``--keep-going`` finishes the other jobs).
 
     Temporary files a killed earlier run left in the subject's folder are removed first.
     """
     from bolus.io.atomic import remove_stale_partials
-    from bolus.io.errors import SubjectError
+    from bolus.io.errors import ModelSkipped, SubjectError
     from bolus.qc import read_verdict, write_verdict
 
     subject = snakemake.wildcards.subject
@@ -77,6 +87,9 @@ def run_stage(snakemake, stage: str, work) -> dict:
         except SubjectError as exc:
             print(f"\nFAILED {stage}: {exc}")
             return write_verdict(out, subject, stage, "failed", str(exc))
+        except ModelSkipped as exc:
+            print(f"{subject}: {stage} skipped: {exc}")
+            return write_verdict(out, subject, stage, "skipped", str(exc))
         return write_verdict(out, subject, stage, "ok")
 
 

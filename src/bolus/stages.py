@@ -1,8 +1,11 @@
-"""The file layer: one function per workflow stage, from input paths to output paths.
+"""The file layer: one function per per-subject workflow stage.
 
-Each reads its inputs, calls the array-level science in ``bolus.io``, ``bolus.preprocess``,
-``bolus.perfusion`` and ``bolus.evaluate``, and writes its outputs. The Snakemake scripts
-and the ``bolus`` command are thin calls of these; tests call them directly.
+Each takes the subject's :class:`bolus.paths.SubjectPaths` (every file it reads and writes)
+and the config sections it reads (filled by :func:`bolus.config.section` when partial), calls
+the array-level science in ``bolus.io``, ``bolus.preprocess``, ``bolus.perfusion`` and
+``bolus.evaluate``, and writes its outputs. The Snakemake scripts and the ``bolus`` command
+are thin calls of these; tests call them directly. Imports are made inside each stage, so a
+job pays only for what its stage uses.
 """
 
 from __future__ import annotations
@@ -11,12 +14,8 @@ import json
 import logging
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-import pandas as pd
-
 from bolus import paths
-from bolus.config import PerfusionConstants, with_defaults
+from bolus.config import PerfusionConstants, section
 from bolus.io import atomic
 from bolus.io.errors import SubjectError
 
@@ -67,7 +66,7 @@ def convert_subject(
     from bolus.perfusion.checks import check_signal
 
     pid = row["participant_id"]
-    modality = modality or with_defaults({})["modality"]
+    modality = section("modality", modality)
     if row.get("dicom_dir"):
         source = row["dicom_dir"]
         sidecar = convert_dicom_series(
@@ -82,157 +81,91 @@ def convert_subject(
 
 # ----------------------------------------------------------------------------- preprocess
 def preprocess_subject(
-    dsc,
-    out_mc,
-    out_motion_tsv,
-    out_mask,
+    subject: paths.SubjectPaths,
+    motion: dict | None = None,
     *,
-    motion: bool = True,
-    transform: str = "Rigid",
-    fd_threshold_mm: float | None = None,
     workers: int = 1,
     user_mask=None,
 ) -> None:
     """Motion correction (ANTs rigid to the mean pre-bolus volume) then brain mask (template
     propagation + refinement, or ``user_mask`` resampled onto the series' grid).
 
-    ANTs' temporary transforms live in a private folder beside the outputs, removed at the end.
-    ``motion.tsv`` flags volumes with FD above ``fd_threshold_mm`` (config
-    ``motion.fd_threshold_mm``; None: the schema's default).
+    ``motion``: the config's ``motion`` section (``enabled``, ``transform``,
+    ``fd_threshold_mm``: volumes whose framewise displacement exceeds it are flagged in
+    ``motion.tsv``). ANTs' temporary transforms live in a private folder beside the outputs,
+    removed at the end.
     """
     import tempfile
 
-    from bolus.config import schema_defaults
+    import nibabel as nib
+    import numpy as np
+
     from bolus.io.nifti import load_volume, save_like, voxel_size_mm
     from bolus.preprocess.mask import brain_mask, user_brain_mask
-    from bolus.preprocess.motion import MOTION_COLUMNS, motion_correct, pre_bolus_reference
+    from bolus.preprocess.motion import motion_correct, pre_bolus_reference, still_head_table
 
-    if fd_threshold_mm is None:
-        fd_threshold_mm = float(schema_defaults()["motion"]["fd_threshold_mm"])
-    series, affine = load_volume(dsc)
-    Path(out_mc).parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".bolus-preprocess-", dir=Path(out_mc).parent) as tmp:
-        if motion:
+    motion = section("motion", motion)
+    series, affine = load_volume(subject.dsc)
+    subject.mc_dsc.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".bolus-preprocess-", dir=subject.mc_dsc.parent) as tmp:
+        if motion["enabled"]:
             corrected, table = motion_correct(
                 series,
                 voxel_size_mm(affine),
-                transform=transform,
+                transform=motion["transform"],
                 workers=workers,
                 work_dir=tmp,
-                fd_threshold_mm=fd_threshold_mm,
+                fd_threshold_mm=float(motion["fd_threshold_mm"]),
             )
         else:
-            corrected = series.astype(np.float32)
-            table = pd.DataFrame(0.0, index=range(series.shape[-1]), columns=list(MOTION_COLUMNS))
-            table.insert(0, "volume", np.arange(series.shape[-1]))
-            table["framewise_displacement_mm"] = 0.0
-            table["fd_above_threshold"] = 0
-        header = nib.load(str(dsc)).header  # keeps the repetition time and units of the series
-        save_like(corrected, affine, out_mc, header=header)
-        atomic.write_table(out_motion_tsv, table, float_format="%.6g")
+            corrected, table = series.astype(np.float32), still_head_table(series.shape[-1])
+        header = nib.load(str(subject.dsc)).header  # the repetition time and units
+        save_like(corrected, affine, subject.mc_dsc, header=header)
+        atomic.write_table(subject.motion_tsv, table, float_format="%.6g")
         if user_mask:
             mask = user_brain_mask(user_mask, corrected.shape[:3], affine)
         else:
             reference, _ = pre_bolus_reference(corrected)
             mask = brain_mask(corrected, affine, mean_volume=reference, work_dir=tmp)
-    save_like(mask.astype(np.uint8), affine, out_mask, dtype=np.uint8)
+    save_like(mask.astype(np.uint8), affine, subject.brain_mask, dtype=np.uint8)
 
 
 # ----------------------------------------------------------------------------- perfusion
-def read_sidecar_timing(dsc_json) -> tuple[np.ndarray, float | None]:
-    """(volume onset times in s, echo time in s) from the converted series' sidecar; the
-    echo time is None when the sidecar has none (CT perfusion)."""
-    sidecar = json.loads(Path(dsc_json).read_text())
-    times = np.asarray(sidecar["VolumeTiming"], dtype=float)
-    te = sidecar.get("EchoTime")
-    return times, None if te is None else float(te)
-
-
-def write_aif_table(path, times_s: np.ndarray, curve: np.ndarray, vof=None) -> None:
-    """AIF.tsv: header, columns ``time`` (s) and ``concentration`` (ΔR2* 1/s or HU), and
-    ``vof`` (the venous output function, same units) when one was found."""
-    table = pd.DataFrame(
-        {"time": np.asarray(times_s, float), "concentration": np.asarray(curve, float)}
-    )
-    if vof is not None:
-        table["vof"] = np.asarray(vof, float)
-    atomic.write_table(path, table, float_format="%.8g")
-
-
-def read_aif_table(path) -> tuple[np.ndarray, np.ndarray]:
-    table = pd.read_csv(path, sep="\t")
-    missing = {"time", "concentration"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{path}: AIF table lacks column(s) {', '.join(sorted(missing))}")
-    return table["time"].to_numpy(float), table["concentration"].to_numpy(float)
-
-
-def write_maps(maps: dict, affine, prefix, method: str) -> list[Path]:
-    from bolus.io.nifti import save_like
-
-    written = []
-    for name in paths.MAPS:
-        out = paths.map_prefix(prefix, method, name)
-        save_like(np.asarray(maps[name], dtype=np.float32), affine, out)
-        written.append(out)
-    return written
-
-
-def compute_maps(conc, times_s, aif_curve, methods, mask, config) -> dict[str, dict]:
-    """Every configured SVD method's maps for one subject: {method: {map: array}}."""
-    from bolus.perfusion.maps import perfusion_maps
-
-    config = with_defaults(config)
-    svd = config["svd"]
-    constants = PerfusionConstants.from_config(config)
-    thresholds = {
-        "ssvd": {"threshold": svd["ssvd_threshold"]},
-        "csvd": {"threshold": svd["csvd_threshold"]},
-        "osvd": {"oscillation_index": svd["osvd_oscillation_index"]},
-    }
-    return {
-        method: perfusion_maps(
-            conc, times_s, aif_curve, method, mask=mask, constants=constants, **thresholds[method]
-        )
-        for method in methods
-    }
-
-
-def _subject_of(path) -> str:
-    """``sub-XX`` from a BIDS file name (for messages)."""
-    return Path(path).name.split("_")[0]
-
-
 def perfusion_subject(
-    mc_dsc,
-    dsc_json,
-    mask_path,
-    out_conc,
-    out_aif_tsv,
-    out_aif_mask,
-    map_prefix,
-    config=None,
+    subject: paths.SubjectPaths,
     *,
-    out_tissue_mask=None,
+    modality: str | None = None,
+    aif: dict | None = None,
+    concentration: dict | None = None,
     user_aif_mask=None,
-    out_leakage_k2=None,
 ) -> None:
-    """Signal → concentration → AIF (automatic, or the mean curve of ``user_aif_mask``) →
-    SVD maps for every configured method; ``out_tissue_mask``: the brain without CSF and
-    large vessels (:func:`bolus.preprocess.mask.tissue_mask`, from the first method's CBV).
-    With config ``concentration.leakage_correction`` the brain curves are leakage-corrected
+    """Signal → concentration → AIF (automatic, or the mean curve of ``user_aif_mask``), and
+    the tissue mask (the brain without CSF and large vessels,
+    :func:`bolus.preprocess.mask.tissue_mask`, from the area-ratio CBV that every SVD method
+    shares). The maps of each method are :func:`svd_maps_subject`'s.
+
+    Config sections: ``modality``, ``aif`` and ``concentration``. With
+    ``concentration.leakage_correction`` the brain curves are leakage-corrected
     (:func:`bolus.perfusion.leakage.boxerman_weisskoff`) after the AIF is chosen, the saved
-    concentration and the maps use the corrected curves, and the K2 map (1/s) goes to
-    ``out_leakage_k2``."""
+    concentration uses the corrected curves, and the K2 map (1/s) is written."""
+    import nibabel as nib
+    import numpy as np
+
     from bolus.io.nifti import load_volume, save_like
+    from bolus.io.tables import read_sidecar_timing, write_aif_table
     from bolus.perfusion.aif import select_aif
     from bolus.perfusion.concentration import concentration_from_signal, ct_concentration
+    from bolus.perfusion.maps import trapezoid_area
+    from bolus.preprocess.mask import tissue_mask
 
-    config = with_defaults(config)
-    series, affine = load_volume(mc_dsc)
-    mask = load_volume(mask_path)[0] > 0
-    times, te_s = read_sidecar_timing(dsc_json)
-    if config["modality"] == "ctp":
+    modality = section("modality", modality)
+    aif_options = section("aif", aif)
+    leakage_correction = section("concentration", concentration)["leakage_correction"]
+    pid = subject.pid
+    series, affine = load_volume(subject.mc_dsc)
+    mask = load_volume(subject.brain_mask)[0] > 0
+    times, te_s = read_sidecar_timing(subject.dsc_json)
+    if modality == "ctp":
         conc = ct_concentration(series, times)
     else:
         conc, _ = concentration_from_signal(series, te_s, times, mask=mask)
@@ -242,55 +175,75 @@ def perfusion_subject(
             from bolus.preprocess.mask import user_brain_mask
 
             voxels = user_brain_mask(user_aif_mask, mask.shape, affine)
-            aif = aif_from_mask(conc, times, voxels)
+            found = aif_from_mask(conc, times, voxels)
         else:
-            aif = select_aif(
+            found = select_aif(
                 conc,
                 times,
                 mask,
-                n_voxels=config["aif"]["n_voxels"],
-                method=config["aif"]["method"],
-                vof_scaling=config["aif"]["vof_scaling"],
+                n_voxels=aif_options["n_voxels"],
+                method=aif_options["method"],
+                vof_scaling=aif_options["vof_scaling"],
             )
     except ValueError as exc:  # empty mask, no curve with a bolus: the data, not the code
-        raise SubjectError(
-            _subject_of(mc_dsc), mc_dsc, f"no arterial input function: {exc}"
-        ) from exc
-    if aif.vof_scale != 1.0:
+        raise SubjectError(pid, subject.mc_dsc, f"no arterial input function: {exc}") from exc
+    if found.vof_scale != 1.0:
         log.warning(
             "%s: AIF scaled ×%.2f to the venous output function's area (aif.vof_scaling=%s): "
             "the arterial voxels are partial-volumed",
-            _subject_of(mc_dsc), aif.vof_scale, config["aif"]["vof_scaling"],
+            pid, found.vof_scale, aif_options["vof_scaling"],
         )  # fmt: skip
-    if config["concentration"]["leakage_correction"]:
+    if leakage_correction:
         from bolus.perfusion.leakage import boxerman_weisskoff
 
         try:
             leakage = boxerman_weisskoff(conc, times, mask)
         except ValueError as exc:
             raise SubjectError(
-                _subject_of(mc_dsc), mc_dsc, f"leakage correction impossible: {exc}"
+                pid, subject.mc_dsc, f"leakage correction impossible: {exc}"
             ) from exc
         conc = leakage.corrected
-        if out_leakage_k2:
-            save_like(leakage.k2, affine, out_leakage_k2)
-    save_like(conc.astype(np.float32), affine, out_conc, header=nib.load(str(mc_dsc)).header)
-    write_aif_table(out_aif_tsv, aif.times_s, aif.curve, vof=aif.vof_curve)
-    save_like(aif.voxel_mask.astype(np.uint8), affine, out_aif_mask, dtype=np.uint8)
-    all_maps = compute_maps(conc, times, aif.curve, config["svd"]["methods"], mask, config)
-    for method, maps in all_maps.items():
-        write_maps(maps, affine, map_prefix, method)
-    if out_tissue_mask:
-        from bolus.preprocess.mask import tissue_mask
-
-        first = all_maps[config["svd"]["methods"][0]]
-        tissue = tissue_mask(mask, cbv=first["cbv"], conc=conc, aif_curve=aif.curve)
-        save_like(tissue.astype(np.uint8), affine, out_tissue_mask, dtype=np.uint8)
+        save_like(leakage.k2, affine, subject.leakage_k2)
+    save_like(
+        conc.astype(np.float32), affine, subject.conc, header=nib.load(str(subject.mc_dsc)).header
+    )
+    write_aif_table(subject.aif_tsv, found.times_s, found.curve, vof=found.vof_curve)
+    save_like(found.voxel_mask.astype(np.uint8), affine, subject.aif_mask, dtype=np.uint8)
+    # CBV up to a constant factor, the same for every SVD method (∫C_t / ∫C_a)
+    relative_cbv = np.zeros(mask.shape)
+    curves = np.nan_to_num(conc[mask].astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    relative_cbv[mask] = np.clip(trapezoid_area(curves, times), 0.0, None)
+    tissue = tissue_mask(mask, cbv=relative_cbv, conc=conc, aif_curve=found.curve)
+    save_like(tissue.astype(np.uint8), affine, subject.tissue_mask, dtype=np.uint8)
 
 
-def maps_from_files(conc_path, aif_tsv, out_prefix, method: str, mask_path=None, config=None):
-    """``bolus maps``: one method's maps from a concentration series and an AIF table."""
-    from bolus.io.nifti import load_volume
+def compute_maps(conc, times_s, aif_curve, method: str, mask, svd=None, constants=None) -> dict:
+    """One SVD method's maps ``{map: array}``; ``svd`` and ``constants``: config sections
+    (the method reads only its own options, :mod:`bolus.perfusion.methods`)."""
+    from bolus.perfusion.maps import perfusion_maps
+    from bolus.perfusion.methods import get_method
+
+    entry = get_method(method)
+    return perfusion_maps(
+        conc,
+        times_s,
+        aif_curve,
+        entry.name,
+        mask=mask,
+        constants=PerfusionConstants.from_config(section("constants", constants)),
+        **entry.keywords(section("svd", svd)),
+    )
+
+
+def maps_from_files(
+    conc_path, aif_tsv, method: str, out_maps: dict, mask_path=None, svd=None, constants=None
+) -> list[Path]:
+    """One method's maps from a concentration series and an AIF table, written to
+    ``out_maps`` (``{map: path}``, e.g. :meth:`bolus.paths.SubjectPaths.maps`)."""
+    import numpy as np
+
+    from bolus.io.nifti import load_volume, save_like
+    from bolus.io.tables import read_aif_table
 
     conc, affine = load_volume(conc_path)
     times, curve = read_aif_table(aif_tsv)
@@ -300,164 +253,107 @@ def maps_from_files(conc_path, aif_tsv, out_prefix, method: str, mask_path=None,
             f"but {aif_tsv} has {times.size}"
         )
     mask = load_volume(mask_path)[0] > 0 if mask_path else None
-    maps = compute_maps(conc, times, curve, [method], mask, config)[method]
-    return write_maps(maps, affine, out_prefix, method)
+    maps = compute_maps(conc, times, curve, method, mask, svd, constants)
+    written = []
+    for name, path in out_maps.items():
+        save_like(np.asarray(maps[name], dtype=np.float32), affine, path)
+        written.append(Path(path))
+    return written
+
+
+def svd_maps_subject(subject: paths.SubjectPaths, method: str, svd=None, constants=None):
+    """The maps of one SVD method (CBF, CBV, MTT, Tmax, TTP) from the perfusion stage's
+    concentration series and AIF, inside the brain mask."""
+    return maps_from_files(
+        subject.conc, subject.aif_tsv, method, subject.maps(method), subject.brain_mask,
+        svd, constants,
+    )  # fmt: skip
+
+
+def perfusion_and_maps(subject: paths.SubjectPaths, config=None, *, user_aif_mask=None) -> None:
+    """The perfusion stage, then every configured SVD method's maps (``bolus perfusion``;
+    the workflow runs them as separate jobs). ``config``: a whole, possibly partial config."""
+    from bolus.config import with_defaults
+
+    config = with_defaults(config)
+    perfusion_subject(
+        subject, modality=config["modality"], aif=config["aif"],
+        concentration=config["concentration"], user_aif_mask=user_aif_mask,
+    )  # fmt: skip
+    for method in config["svd"]["methods"]:
+        svd_maps_subject(subject, method, config["svd"], config["constants"])
 
 
 # ----------------------------------------------------------------------------- metrics
-#: share of the brain mask where the reference maps must be defined (after resampling into
-#: the DSC grid); reference maps leave out CSF and vessels (≈ 10–20 % of the mask)
-MIN_REFERENCE_COVERAGE = 0.25
-
-
-def load_reference_maps(
-    reference_dir, target_shape, target_affine, register_onto=None
-) -> dict[str, np.ndarray]:
-    """The reference maps present in ``reference_dir`` (``cbf.nii.gz`` …), resampled into
-    the subject's DSC grid by world coordinates (any grid or orientation of the same head).
-
-    ``register_onto`` (config ``reference_registration: true``): the subject's concentration
-    series; when the reference grid differs from the DSC grid the maps are registered onto
-    it instead (:func:`bolus.preprocess.coregister.register_reference_maps`)."""
-    from bolus.io.nifti import load_volume, resample_to_grid
-
-    if register_onto is not None:
-        registered = _registered_reference_maps(
-            reference_dir, target_shape, target_affine, register_onto
-        )
-        if registered is not None:
-            return registered
-
-    found = {}
-    for name in paths.MAPS:
-        candidates = [Path(reference_dir) / f"{name}{ext}" for ext in (".nii.gz", ".nii")]
-        path = next((p for p in candidates if p.exists()), None)
-        if path is not None:
-            data, affine = load_volume(path)
-            # outside the reference's field of view the reference is undefined, not 0
-            found[name] = resample_to_grid(
-                data, affine, target_shape, target_affine, order=1, cval=np.nan
-            )
-    return found
-
-
-def _registered_reference_maps(reference_dir, target_shape, target_affine, conc_path):
-    """Reference maps registered onto the DSC grid, or None when their grid is that grid."""
-    from bolus.io.nifti import load_volume
-    from bolus.preprocess.coregister import register_reference_maps, relative_cbv
-
-    guide = next(
-        (p for n in ("cbv", "cbf") for e in (".nii.gz", ".nii")
-         if (p := Path(reference_dir) / f"{n}{e}").exists()),
-        None,
-    )  # fmt: skip
-    if guide is None:
-        return None
-    image = nib.load(guide)
-    if tuple(image.shape[:3]) == tuple(target_shape) and np.allclose(
-        image.affine, target_affine, atol=1e-3
-    ):
-        return None
-    conc, affine = load_volume(conc_path)
-    return register_reference_maps(
-        reference_dir, relative_cbv(conc), affine, work_dir=Path(conc_path).parent
-    )
-
-
 def subject_metrics_table(
-    participant_id: str,
-    map_prefix,
+    subject: paths.SubjectPaths,
     methods,
-    mask_path,
-    out_tsv,
     *,
+    reference: str | None = None,
+    registration: bool = False,
+    lesion: dict | None = None,
     reference_dir=None,
     lesion_mask=None,
     tissue_labels=None,
-    config=None,
-) -> pd.DataFrame:
+):
     """Every method's maps against the reference → long table (participant_id, method,
-    map, region, metric, value). Regions: ``bolus.evaluate.regions`` (grey and white matter
-    from ``tissue_labels`` or the reference_dir's ``labels.nii.gz`` when there is one)."""
+    map, region, metric, value), ``subject.metrics_tsv``. ``reference`` and
+    ``registration``: config ``reference`` and ``reference_registration``
+    (:func:`bolus.evaluate.reference.subject_reference`); ``lesion``: config section.
+    Regions: ``bolus.evaluate.regions`` (grey and white matter from ``tissue_labels`` or the
+    reference_dir's ``labels.nii.gz`` when there is one)."""
     from bolus.evaluate.aggregate import subject_metrics, write_tsv
+    from bolus.evaluate.reference import method_maps, subject_reference
     from bolus.evaluate.regions import load_tissue_masks
     from bolus.io.nifti import load_volume, resample_to_grid, voxel_size_mm
 
-    config = with_defaults(config)
-    mask, affine = load_volume(mask_path)
-    mask = mask > 0
-    reference_name = config["reference"]
-    predictions = {
-        method: {
-            name: load_volume(path)[0]
-            for name in paths.MAPS
-            if (path := paths.map_prefix(map_prefix, method, name)).exists()
-        }
-        for method in methods
-    }
-    if reference_name == "reference_dir":
-        if not reference_dir:
-            raise SubjectError(
-                participant_id, None, "config reference=reference_dir but no reference_dir"
-            )
-        register_onto = None
-        if config.get("reference_registration"):
-            register_onto = paths.SubjectPaths(Path(map_prefix).parents[2], participant_id).conc
-        reference = load_reference_maps(reference_dir, mask.shape, affine, register_onto)
-        if not reference:
-            raise SubjectError(participant_id, reference_dir, "no reference maps (cbf.nii.gz, …)")
-    else:
-        reference = predictions.pop(reference_name)
-    # Compare only where the reference is defined: reference maps leave out what is not
-    # tissue (CSF, vessels) as NaN, and a lesion there would be an artefact of the comparison.
-    defined = np.logical_and.reduce([np.isfinite(r) for r in reference.values()])
-    coverage = (mask & defined).sum() / max(int(mask.sum()), 1)
-    if coverage < MIN_REFERENCE_COVERAGE:
-        raise SubjectError(
-            participant_id,
-            reference_dir or reference_name,
-            f"the reference maps cover {100 * coverage:.0f} % of the brain mask in the DSC "
-            f"grid (need {100 * MIN_REFERENCE_COVERAGE:.0f} %): another head, another field of "
-            "view, or a wrong affine",
-        )
-    mask = mask & defined
-    lesion = None
+    pid = subject.pid
+    mask, affine = load_volume(subject.brain_mask)
+    predictions = method_maps(subject, methods)
+    reference_maps, mask = subject_reference(
+        subject, mask > 0, affine, predictions,
+        reference=section("reference", reference), reference_dir=reference_dir,
+        registration=registration,
+    )  # fmt: skip
+    user_lesion = None
     if lesion_mask:
         data, lesion_affine = load_volume(lesion_mask)
-        lesion = resample_to_grid(data, lesion_affine, mask.shape, affine, order=0) > 0
-    tissue = load_tissue_masks(participant_id, mask.shape, affine, reference_dir, tissue_labels)
+        user_lesion = resample_to_grid(data, lesion_affine, mask.shape, affine, order=0) > 0
+    tissue = load_tissue_masks(pid, mask.shape, affine, reference_dir, tissue_labels)
     table = subject_metrics(
-        participant_id,
+        pid,
         predictions,
-        reference,
+        reference_maps,
         mask,
         tuple(voxel_size_mm(affine)),
-        config["lesion"]["tmax_threshold_s"],
-        lesion_mask=lesion,
+        section("lesion", lesion)["tmax_threshold_s"],
+        lesion_mask=user_lesion,
         tissue=tissue,
     )
-    write_tsv(table, out_tsv)
+    write_tsv(table, subject.metrics_tsv)
     return table
 
 
 # ----------------------------------------------------------------------------- study
-def study_outputs(participants_tsv, subjects, output_dir, seed: int = 0, config=None) -> Path:
+def study_outputs(
+    participants_tsv, subjects, output_dir, *, seed: int = 0, study=None, models=()
+) -> Path:
     """qc.tsv, and subjects.tsv, study.tsv, paired.tsv, study.md and excluded.tsv over the
-    subjects that completed every stage (strata, baseline and, with learned models, the
-    subjects scored from config ``study``); the others are listed, with their reason, as
-    exclusions."""
+    subjects that completed every stage (config ``study``: strata, baseline and, with learned
+    models, the subjects scored); the others are listed, with their reason, as exclusions.
+    Every learned model's training verdict goes into qc.tsv and study.md (a model that was
+    skipped or failed, and why)."""
     from bolus.evaluate.aggregate import available_strata, write_study_tables
     from bolus.participants import read_participants
-    from bolus.qc import completed, exclusions, qc_table
+    from bolus.qc import completed, exclusions, model_verdicts, qc_table
 
     participants = read_participants(participants_tsv, seed=seed)
-    qc = qc_table(output_dir, subjects)
+    qc = qc_table(output_dir, subjects, models=models)
     atomic.write_table(paths.qc_table(output_dir), qc)
     excluded = exclusions(qc)
     atomic.write_table(paths.excluded_table(output_dir), excluded)
     done = completed(qc)
-    config = with_defaults(config)
-    study = config["study"]
+    study = section("study", study)
     participants = participants.reset_index(drop=True)
     write_study_tables(
         [paths.SubjectPaths(output_dir, pid).metrics_tsv for pid in done],
@@ -466,7 +362,8 @@ def study_outputs(participants_tsv, subjects, output_dir, seed: int = 0, config=
         strata=available_strata(participants, study["strata"]),
         baseline=study["baseline"],
         excluded=excluded,
-        models=config["models"],
+        models=list(models),
         scope=study["subjects"],
+        model_verdicts=model_verdicts(output_dir, models),
     )
     return paths.study_table(output_dir)

@@ -50,6 +50,7 @@ from bolus.evaluate.metrics import (
 )
 from bolus.evaluate.regions import subject_regions
 from bolus.io import atomic
+from bolus.perfusion.methods import METHODS as SVD_METHODS
 
 SUBJECT_COLUMNS = ("participant_id", "method", "map", "region", "metric", "value")
 STATISTICS = ("n", "mean", "sd", "median", "q1", "q3")
@@ -88,7 +89,7 @@ def _ordered_maps(names: Iterable[str]) -> list[str]:
 
 def _ordered_methods(names: Iterable[str]) -> list[str]:
     names = set(map(str, names))
-    return [m for m in paths.SVD_METHODS if m in names] + sorted(names - set(paths.SVD_METHODS))
+    return [m for m in SVD_METHODS if m in names] + sorted(names - set(SVD_METHODS))
 
 
 def subject_metrics(
@@ -686,6 +687,7 @@ def study_markdown(
     excluded: pd.DataFrame | None = None,
     baseline: str | None = None,
     scope: StudyScope | None = None,
+    model_verdicts: dict[str, dict] | None = None,
 ) -> str:
     """Readable version of the study tables: a short header (with ``scope``'s note on the
     subjects scored, or its warning), the excluded subjects, one summary table per map,
@@ -716,6 +718,17 @@ def study_markdown(
                 f"## Excluded subjects ({len(excluded)})\n\nNot in the tables below, with the "
                 "reason from `qc.tsv`:\n\n" + markdown_table(excluded)
             )
+    left_out = {m: v for m, v in (model_verdicts or {}).items() if v.get("status") != "ok"}
+    if left_out:
+        table = pd.DataFrame(
+            [(m, v.get("status", ""), v.get("reason", "")) for m, v in left_out.items()],
+            columns=["model", "status", "reason"],
+        )
+        sections.append(
+            f"## Learned models not in the tables ({len(left_out)})\n\nNot trained on this "
+            "cohort (`qc.tsv`, rows `cohort`); every other method is scored:\n\n"
+            + markdown_table(table)
+        )
     if study.empty and not (scope is not None and scope.warning):
         sections.append("No metrics were computed.")
     for name in _ordered_maps(study["map"].dropna().unique()) if not study.empty else []:
@@ -748,6 +761,7 @@ def write_study_tables(
     excluded: pd.DataFrame | None = None,
     models: Sequence[str] = (),
     scope: str | None = None,
+    model_verdicts: dict[str, dict] | None = None,
 ) -> dict[str, Path]:
     """Write ``metrics/subjects.tsv``, ``study.tsv``, ``paired.tsv`` and ``study.md``.
 
@@ -760,6 +774,8 @@ def write_study_tables(
     column) when ``participants`` has one. With learned ``models`` (config ``models``), the
     study tables score the held-out ``test`` subjects only unless ``scope`` (config
     ``study.subjects``) is ``all``; see :func:`study_scope`.
+    ``model_verdicts`` (:func:`bolus.qc.model_verdicts`): study.md names the models that were
+    not trained, and why.
     Returns the paths written, keyed ``subjects``, ``study``, ``paired``, ``markdown``.
     """
     if baseline is None:
@@ -808,6 +824,7 @@ def write_study_tables(
             excluded=excluded,
             baseline=baseline,
             scope=scoped,
+            model_verdicts=model_verdicts,
         ),
     )
     written["markdown"] = markdown

@@ -37,6 +37,7 @@ from matplotlib.figure import Figure
 from bolus import paths
 from bolus.evaluate.metrics import as_mask
 from bolus.evaluate.regions import REGIONS
+from bolus.perfusion.methods import METHODS as SVD_METHODS
 
 DPI = 110
 PANEL_IN = 1.35  # inches per image panel
@@ -113,7 +114,7 @@ def notice_figure(out_png: str | Path, title: str, text: str) -> Path:
 def ordered_methods(methods) -> list[str]:
     """Classic SVD methods first (sSVD, cSVD, oSVD), then the others alphabetically."""
     methods = [str(m) for m in dict.fromkeys(methods)]
-    classic = [m for m in paths.SVD_METHODS if m in methods]
+    classic = [m for m in SVD_METHODS if m in methods]
     return classic + sorted(m for m in methods if m not in classic)
 
 

@@ -15,24 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bolus import paths
-from bolus.config import with_defaults
-from bolus.io.errors import SubjectError
-
-
-def _method_maps(map_prefix, methods) -> dict[str, dict[str, np.ndarray]]:
-    """Every map on disk of every method (methods with no map left out)."""
-    from bolus.io.nifti import load_volume
-
-    found = {}
-    for method in methods:
-        maps = {
-            name: load_volume(path)[0]
-            for name in paths.MAPS
-            if (path := paths.map_prefix(map_prefix, method, name)).exists()
-        }
-        if maps:
-            found[method] = maps
-    return found
+from bolus.config import section
 
 
 def _reference_aif(reference_dir) -> tuple[np.ndarray, np.ndarray] | None:
@@ -49,81 +32,74 @@ def _reference_aif(reference_dir) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def subject_figures(
-    participant_id: str,
-    map_prefix,
+    subject: paths.SubjectPaths,
     methods,
-    mask_path,
-    aif_tsv,
-    motion_tsv,
     out_montage,
     out_aif,
     out_motion,
     *,
+    reference: str | None = None,
+    registration: bool = False,
+    lesion: dict | None = None,
+    modality: str | None = None,
     reference_dir=None,
-    config=None,
 ) -> list[Path]:
     """Montage of every method's maps against the reference, AIF and motion QC plots.
 
-    The reference is config ``reference``: the ``reference_dir`` maps (resampled onto the
-    DSC grid) or a named method's maps; the brain is the mask where the reference is
-    defined, as in the metrics. With ``reference_dir``, its ``aif.tsv`` (if any) is drawn
+    The reference and the brain are the metrics' (:func:`bolus.evaluate.reference.
+    subject_reference`: config ``reference``, ``reference_registration``), so the montage
+    shows what the metrics scored. With ``reference_dir``, its ``aif.tsv`` (if any) is drawn
     with the automatic AIF.
     """
     from bolus.evaluate.figures import aif_figure, montage, motion_figure
     from bolus.evaluate.lesions import hypoperfusion_mask
+    from bolus.evaluate.reference import method_maps, subject_reference
     from bolus.io.nifti import load_volume
-    from bolus.stages import load_reference_maps, read_aif_table
+    from bolus.io.tables import read_aif_table
 
-    config = with_defaults(config)
-    mask, affine = load_volume(mask_path)
-    brain = mask > 0
-    predictions = _method_maps(map_prefix, methods)
-    if config["reference"] == "reference_dir":
-        if not reference_dir:
-            raise SubjectError(
-                participant_id, None, "config reference=reference_dir but no reference_dir"
-            )
-        reference = load_reference_maps(reference_dir, brain.shape, affine)
-    else:
-        reference = predictions.pop(config["reference"], {})
-    if reference:
-        brain &= np.logical_and.reduce([np.isfinite(r) for r in reference.values()])
-    lesion = None
-    if "tmax" in reference:
-        lesion = hypoperfusion_mask(reference["tmax"], brain, config["lesion"]["tmax_threshold_s"])
+    reference = section("reference", reference)
+    pid = subject.pid
+    mask, affine = load_volume(subject.brain_mask)
+    predictions = method_maps(subject, methods)
+    reference_maps, brain = subject_reference(
+        subject, mask > 0, affine, predictions, reference=reference,
+        reference_dir=reference_dir, registration=registration, min_coverage=None,
+    )  # fmt: skip
+    lesion_mask = None
+    if "tmax" in reference_maps:
+        threshold = section("lesion", lesion)["tmax_threshold_s"]
+        lesion_mask = hypoperfusion_mask(reference_maps["tmax"], brain, threshold)
     written = [
         montage(
             out_montage,
-            reference,
+            reference_maps,
             predictions,
             brain,
-            lesion,
-            title=f"{participant_id}: maps against the reference ({config['reference']})",
+            lesion_mask,
+            title=f"{pid}: maps against the reference ({reference})",
         )
     ]
-    times, curve = read_aif_table(aif_tsv)
-    aif_columns = pd.read_csv(aif_tsv, sep="\t")
-    vof = aif_columns["vof"].to_numpy(float) if "vof" in aif_columns else None
-    ylabel = "ΔHU" if config["modality"] == "ctp" else "ΔR2* (1/s)"
+    times, curve = read_aif_table(subject.aif_tsv)
+    header = subject.aif_tsv.read_text().split("\n", 1)[0].split("\t")
+    vof = read_aif_table(subject.aif_tsv, "vof")[1] if "vof" in header else None
+    ylabel = "ΔHU" if section("modality", modality) == "ctp" else "ΔR2* (1/s)"
     written.append(
         aif_figure(
             out_aif,
             times,
             curve,
-            reference=_reference_aif(reference_dir)
-            if config["reference"] == "reference_dir"
-            else None,
-            title=f"{participant_id}: arterial input function",
+            reference=_reference_aif(reference_dir) if reference == "reference_dir" else None,
+            title=f"{pid}: arterial input function",
             ylabel=ylabel,
             vof=vof,
         )
     )
-    motion = pd.read_csv(motion_tsv, sep="\t")
-    written.append(motion_figure(out_motion, motion, title=f"{participant_id}: head motion"))
+    motion = pd.read_csv(subject.motion_tsv, sep="\t")
+    written.append(motion_figure(out_motion, motion, title=f"{pid}: head motion"))
     return written
 
 
-def subject_figures_after(verdict_path, participant_id: str, *args, **kwargs) -> list[Path]:
+def subject_figures_after(verdict_path, subject: paths.SubjectPaths, methods, *outs, **kwargs):
     """:func:`subject_figures` when the subject's last stage (``verdict_path``) succeeded;
     otherwise each figure is a notice naming the stage that failed and why (so an excluded
     subject still has its place, and its reason, in the report)."""
@@ -131,32 +107,29 @@ def subject_figures_after(verdict_path, participant_id: str, *args, **kwargs) ->
     from bolus.qc import read_verdict, subject_chain
 
     if read_verdict(verdict_path).get("status") == "ok":
-        return subject_figures(participant_id, *args, **kwargs)
-    output_dir = Path(verdict_path).parent.parent
-    last = (subject_chain(output_dir, participant_id) or [{}])[-1]
+        return subject_figures(subject, methods, *outs, **kwargs)
+    last = (subject_chain(subject.root, subject.pid) or [{}])[-1]
     reason = f"{last.get('stage', '?')} {last.get('status', 'missing')}: {last.get('reason', '')}"
-    outs = args[-3:]  # montage, aif, motion
-    return [notice_figure(o, f"{participant_id}: excluded", reason) for o in outs]
+    return [notice_figure(o, f"{subject.pid}: excluded", reason) for o in outs]
 
 
-def _scored(subjects_tsv, config):
+def _scored(subjects_tsv, models=(), scope=None):
     """``subjects.tsv``'s rows the study tables score (config ``models`` and
     ``study.subjects``: see :func:`bolus.evaluate.aggregate.study_scope`), and that scope."""
     from bolus.evaluate.aggregate import read_subject_tables, scored_subjects, study_scope
 
-    config = with_defaults(config)
     subjects = read_subject_tables([subjects_tsv])
-    scope = study_scope(subjects, config["models"], config["study"]["subjects"])
+    scope = study_scope(subjects, list(models), scope)
     return scored_subjects(subjects, scope), scope
 
 
-def study_figures(subjects_tsv, output_dir, config=None) -> dict[str, Path]:
+def study_figures(subjects_tsv, output_dir, models=(), scope=None) -> dict[str, Path]:
     """Every study figure (:data:`bolus.paths.STUDY_FIGURES`) from ``subjects.tsv``, over
-    the subjects the study tables score (with learned models, the held-out test subjects
-    unless config ``study.subjects`` is ``all``)."""
+    the subjects the study tables score (with learned ``models``, the held-out test subjects
+    unless ``scope``, config ``study.subjects``, is ``all``)."""
     from bolus.evaluate.figures import study_figures as draw
 
-    subjects, _ = _scored(subjects_tsv, config)
+    subjects, _ = _scored(subjects_tsv, models, scope)
     return draw(subjects, output_dir)
 
 
@@ -210,7 +183,15 @@ def _write(path, text: str) -> Path:
 
 
 def report_tables(
-    study_tsv, paired_tsv, qc_tsv, subjects_tsv, out_study, out_paired, out_excluded, config=None
+    study_tsv,
+    paired_tsv,
+    qc_tsv,
+    subjects_tsv,
+    out_study,
+    out_paired,
+    out_excluded,
+    models=(),
+    scope=None,
 ) -> list[Path]:
     """HTML versions of the study table, the paired comparison and the excluded subjects;
     the first two say which subjects they score (config ``models``, ``study.subjects``)."""
@@ -219,7 +200,7 @@ def report_tables(
     read = {"sep": "\t", "na_values": ["n/a"], "keep_default_na": False}
     study = pd.read_csv(study_tsv, **read)
     paired = pd.read_csv(paired_tsv, **read)
-    _, scope = _scored(subjects_tsv, config)
+    _, scope = _scored(subjects_tsv, models, scope)
     included = pd.read_csv(subjects_tsv, sep="\t", usecols=["participant_id"], dtype=str)
     excluded = excluded_subjects(qc_tsv, included["participant_id"].unique())
     said = scope.warning or scope.note

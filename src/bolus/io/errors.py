@@ -17,3 +17,10 @@ class SubjectError(RuntimeError):
         self.cause = cause
         where = f"{self.path}: " if self.path else ""
         super().__init__(f"{subject or 'unknown subject'}: {where}{cause}")
+
+
+class ModelSkipped(RuntimeError):
+    """A learned model cannot be trained on this cohort (no train subject with reference
+    maps, none of the maps it predicts in the references, no TOF-MRA): the message says why.
+    The workflow records it as the model's ``skipped`` verdict and scores every other
+    method."""

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
 #: Fractional source coordinates within this many voxels of an integer are snapped to it,
 #: so that a pure flip / permutation / integer shift stays exact even when the affines
@@ -121,6 +120,8 @@ def resample_to_grid(
     voxel of the outermost source centres takes the border value (``mode="nearest"``),
     one further out takes ``cval``.
     """
+    from scipy import ndimage
+
     data = np.asarray(data)
     if data.ndim not in (3, 4):
         raise ValueError(f"resample_to_grid: expected a 3D or 4D array, got shape {data.shape}")

@@ -69,8 +69,8 @@ class SubjectSeries:
 def load_subject(output_dir, participant_id: str) -> SubjectSeries:
     """Read a subject's concentration series, AIF, brain mask and baseline signal."""
     from bolus.io.nifti import load_volume
+    from bolus.io.tables import read_aif_table
     from bolus.perfusion.concentration import baseline_frames
-    from bolus.stages import read_aif_table
 
     sp = paths.SubjectPaths(output_dir, participant_id)
     for path in (sp.conc, sp.aif_tsv, sp.brain_mask, sp.mc_dsc):
@@ -127,7 +127,7 @@ def model_inputs(subject: SubjectSeries, grid_s) -> tuple[np.ndarray, np.ndarray
 def reference_targets(subject: SubjectSeries, reference_dir, register_onto=None) -> np.ndarray:
     """(X, Y, Z, M) reference maps on the subject's grid, NaN where a map is absent or
     undefined and outside the brain mask."""
-    from bolus.stages import load_reference_maps
+    from bolus.evaluate.reference import load_reference_maps
 
     if not reference_dir:
         raise SubjectError(subject.participant_id, None, "a training subject needs reference_dir")
@@ -254,6 +254,7 @@ def write_training_data(
     for folder in (vox, sl):
         np.save(folder / "aifs.npy", aifs)
     meta = {
+        "status": "ok",
         "times_s": grid.tolist(),
         "maps": list(MAPS),
         "subjects": [r["participant_id"] for r in rows],

@@ -37,6 +37,7 @@ def load_trained(model_file, device="cpu", threads=None):
         tmax_threshold_s=float(record["tmax_threshold_s"]),
         autocast=device.type == "cuda" and torch.cuda.is_bf16_supported(),
     )
+    ctx.extra["maps"] = list(record.get("maps", spec.maps))
     if spec.framework == "sklearn":
         model = record["estimator"]
         if threads:
@@ -66,7 +67,7 @@ def predict_subject(model_file, output_dir, participant_id: str, device="auto", 
     maps = predict_maps(spec, model, ctx, subject)
     out = paths.SubjectPaths(output_dir, participant_id)
     written = []
-    for name in spec.maps:
+    for name in ctx.extra["maps"]:  # those it learned
         path = out.map(spec.name, name)
         save_like(maps[name], subject.affine, path)
         written.append(Path(path))

@@ -79,7 +79,7 @@ def write_tof_training_data(
     ``reference_registration``: reference maps registered onto the DSC grid (config key)."""
     import nibabel as nib
 
-    from bolus.stages import load_reference_maps
+    from bolus.evaluate.reference import load_reference_maps
 
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -126,6 +126,7 @@ def write_tof_training_data(
     for array in (tof, targets, mask, split):
         array.flush()
     meta = {
+        "status": "ok",
         "layout": "tof",
         "maps": list(MAPS),
         "subjects": [r["participant_id"] for r in rows],
@@ -137,27 +138,22 @@ def write_tof_training_data(
     return out
 
 
-def tof_training_data_stage(rows, output_dir, out_meta, config=None) -> Path:
-    """The workflow rule's call: rows whose TOF stage did not succeed are left out."""
-    from bolus.config import with_defaults
-    from bolus.qc import read_verdict
+def tof_training_data_stage(rows, output_dir, out_meta, *, registration: bool = False) -> Path:
+    """The workflow rule's call: rows whose TOF or perfusion stage did not succeed are left
+    out; when no train subject is left (no TOF-MRA, no reference maps), ``meta.json`` says
+    why and pix2pix is skipped."""
+    from bolus.learn.stages import usable_rows, write_data_verdict
 
     logging.getLogger("bolus.learn").setLevel(logging.INFO)
-    usable = []
-    for row in rows:
-        verdict = paths.verdict(output_dir, row["participant_id"], "tof")
-        if verdict.exists() and read_verdict(verdict).get("status") == "ok":
-            usable.append(row)
-        else:
-            log.warning("%s: left out of the TOF training data (TOF stage not ok)",
-                        row["participant_id"])  # fmt: skip
-    if not usable:
-        raise RuntimeError(
-            "no train/val subject completed the TOF stage: nothing to train pix2pix on "
-            f"(see {paths.qc_table(output_dir)} after the run, or the logs)"
+    usable = usable_rows(usable_rows(rows, output_dir, "perfusion"), output_dir, "tof")
+    if not any(r.get("split") == "train" for r in usable):
+        return write_data_verdict(
+            out_meta, "skipped", "no `train` subject with a TOF-MRA completed the TOF stage"
         )
-    registration = bool(with_defaults(config).get("reference_registration", False))
-    return write_tof_training_data(Path(out_meta).parent, output_dir, usable, registration)
+    try:
+        return write_tof_training_data(Path(out_meta).parent, output_dir, usable, registration)
+    except SubjectError as exc:  # e.g. a reference without all five maps
+        return write_data_verdict(out_meta, "skipped", f"pix2pix needs all five maps: {exc}")
 
 
 class TOFData:
@@ -309,31 +305,25 @@ def load_model(model_file, device="cpu"):
     return model.to(device).eval()
 
 
-def predict_stage(model_file, output_dir, subject, outputs, threads=None, config=None):
-    """Predict one subject's five maps from its coregistered TOF; checks they are the rule's
-    declared outputs. Returns the written paths."""
+def predict_subject(model_file, output_dir, subject, device="auto", threads=None) -> list[Path]:
+    """Predict one subject's five maps from its coregistered TOF; returns the written paths."""
     import torch
 
-    from bolus.config import with_defaults
     from bolus.io.nifti import save_like
     from bolus.learn.train import pick_device
-    from bolus.models.pix2pix import predict_subject
+    from bolus.models.pix2pix import predict_subject as predict
 
     logging.getLogger("bolus.learn").setLevel(logging.INFO)
     if threads:
         torch.set_num_threads(int(threads))
-    device = pick_device(str(with_defaults(config)["training"]["device"]))
+    device = pick_device(str(device))
     model = load_model(model_file, device)
     tof, mask, affine = load_tof_subject(output_dir, subject, normalise=False)
     started = time.perf_counter()
-    maps = predict_subject(model, tof, mask)
+    maps = predict(model, tof, mask)
     log.info("%s: pix2pix prediction %.2f s on %s", subject, time.perf_counter() - started, device)
-    sp = paths.SubjectPaths(output_dir, subject)
     written = []
-    for name in MAPS:
-        written.append(Path(sp.map("pix2pix", name)))
-        save_like(maps[name], affine, written[-1])
-    missing = {str(Path(p)) for p in outputs} - {str(p) for p in written}
-    if missing:
-        raise RuntimeError(f"{subject}: pix2pix wrote no {', '.join(sorted(missing))}")
+    for name, path in paths.SubjectPaths(output_dir, subject).maps("pix2pix").items():
+        save_like(maps[name], affine, path)
+        written.append(Path(path))
     return written

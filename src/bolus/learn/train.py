@@ -62,7 +62,9 @@ def pick_device(name: str):
 
 
 def target_norm(data, maps, max_rows: int = 200_000) -> dict[str, tuple[float, float]]:
-    """(mean, sd) of every map over (a bounded sample of) the training rows."""
+    """(mean, sd) of every map over (a bounded sample of) the training rows; maps with no
+    finite target (the references lack them) are left out: the model does not learn them.
+    ModelSkipped when none is left."""
     rows = data.rows("train")
     if rows.size > max_rows:
         rows = np.sort(np.random.default_rng(0).choice(rows, max_rows, replace=False))
@@ -73,9 +75,14 @@ def target_norm(data, maps, max_rows: int = 200_000) -> dict[str, tuple[float, f
     for name in maps:
         column = targets[:, data.maps.index(name)]
         column = column[np.isfinite(column)]
-        if column.size == 0:
-            raise ValueError(f"no training target for map {name!r} (reference maps lack it)")
-        norm[name] = (float(column.mean()), float(max(column.std(), 1e-3)))
+        if column.size:  # a map the references lack is not learned (its targets are NaN)
+            norm[name] = (float(column.mean()), float(max(column.std(), 1e-3)))
+    if not norm:
+        from bolus.io.errors import ModelSkipped
+
+        raise ModelSkipped(
+            f"the reference maps hold none of the maps it predicts ({', '.join(maps)})"
+        )
     return norm
 
 
@@ -142,21 +149,27 @@ def _context(spec, data, params, config, device):
     from bolus.learn.specs import Context
 
     constants = PerfusionConstants.from_config(config)
-    return Context(
+    trained = target_norm(data, spec.maps)
+    untrained = {m: (0.0, 1.0) for m in spec.maps if m not in trained}  # NaN targets: no loss
+    ctx = Context(
         device=device,
         times_s=np.asarray(data.times_s, float),
-        norm=target_norm(data, spec.maps),
+        norm={**trained, **untrained},
         params=params,
         kh_over_rho=constants.kh / constants.density_g_ml,
-        tmax_threshold_s=float(with_defaults(config)["lesion"]["tmax_threshold_s"]),
+        tmax_threshold_s=float(params["lesion_tmax_s"]),
         autocast=device.type == "cuda" and torch.cuda.is_bf16_supported(),
     )
+    ctx.extra["maps"] = [m for m in spec.maps if m in trained]
+    if untrained:
+        log.warning("%s: the reference maps lack %s: not learned", spec.name, ", ".join(untrained))
+    return ctx
 
 
 def _model_record(name, spec, model_state, ctx, params) -> dict:
     return {
         "name": name,
-        "maps": list(spec.maps),
+        "maps": list(ctx.extra["maps"]),
         "params": params,
         "state": model_state,
         "norm": ctx.norm,
@@ -342,6 +355,8 @@ def _fit_sklearn(name, spec, data, ctx, params, model_dir) -> Path:
             np.asarray(data["curves"][rows]), np.asarray(data["aifs"][data["subject"][rows]])
         )
         y = (np.asarray(data["targets"][rows][:, columns]) - mean) / sd
+        learned = np.isin(spec.maps, ctx.extra["maps"])
+        y[:, ~learned] = 0.0  # maps the references lack: a constant, never written
         keep = np.isfinite(y).all(axis=1)
         return x[keep], y[keep]
 

@@ -73,8 +73,9 @@ from contextlib import contextmanager
 import numpy as np
 
 from bolus.config import schema_defaults
+from bolus.perfusion.methods import METHODS as DECONVOLUTION_METHODS
 
-METHODS = ("ssvd", "csvd", "osvd")
+METHODS = tuple(DECONVOLUTION_METHODS)
 QUADRATURES = ("linear", "rectangle")
 
 # Relative frame-interval spread below which the time vector counts as uniform.
@@ -287,7 +288,8 @@ class SVDDeconvolution:
         if tikhonov is not None and (method == "osvd" or not tikhonov > 0):
             raise ValueError("tikhonov must be > 0 and applies to ssvd and csvd only")
 
-        defaults = schema_defaults()["svd"]
+        # the method's option defaults, by SVDDeconvolution keyword (schema, via the registry)
+        defaults = DECONVOLUTION_METHODS[method].keywords(schema_defaults()["svd"])
         self.method = method
         self.quadrature = quadrature
         self.tikhonov = None if tikhonov is None else float(tikhonov)
@@ -312,9 +314,7 @@ class SVDDeconvolution:
         if method == "osvd":
             self.threshold = None
             self.oscillation_index = float(
-                defaults["osvd_oscillation_index"]
-                if oscillation_index is None
-                else oscillation_index
+                defaults["oscillation_index"] if oscillation_index is None else oscillation_index
             )
             ladder = OSVD_LADDER if threshold_ladder is None else threshold_ladder
             self.threshold_ladder = np.unique(np.round(np.asarray(ladder, dtype=float), 6))[::-1]
@@ -334,8 +334,7 @@ class SVDDeconvolution:
                 np.diff(scaled_v, n=2, axis=0).T, dtype=np.float32
             )  # (L, L−2): second difference of row k
         else:
-            key = "ssvd_threshold" if method == "ssvd" else "csvd_threshold"
-            self.threshold = float(defaults[key] if threshold is None else threshold)
+            self.threshold = float(defaults["threshold"] if threshold is None else threshold)
             if not 0 < self.threshold <= 1:
                 raise ValueError(f"{method} threshold must be in (0, 1], got {self.threshold}")
             self.oscillation_index = None

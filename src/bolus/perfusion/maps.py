@@ -1,6 +1,6 @@
 """Perfusion maps from concentration curves and an AIF: CBF, CBV, MTT, Tmax, TTP.
 
-Units and definitions (DESIGN.md, "Units and conventions"):
+Units and definitions:
 
 ======  ============  ==================================================================
 cbf     ml/100 g/min  ``cbf_scale · max_t b(t)`` — the peak of the deconvolved,
@@ -40,6 +40,7 @@ from bolus.perfusion.deconvolution import (
     resample_curves,
     single_threaded_blas,
 )
+from bolus.perfusion.methods import METHODS, get_method
 
 MAP_NAMES = ("cbf", "cbv", "mtt", "tmax", "ttp")
 
@@ -48,12 +49,6 @@ MIN_CBF_FOR_MTT = 1e-3
 
 # voxels per block (one thread's work at a time): bounds the memory of the 2T-long residues
 _BLOCK_VOXELS = 16384
-
-_THRESHOLD_KEYS = {
-    "ssvd": ("ssvd_threshold", "threshold"),
-    "csvd": ("csvd_threshold", "threshold"),
-    "osvd": ("osvd_oscillation_index", "oscillation_index"),
-}
 
 
 def trapezoid_weights(times_s) -> np.ndarray:
@@ -106,17 +101,19 @@ def _refined_peak_time(curves, times_s, index) -> np.ndarray:
 
 
 def _thresholds_for(method: str, thresholds: dict) -> dict:
-    known = {"threshold", "oscillation_index", "threshold_ladder", "methods"}
-    known |= {key for keys in _THRESHOLD_KEYS.values() for key in keys}
+    """SVDDeconvolution keywords from ``thresholds``: the keywords themselves or their config
+    names (bolus.perfusion.methods), so a config's ``svd`` section can be passed as is."""
+    entry = get_method(method)
+    known = {"threshold_ladder", "methods"} | set(entry.options.values())
+    known |= {key for m in METHODS.values() for key in (*m.options, *m.options.values())}
     unknown = set(thresholds) - known
     if unknown:
         raise TypeError(f"perfusion_maps got unknown threshold option(s): {sorted(unknown)}")
-    config_key, model_key = _THRESHOLD_KEYS[method]
-    value = thresholds.get(model_key)
-    if value is None:
-        value = thresholds.get(config_key)
-    options = {model_key: value}
-    if method == "osvd" and thresholds.get("threshold_ladder") is not None:
+    options = {
+        keyword: thresholds.get(keyword, thresholds.get(key))
+        for key, keyword in entry.options.items()
+    }
+    if entry.name == "osvd" and thresholds.get("threshold_ladder") is not None:
         options["threshold_ladder"] = thresholds["threshold_ladder"]
     return options
 
@@ -159,9 +156,7 @@ def perfusion_maps(
     dict with exactly the keys ``cbf``, ``cbv``, ``mtt``, ``tmax``, ``ttp``: float32 arrays of
     shape ``conc.shape[:-1]``.
     """
-    method = str(method).lower()
-    if method not in _THRESHOLD_KEYS:
-        raise ValueError(f"unknown method {method!r}; choose one of {tuple(_THRESHOLD_KEYS)}")
+    method = get_method(method).name
     conc = np.asarray(conc)
     times = np.asarray(times_s, dtype=float)
     aif = np.asarray(aif_curve, dtype=float)

@@ -155,6 +155,34 @@ def _worker_init(tmp: str) -> None:
     tempfile.tempdir = tmp
 
 
+def motion_table(parameters: np.ndarray, fd_threshold_mm: float | None = None):
+    """motion.tsv's table: ``volume``, the six rigid parameters, ``framewise_displacement_mm``
+    and (with ``fd_threshold_mm``) ``fd_above_threshold``; warns when volumes exceed it."""
+    n = parameters.shape[0]
+    table = pd.DataFrame(parameters, columns=list(MOTION_COLUMNS))
+    table.insert(0, "volume", np.arange(n))
+    fd = framewise_displacement(parameters)
+    table["framewise_displacement_mm"] = fd
+    if fd_threshold_mm is not None:
+        above = fd > float(fd_threshold_mm)
+        table["fd_above_threshold"] = above.astype(int)
+        if above.any():
+            log.warning(
+                "motion QC: %d of %d volumes move more than FD %.2g mm (max %.2f mm, volumes %s)",
+                int(above.sum()),
+                n,
+                float(fd_threshold_mm),
+                float(fd.max()),
+                ", ".join(str(k) for k in np.flatnonzero(above)),
+            )
+    return table
+
+
+def still_head_table(n_volumes: int):
+    """motion.tsv of a series that was not motion-corrected (``motion.enabled: false``)."""
+    return motion_table(np.zeros((n_volumes, len(MOTION_COLUMNS))), fd_threshold_mm=np.inf)
+
+
 def motion_correct(
     series: np.ndarray,
     spacing_mm,
@@ -213,20 +241,5 @@ def motion_correct(
                 corrected[..., k], parameters[k] = _register_volume(
                     reference, series[..., k], spacing, ants_transform, prefixes[k]
                 )
-    table = pd.DataFrame(parameters, columns=list(MOTION_COLUMNS))
-    table.insert(0, "volume", np.arange(n))
-    fd = framewise_displacement(parameters)
-    table["framewise_displacement_mm"] = fd
-    if fd_threshold_mm is not None:
-        above = fd > float(fd_threshold_mm)
-        table["fd_above_threshold"] = above.astype(int)
-        if above.any():
-            log.warning(
-                "motion QC: %d of %d volumes move more than FD %.2g mm (max %.2f mm, volumes %s)",
-                int(above.sum()),
-                n,
-                float(fd_threshold_mm),
-                float(fd.max()),
-                ", ".join(str(k) for k in np.flatnonzero(above)),
-            )
+    table = motion_table(parameters, fd_threshold_mm)
     return corrected, table
