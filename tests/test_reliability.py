@@ -235,6 +235,7 @@ def _fake_snakemake(tmp_path, stage, previous=None):
         input=SimpleNamespace(previous=str(previous)) if previous else SimpleNamespace(),
         output=SimpleNamespace(verdict=str(out)),
         log=[str(paths.log_file(tmp_path, "sub-07", stage))],
+        config={"output_dir": str(tmp_path)},
     )
 
 

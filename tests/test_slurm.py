@@ -113,15 +113,21 @@ def slurm_runs(slurm_cluster, slurm_home, tmp_path_factory):
     work = tmp_path_factory.mktemp("slurm_study")
     participants = simulate_cohort(
         work / "cohort",
-        2,
+        3,
         seed=5,
         matrix=(32, 32, 6),
         n_timepoints=30,
-        pathologies=("healthy", "stroke"),
+        pathologies=("healthy", "stroke", "healthy"),
     )
-    # motion correction off: ANTs is tested elsewhere (tests/test_workflow.py, test_motion.py);
-    # here it would only lengthen the jobs whose scheduling this module checks
+    table = pd.read_csv(participants, sep="\t", dtype=str, keep_default_na=False)
+    table["split"] = ["train", "val", "test"]
+    table.to_csv(participants, sep="\t", index=False)
+    # the default config (config.yaml: every learned model, the demo's epochs) with motion
+    # correction off: ANTs is tested elsewhere (tests/test_workflow.py, test_motion.py); here
+    # it would only lengthen the jobs whose scheduling this module checks
+    default = yaml.safe_load((REPO / "config.yaml").read_text())
     config = {
+        **default,
         "participants": str(participants),
         "output_dir": "results",
         "motion": {"enabled": False},
@@ -131,7 +137,7 @@ def slurm_runs(slurm_cluster, slurm_home, tmp_path_factory):
     study_run = run_snakemake(REPO / "Snakefile", work, slurm_home, "--set-threads", "preprocess=1")
     return {
         "probe": (probe, wait(*probe_run, timeout=600)),
-        "study": (work, wait(*study_run)),
+        "study": (work, wait(*study_run, timeout=2400)),
     }
 
 
@@ -190,7 +196,7 @@ def test_every_job_of_the_cohort_ran_as_a_slurm_job(slurm_runs):
     finished.pop("all")
     executed = [run for *_, slurm_log in submitted for run in executed_in(Path(slurm_log))]
     assert Counter(rule for rule, _ in executed) == finished
-    subjects = ["sub-01", "sub-02"]
+    subjects = ["sub-01", "sub-02", "sub-03"]
     for rule in ("inspect", "convert", "preprocess", "perfusion", "subject_metrics"):
         assert sorted(w for r, w in executed if r == rule) == [f"subject={s}" for s in subjects]
     assert finished["study"] == 1
@@ -198,8 +204,43 @@ def test_every_job_of_the_cohort_ran_as_a_slurm_job(slurm_runs):
     group_jobs = [s for s in submitted if "group_subj" in s[2]]
     assert len(group_jobs) == len(subjects)
     qc = pd.read_csv(paths.qc_table(work / "results"), sep="\t")
-    assert set(qc["status"]) == {"ok"} and set(qc["participant_id"]) == set(subjects)
-    assert paths.study_table(work / "results").exists()
+    assert set(qc["status"]) == {"ok"}, qc  # every subject, and every model trained
+    assert set(qc["participant_id"]) == {*subjects, "cohort"}
+    study = pd.read_csv(paths.study_table(work / "results"), sep="\t")
+    assert set(study["method"]) == set(config_models(work)) | {"ssvd", "csvd", "osvd"}
+
+
+def config_models(work: Path) -> list[str]:
+    return yaml.safe_load((work / "config.yaml").read_text())["models"]
+
+
+def allocations(work: Path) -> dict[str, dict[str, str]]:
+    """What Slurm gave each job, from the first line of every stage's log (bolus.smk)."""
+    found = {}
+    for log in (work / "results" / "logs").rglob("*.log"):
+        first = log.read_text().split("\n", 1)[0]
+        m = re.match(r"slurm job (\d+): nodes=(\S+) cpus=(\S+) gpus=(\S+)$", first)
+        assert m, f"{log}: no Slurm allocation line ({first!r})"
+        key = str(log.relative_to(work / "results" / "logs").with_suffix(""))
+        found[key] = dict(zip(("job", "nodes", "cpus", "gpus"), m.groups(), strict=True))
+    return found
+
+
+def test_every_job_asks_for_one_node_and_the_model_rules_get_the_gpu(slurm_runs):
+    """The default config's every learned model ran to the end on the 1-GPU node: every job
+    had one node and at most one GPU, training and prediction jobs had it, others none."""
+    work, _ = slurm_runs["study"]
+    jobs = allocations(work)
+    models = config_models(work)
+    gpu_jobs = {f"models/{m}" for m in models}
+    gpu_jobs |= {f"{s}/predict_{m}" for s in ("sub-01", "sub-02", "sub-03") for m in models}
+    gpu_jobs -= {f"{s}/predict_rf" for s in ("sub-01", "sub-02", "sub-03")}  # a CPU model
+    assert gpu_jobs <= set(jobs), sorted(gpu_jobs - set(jobs))
+    for name, job in jobs.items():
+        assert job["nodes"] == "1", (name, job)
+        gpus = [] if job["gpus"] == "none" else job["gpus"].split(",")
+        assert len(gpus) <= 1, (name, job)
+        assert bool(gpus) == (name in gpu_jobs), (name, job)
 
 
 def test_gpu_rules_are_submitted_with_a_gpu_request(slurm_runs):

@@ -9,6 +9,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def slurm_allocation() -> str | None:
+    """One line on what Slurm gave this job (nodes, CPUs, GPUs), from its environment; None
+    outside Slurm. The first line of every stage's log on a cluster."""
+    import os
+
+    env = os.environ
+    if "SLURM_JOB_ID" not in env:
+        return None
+    nodes = env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or "?"
+    gpus = env.get("SLURM_STEP_GPUS") or env.get("SLURM_JOB_GPUS") or "none"
+    cpus = env.get("SLURM_CPUS_PER_TASK") or env.get("SLURM_CPUS_ON_NODE") or "?"
+    return f"slurm job {env['SLURM_JOB_ID']}: nodes={nodes} cpus={cpus} gpus={gpus}"
+
+
 @contextmanager
 def logged(snakemake):
     """Send the stage's output and any error to the rule's log file, then re-raise.
@@ -22,6 +36,9 @@ def logged(snakemake):
         return
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as fh:
+        allocation = slurm_allocation()
+        if allocation:
+            fh.write(allocation + "\n")
         old_out, old_err = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = fh
         handler = logging.StreamHandler(fh)
@@ -43,12 +60,6 @@ def subject_paths(snakemake):
     from bolus import paths
 
     return paths.SubjectPaths(snakemake.config["output_dir"], snakemake.wildcards.subject)
-
-
-def _subject_folder(verdict_path: Path, subject: str) -> Path:
-    from bolus import paths
-
-    return paths.SubjectPaths(verdict_path.parent.parent, subject).dsc.parent
 
 
 def run_stage(snakemake, stage: str, work) -> dict:
@@ -74,7 +85,7 @@ def run_stage(snakemake, stage: str, work) -> dict:
     out = Path(str(snakemake.output.verdict))
     previous = getattr(snakemake.input, "previous", None)
     with logged(snakemake):
-        remove_stale_partials(_subject_folder(out, subject))
+        remove_stale_partials(subject_paths(snakemake).prefix.parent)
         if previous is not None:
             before = read_verdict(str(previous))
             if before.get("status") != "ok":

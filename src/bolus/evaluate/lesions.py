@@ -1,7 +1,7 @@
 """Hypoperfusion lesions and their overlap.
 
 The lesion of a Tmax map is Tmax > threshold (6 s by default, config key
-``lesion.tmax_threshold_s``) inside the brain mask (DESIGN.md).
+``lesion.tmax_threshold_s``) inside the brain mask.
 
 Conventions
 -----------

@@ -1,8 +1,8 @@
 """Agreement of a perfusion map with its reference, inside a mask.
 
 Every function takes ``pred, ref, mask`` (3D arrays of one shape; ``mask`` boolean, or
-numeric with voxels > 0.5 inside) and returns a float. Definitions (DESIGN.md, "Units
-and conventions"):
+numeric with voxels > 0.5 inside) and returns a float. Definitions (README, "Units and
+conventions"):
 
 * MAE = mean |pred − ref|, RMSE = √mean (pred − ref)², PCC = Pearson correlation, SCC =
   Spearman rank correlation (Pearson correlation of the ranks, ties given their average

@@ -227,7 +227,14 @@ def train_pix2pix(name, spec, data_dir, model_dir, params, config, device) -> Pa
     """Adversarial training with checkpoints, resume and early stopping (module docstring)."""
     import torch
 
-    from bolus.learn.train import CHECKPOINT, MODEL, _save_atomic, write_curves
+    from bolus.learn.train import (
+        CHECKPOINT,
+        MODEL,
+        _save_atomic,
+        load_checkpoint,
+        run_fingerprint,
+        write_curves,
+    )
     from bolus.models.pix2pix import fit_scales, optimisers, training_step
 
     model_dir = Path(model_dir)
@@ -246,8 +253,9 @@ def train_pix2pix(name, spec, data_dir, model_dir, params, config, device) -> Pa
     history: list[dict] = []
     best = copy.deepcopy(model.state_dict())
     checkpoint = model_dir / CHECKPOINT
-    if checkpoint.exists():
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+    fingerprint = run_fingerprint(data_dir, params)
+    saved = load_checkpoint(checkpoint, device, fingerprint)
+    if saved is not None:
         model.load_state_dict(saved["model"])
         opt_g.load_state_dict(saved["opt_g"])
         opt_d.load_state_dict(saved["opt_d"])
@@ -282,7 +290,8 @@ def train_pix2pix(name, spec, data_dir, model_dir, params, config, device) -> Pa
         state["epoch"] += 1
         _save_atomic(
             {"model": model.state_dict(), "opt_g": opt_g.state_dict(),
-             "opt_d": opt_d.state_dict(), "best": best, "state": state, "history": history},
+             "opt_d": opt_d.state_dict(), "best": best, "state": state, "history": history,
+             "fingerprint": fingerprint},
             checkpoint,
         )  # fmt: skip
         write_curves(history, model_dir, figure=False)

@@ -109,6 +109,30 @@ class ArrayData:
             yield np.sort(rows[at : at + batch_size])
 
 
+def run_fingerprint(data_dir, params: dict) -> str:
+    """What a checkpoint was trained on: the training data's meta.json and the parameters.
+    A checkpoint of another run (other data, other sizes) is not resumed."""
+    import hashlib
+
+    meta = (Path(data_dir) / "meta.json").read_bytes()
+    text = yaml.safe_dump({k: v for k, v in params.items() if k != "threads"}, sort_keys=True)
+    return hashlib.sha256(meta + text.encode()).hexdigest()
+
+
+def load_checkpoint(checkpoint: Path, device, fingerprint: str) -> dict | None:
+    """The saved state to resume from, or None (none, or one of another run: started afresh
+    and said so in the log). Every save adds ``fingerprint``."""
+    import torch
+
+    if not checkpoint.exists():
+        return None
+    saved = torch.load(checkpoint, map_location=device, weights_only=False)
+    if saved.get("fingerprint") != fingerprint:
+        log.info("%s is of another run (other data or parameters): starting afresh", checkpoint)
+        return None
+    return saved
+
+
 def _save_atomic(obj, path: Path) -> None:
     import torch
 
@@ -221,8 +245,9 @@ def train_model(name: str, data_dir, model_dir, config: dict | None = None, thre
     history: list[dict] = []
     best_weights = copy.deepcopy(model.state_dict())
     checkpoint = model_dir / CHECKPOINT
-    if checkpoint.exists():
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+    fingerprint = run_fingerprint(data_dir, params)
+    saved = load_checkpoint(checkpoint, device, fingerprint)
+    if saved is not None:
         model.load_state_dict(saved["model"])
         optimiser.load_state_dict(saved["optimiser"])
         best_weights, state, history = saved["best"], saved["state"], saved["history"]
@@ -262,7 +287,8 @@ def train_model(name: str, data_dir, model_dir, config: dict | None = None, thre
             state["epoch_in_phase"] += 1
             _save_atomic(
                 {"model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                 "best": best_weights, "state": state, "history": history},
+                 "best": best_weights, "state": state, "history": history,
+                 "fingerprint": fingerprint},
                 checkpoint,
             )  # fmt: skip
             write_curves(history, model_dir, figure=False)  # the figure once, at the end
@@ -271,7 +297,8 @@ def train_model(name: str, data_dir, model_dir, config: dict | None = None, thre
         state.update(phase=state["phase"] + 1, epoch_in_phase=0, best=float("inf"), stale=0)
         _save_atomic(
             {"model": model.state_dict(), "optimiser": optimiser.state_dict(),
-             "best": best_weights, "state": state, "history": history},
+             "best": best_weights, "state": state, "history": history,
+             "fingerprint": fingerprint},
             checkpoint,
         )  # fmt: skip
     if history:

@@ -46,7 +46,8 @@ CBF = cbf_scale·max r (ml/100 g/min), CBV = cbv_scale·Σ r·Δt (ml/100 g), MT
 
 BAD is trained against the *effective* arrival delay δ + argmax(h_β ⊗ R) of the truth maps
 (the peak of the residue seen through the global AIF, Calamante 2000): equal to the local
-AIF's delay δ without dispersion, and what Tmax means in this project (DESIGN.md).
+AIF's delay δ without dispersion, and what Tmax means in this project (README, "Units and
+conventions").
 
 Loss (:func:`transformer_loss`)
 -------------------------------
