@@ -124,3 +124,69 @@ onerror:
     from bolus.smk import cohort_finished
 
     cohort_finished(OUT, crashed=True)
+
+
+# ----------------------------------------------------------------------------- per stage
+def method_config(method):
+    """The part of the svd section one method reads (bolus.perfusion.methods)."""
+    from bolus.perfusion.methods import get_method
+
+    return get_method(method).config(config["svd"])
+
+
+def svd_verdicts(subject):
+    return [verdict(subject, paths.svd_stage(m)) for m in METHODS]
+
+
+def training_rows():
+    """The train/val rows (the columns the training data read); a subject whose perfusion
+    stage did not succeed is left out when the data are written."""
+    keep = ("participant_id", "split", "reference_dir")
+    return [
+        {k: ROWS[s].get(k) for k in keep}
+        for s in SUBJECTS
+        if ROWS[s]["split"] in ("train", "val")
+    ]
+
+
+def training_inputs(stage):
+    def of(wildcards):
+        rows = training_rows()
+        found = [verdict(r["participant_id"], stage) for r in rows]
+        for r in rows:
+            found += subject_files(r["participant_id"], "reference_dir")
+        return found
+
+    return of
+
+
+def model_layout(model):
+    return MODEL_INFO[model].layout
+
+
+# what the config check already knows, said before any job runs
+if any(model_layout(m) == "tof" for m in MODELS) and not any(
+    ROWS[s].get("tof_dicom_dir") or ROWS[s].get("tof_nifti") for s in SUBJECTS
+):
+    print(
+        "bolus: no subject of participants.tsv has a TOF-MRA (tof_dicom_dir or tof_nifti): "
+        + ", ".join(m for m in MODELS if model_layout(m) == "tof")
+        + " will be skipped",
+        file=sys.stderr,
+    )
+
+
+def prediction_input(model):
+    """What a model's prediction reads besides the model: the perfusion stage's outputs, or
+    the coregistered TOF-MRA (pix2pix)."""
+    return "tof" if model_layout(model) == "tof" else "perfusion"
+
+
+def prediction_verdicts(subject):
+    """The verdicts of every configured model's prediction for one subject."""
+    return [verdict(subject, paths.predict_stage(m)) for m in MODELS]
+
+
+def evaluated_methods():
+    """Every method whose maps may exist: the SVD methods, then the learned models."""
+    return METHODS + MODELS

@@ -1,11 +1,6 @@
 # Every method against the reference, per subject; then the study tables and qc.tsv.
 
 
-def evaluated_methods():
-    """Every method whose maps may exist: the SVD methods, then the learned models."""
-    return METHODS + MODELS
-
-
 rule subject_metrics:
     input:
         row_files("reference_dir", "lesion_mask", "tissue_labels"),
@@ -52,6 +47,5 @@ rule study:
         seed=config["seed"],
         study=config["study"],
         models=MODELS,
-        output_dir=OUT,
     script:
         "../scripts/study.py"

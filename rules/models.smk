@@ -5,44 +5,6 @@
 # say so, and the study tables score every other method (bolus.learn.stages).
 
 
-def training_rows():
-    """The train/val rows (the columns the training data read); a subject whose perfusion
-    stage did not succeed is left out when the data are written."""
-    keep = ("participant_id", "split", "reference_dir")
-    return [
-        {k: ROWS[s].get(k) for k in keep}
-        for s in SUBJECTS
-        if ROWS[s]["split"] in ("train", "val")
-    ]
-
-
-def training_inputs(stage):
-    def of(wildcards):
-        rows = training_rows()
-        found = [verdict(r["participant_id"], stage) for r in rows]
-        for r in rows:
-            found += subject_files(r["participant_id"], "reference_dir")
-        return found
-
-    return of
-
-
-def model_layout(model):
-    return MODEL_INFO[model].layout
-
-
-# what the config check already knows, said before any job runs
-if any(model_layout(m) == "tof" for m in MODELS) and not any(
-    ROWS[s].get("tof_dicom_dir") or ROWS[s].get("tof_nifti") for s in SUBJECTS
-):
-    print(
-        "bolus: no subject of participants.tsv has a TOF-MRA (tof_dicom_dir or tof_nifti): "
-        + ", ".join(m for m in MODELS if model_layout(m) == "tof")
-        + " will be skipped",
-        file=sys.stderr,
-    )
-
-
 rule training_data:
     input:
         training_inputs("perfusion"),
@@ -58,7 +20,6 @@ rule training_data:
         lesion_tmax_s=config["training"]["lesion_tmax_s"],
         seed=config["seed"],
         registration=config["reference_registration"],
-        output_dir=OUT,
     script:
         "../scripts/training_data.py"
 
@@ -85,12 +46,6 @@ rule train_model:
         "../scripts/train_model.py"
 
 
-def prediction_input(model):
-    """What a model's prediction reads besides the model: the perfusion stage's outputs, or
-    the coregistered TOF-MRA (pix2pix)."""
-    return "tof" if model_layout(model) == "tof" else "perfusion"
-
-
 for _model in MODELS:
 
     rule:
@@ -110,11 +65,5 @@ for _model in MODELS:
         params:
             model=_model,
             device=config["training"]["device"],
-            output_dir=OUT,
         script:
             "../scripts/predict_model.py"
-
-
-def prediction_verdicts(subject):
-    """The verdicts of every configured model's prediction for one subject."""
-    return [verdict(subject, paths.predict_stage(m)) for m in MODELS]

@@ -39,14 +39,3 @@ rule svd_maps:
         constants=config["constants"],
     script:
         "../scripts/svd_maps.py"
-
-
-def method_config(method):
-    """The part of the svd section one method reads (bolus.perfusion.methods)."""
-    from bolus.perfusion.methods import get_method
-
-    return get_method(method).config(config["svd"])
-
-
-def svd_verdicts(subject):
-    return [verdict(subject, paths.svd_stage(m)) for m in METHODS]

@@ -71,7 +71,6 @@ rule study_figures:
     conda:
         "../envs/report.yaml"
     params:
-        output_dir=OUT,
         models=MODELS,
         scope=config["study"]["subjects"],
     script:

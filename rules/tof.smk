@@ -36,6 +36,5 @@ rule tof_training_data:
     params:
         rows=lambda wc: training_rows(),
         registration=config["reference_registration"],
-        output_dir=OUT,
     script:
         "../scripts/tof_training_data.py"

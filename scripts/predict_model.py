@@ -7,7 +7,7 @@ run_stage(
     s,
     s.rule,
     lambda: predict_stage(
-        p.model, s.input.model, p.output_dir, s.wildcards.subject, device=p.device,
+        p.model, s.input.model, s.config["output_dir"], s.wildcards.subject, device=p.device,
         threads=s.threads,
     ),
 )  # fmt: skip

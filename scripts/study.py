@@ -6,7 +6,7 @@ with logged(s):
     study_outputs(
         s.params.participants,
         s.params.subjects,
-        s.params.output_dir,
+        s.config["output_dir"],
         seed=s.params.seed,
         study=s.params.study,
         models=s.params.models,

@@ -4,5 +4,5 @@ from bolus.smk import logged
 s = snakemake  # noqa: F821 (injected by Snakemake)
 with logged(s):
     study_figures(
-        s.input.subjects, s.params.output_dir, models=s.params.models, scope=s.params.scope
+        s.input.subjects, s.config["output_dir"], models=s.params.models, scope=s.params.scope
     )

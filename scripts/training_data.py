@@ -6,7 +6,7 @@ p = s.params
 with logged(s):
     training_data_stage(
         p.rows,
-        p.output_dir,
+        s.config["output_dir"],
         s.output[0],
         training={"voxels_per_subject": p.voxels_per_subject, "lesion_tmax_s": p.lesion_tmax_s},
         seed=p.seed,
