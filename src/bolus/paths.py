@@ -223,6 +223,14 @@ def predict_stage(model: str) -> str:
     return f"predict_{model}"
 
 
+def method_stage(method: str) -> str:
+    """The stage that writes a method's maps: an SVD method's ``maps_<method>``, a learned
+    model's ``predict_<model>``."""
+    from bolus.perfusion.methods import METHODS
+
+    return svd_stage(method) if method in METHODS else predict_stage(method)
+
+
 def log_file(output_dir: str | Path, participant_id: str, stage: str) -> Path:
     """``<output_dir>/logs/<participant_id>/<stage>.log``; ``participant_id`` ``models`` holds
     the cohort's training logs, and a cohort-wide job's log is :func:`cohort_log`."""

@@ -125,11 +125,17 @@ def subject_reference(
 
 
 def method_maps(subject: paths.SubjectPaths, methods) -> dict[str, dict[str, np.ndarray]]:
-    """Every map on disk of every method (methods with no map left out)."""
+    """Every map on disk of every method whose maps stage did not fail or skip this time
+    (its verdict; maps an earlier run left are not scored), methods with no map left out."""
+    import json
+
     from bolus.io.nifti import load_volume
 
     found = {}
     for method in methods:
+        verdict = subject.verdict(paths.method_stage(method))
+        if verdict.exists() and json.loads(verdict.read_text()).get("status") != "ok":
+            continue
         maps = {
             name: load_volume(path)[0]
             for name, path in subject.maps(method).items()

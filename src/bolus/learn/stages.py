@@ -154,6 +154,8 @@ def predict_stage(model: str, model_verdict, output_dir, subject: str, *, device
     from bolus.qc import read_verdict
 
     _verbose()
+    for stale in paths.SubjectPaths(output_dir, subject).maps(model).values():
+        stale.unlink(missing_ok=True)  # an earlier run's maps (other maps, or no model now)
     verdict = read_verdict(model_verdict)
     if verdict.get("status") != "ok":
         raise ModelSkipped(f"{model} was not trained: {verdict.get('reason', '')}")
