@@ -134,24 +134,26 @@ def method_config(method):
     return get_method(method).config(config["svd"])
 
 
-def svd_verdicts(subject):
-    return [verdict(subject, paths.svd_stage(m)) for m in METHODS]
+#: every SVD method's verdict of the job's subject (patterns: no input function to call)
+SVD_VERDICTS = [verdict("{subject}", paths.svd_stage(m)) for m in METHODS]
 
 
-def training_rows():
-    """The train/val rows (the columns the training data read); a subject whose perfusion
-    stage did not succeed is left out when the data are written."""
+def training_rows(layout="voxels"):
+    """The train/val rows (the columns the training data read), those with a TOF-MRA for
+    the TOF layout; a subject whose perfusion stage did not succeed is left out when the
+    data are written."""
     keep = ("participant_id", "split", "reference_dir")
     return [
         {k: ROWS[s].get(k) for k in keep}
         for s in SUBJECTS
         if ROWS[s]["split"] in ("train", "val")
+        and (layout != "tof" or s in TOF_SUBJECTS)
     ]
 
 
-def training_inputs(stage):
+def training_inputs(stage, layout="voxels"):
     def of(wildcards):
-        rows = training_rows()
+        rows = training_rows(layout)
         found = [verdict(r["participant_id"], stage) for r in rows]
         for r in rows:
             found += subject_files(r["participant_id"], "reference_dir")
@@ -182,9 +184,27 @@ def prediction_input(model):
     return "tof" if model_layout(model) == "tof" else "perfusion"
 
 
-def prediction_verdicts(subject):
-    """The verdicts of every configured model's prediction for one subject."""
-    return [verdict(subject, paths.predict_stage(m)) for m in MODELS]
+#: subjects with a TOF-MRA: only they get the TOF models' jobs (registration, prediction)
+TOF_SUBJECTS = {
+    s for s in SUBJECTS if ROWS[s].get("tof_dicom_dir") or ROWS[s].get("tof_nifti")
+}
+#: every model's prediction verdict of the job's subject (patterns), TOF models aside
+PREDICTION_VERDICTS = [
+    verdict("{subject}", paths.predict_stage(m))
+    for m in MODELS
+    if model_layout(m) != "tof"
+]
+
+
+def tof_prediction_verdicts(wildcards):
+    """The TOF models' prediction verdicts, for a subject with a TOF-MRA."""
+    if wildcards.subject not in TOF_SUBJECTS:
+        return []
+    return [
+        verdict(wildcards.subject, paths.predict_stage(m))
+        for m in MODELS
+        if model_layout(m) == "tof"
+    ]
 
 
 def evaluated_methods():

@@ -5,8 +5,9 @@ rule subject_metrics:
     input:
         row_files("reference_dir", "lesion_mask", "tissue_labels"),
         previous=verdict("{subject}", "perfusion"),
-        maps=lambda wc: svd_verdicts(wc.subject),
-        predictions=lambda wc: prediction_verdicts(wc.subject),
+        maps=SVD_VERDICTS,
+        predictions=PREDICTION_VERDICTS,
+        tof_predictions=tof_prediction_verdicts,
     output:
         verdict=verdict("{subject}", "metrics"),
     log:

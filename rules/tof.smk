@@ -25,8 +25,8 @@ rule coregister_tof:
 
 rule tof_training_data:
     input:
-        training_inputs("tof"),
-        training_inputs("perfusion"),
+        training_inputs("tof", "tof"),
+        training_inputs("perfusion", "tof"),
     output:
         str(paths.training_meta(OUT, "tof")),
     log:
@@ -34,7 +34,7 @@ rule tof_training_data:
     conda:
         "../envs/models.yaml"
     params:
-        rows=lambda wc: training_rows(),
+        rows=lambda wc: training_rows("tof"),
         registration=config["reference_registration"],
     script:
         "../scripts/tof_training_data.py"
