@@ -76,7 +76,7 @@ def check_dicom_series(info, subject: str, folder: str | Path) -> None:
     echo_times, repetition_times, per_volume = {}, {}, Counter()
     for frame in info.frames:
         if frame.echo_time_ms is not None:
-            echo_times.setdefault(round(frame.echo_time_ms / _ECHO_TOLERANCE_MS), set()).add(
+            echo_times.setdefault(round(frame.echo_time_ms / _ECHO_TOLERANCE_MS), []).append(
                 frame.path
             )
         if frame.repetition_time_ms is not None:
@@ -86,7 +86,7 @@ def check_dicom_series(info, subject: str, folder: str | Path) -> None:
             per_volume[frame.temporal] += 1
     if len(echo_times) > 1:
         values = sorted(k * _ECHO_TOLERANCE_MS for k in echo_times)
-        counts = ", ".join(f"{v:g} ms ({len(echo_times[round(v / _ECHO_TOLERANCE_MS)])} files)"
+        counts = ", ".join(f"{v:g} ms ({len(echo_times[round(v / _ECHO_TOLERANCE_MS)])} images)"
                            for v in values)  # fmt: skip
         raise SubjectError(
             subject,

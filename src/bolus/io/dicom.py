@@ -846,8 +846,9 @@ def _verified_against_headers(nifti: Path, info: SeriesInfo, subject: str, workd
         if not mismatched:
             return nifti
         reason = (
-            f"{mismatched} image(s) are not where the acquisition order puts them (InstanceNumber "
-            "not time-major?)"
+            f"{mismatched} image(s) are not where the acquisition order (temporal position, "
+            "acquisition time) puts them: dcm2niix ordered the volumes otherwise (by "
+            "InstanceNumber or by a non-temporal dimension index)"
         )
         affine = image.affine
     else:
