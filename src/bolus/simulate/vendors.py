@@ -14,6 +14,12 @@ simulation, so a correct conversion gives the same 4D series whatever the conven
   TR, ms), which dcm2niix would take as a cardiac-gated series and split unless told
   ``--ignore_trigger_times``.
 
+Enhanced storage (``storage="enhanced"`` of the writers): Philips one file with the frames
+slice by slice, Siemens (with per-slice frame acquisition times), GE and the default one file
+with the frames volume by volume; every frame carries its temporal position index and
+acquisition time. (``enhanced_per_volume``, one file per volume as Siemens XA exports
+fMRI, is written but dcm2niix splits such a simulated series per file: not yet a default.)
+
 Irregular timing (any vendor): ``frame_times_s`` gives every volume's real onset; the
 AcquisitionTime of each volume follows it, and dcm2niix, seeing unequal intervals, reports
 irregular timing and rewrites RepetitionTime — the converter must take the time axis from the
@@ -55,6 +61,8 @@ class VendorConvention:
     shared_acquisition_time: bool = False
     temporal_position: bool = True
     per_slice_trigger_time: bool = False
+    enhanced_per_volume: bool = False  # enhanced storage: one file per time point
+    enhanced_slice_major: bool = False  # enhanced storage: frames slice by slice
 
     @property
     def manufacturer(self) -> str:
@@ -81,7 +89,7 @@ class VendorConvention:
 CONVENTIONS = {
     "siemens": VendorConvention("siemens", slice_major=True, per_slice_acquisition_time=True),
     "ge": VendorConvention("ge", shared_acquisition_time=True, temporal_position=False),
-    "philips": VendorConvention("philips", per_slice_trigger_time=True),
+    "philips": VendorConvention("philips", per_slice_trigger_time=True, enhanced_slice_major=True),
 }
 
 
