@@ -239,16 +239,17 @@ def _enhanced_file(ds: Dataset, path: Path, frames: list[dict], *, sop_class: st
     out.InstanceNumber = instance
     out.SOPInstanceUID = exam.uid("image", series_number, "enhanced", instance)
     out.NumberOfFrames = len(frames)
-    out.AcquisitionNumber = instance  # one acquisition per file (Siemens XA: per volume)
     out.ContentQualification = "PRODUCT"
     out.AcquisitionDateTime = exam.study_date + _dicom_time(min(f["time_s"] for f in frames))
     organization = exam.uid("dimensions", series_number)
     out.DimensionOrganizationSequence = [_item(DimensionOrganizationUID=organization)]
+    # as Siemens XA and Philips write them: stack, position in the stack, time point
+    dimensions = [(0x00209056, "Stack ID", 0), (0x00209057, "In-Stack Position Number", 1),
+                  (0x00209128, "Temporal Position Index", 2)]  # fmt: skip
     out.DimensionIndexSequence = [
         _item(DimensionOrganizationUID=organization, DimensionIndexPointer=pointer,
               FunctionalGroupPointer=0x00209111, DimensionDescriptionLabel=label)
-        for pointer, label in ((0x00209056, "Stack ID"), (0x00209057, "In-Stack Position Number"),
-                               (0x00209128, "Temporal Position Index"))
+        for pointer, label, _ in dimensions
     ]  # fmt: skip
     out.SharedFunctionalGroupsSequence = [shared]
     per_frame = []
@@ -260,7 +261,7 @@ def _enhanced_file(ds: Dataset, path: Path, frames: list[dict], *, sop_class: st
             FrameAcquisitionDateTime=exam.study_date + _dicom_time(frame["time_s"]),
             FrameReferenceDateTime=exam.study_date + _dicom_time(frame["time_s"]),
             FrameAcquisitionDuration=100.0,
-            DimensionIndexValues=[1, frame["k"] + 1, frame["t"] + 1],
+            DimensionIndexValues=[(1, frame["k"] + 1, frame["t"] + 1)[i] for _, _, i in dimensions],
         )
         per_frame.append(
             _item(FrameContentSequence=[content],
@@ -297,23 +298,13 @@ def _shared_groups(ds: Dataset, grid, *, mr: bool) -> Dataset:
 
 
 def _write_enhanced_series(folder: Path, stem: str, ds: Dataset, frames: list[dict], *,
-                           per_volume: bool, sop_class: str, grid, exam: Exam,
-                           series_number: int, mr: bool) -> list[Path]:  # fmt: skip
-    """``frames`` in the order to store them, as one file or (``per_volume``) one file per
-    time point (Siemens XA's enhanced export of an fMRI-type series)."""
+                           sop_class: str, grid, exam: Exam, series_number: int,
+                           mr: bool) -> list[Path]:  # fmt: skip
+    """``frames`` in the order to store them, as one enhanced file; returns ``[path]``."""
+    path = folder / f"{stem}_{series_number:03d}_00001.dcm"
     shared = _shared_groups(ds, grid, mr=mr)
-    groups = [frames]
-    if per_volume:
-        by_t: dict[int, list] = {}
-        for frame in frames:
-            by_t.setdefault(frame["t"], []).append(frame)
-        groups = [by_t[t] for t in sorted(by_t)]
-    return [
-        _enhanced_file(ds, folder / f"{stem}_{series_number:03d}_{n + 1:05d}.dcm", group,
-                       sop_class=sop_class, shared=shared, exam=exam,
-                       series_number=series_number, instance=n + 1)
-        for n, group in enumerate(groups)
-    ]  # fmt: skip
+    return [_enhanced_file(ds, path, frames, sop_class=sop_class, shared=shared, exam=exam,
+                           series_number=series_number, instance=1)]  # fmt: skip
 
 
 def write_dsc_series(
@@ -336,8 +327,8 @@ def write_dsc_series(
     ``storage`` ``classic``: MR Image Storage, one file per slice per time point;
     ``enhanced``: Enhanced MR Image Storage, the images as frames with per-frame functional
     groups (plane position, temporal position index, frame acquisition time), stored as the
-    vendor convention does (:mod:`bolus.simulate.vendors`: Philips one file in slice-major
-    frame order, Siemens, GE and default one file, time-major).
+    vendor convention does (:mod:`bolus.simulate.vendors`: Philips frames slice by slice,
+    Siemens, GE and the default volume by volume).
 
     Values are rounded and clipped to uint16. ``start_time_s`` (seconds after midnight) is
     the AcquisitionTime of volume 0, by default 5 minutes after the exam's start.
@@ -399,10 +390,11 @@ def write_dsc_series(
              "t": t, "time_s": start + onsets[t] + (slice_offsets[k] if per_slice_time else 0.0)}
             for t in range(nt) for k in range(nz)
         ]  # fmt: skip
-        if conv is not None and conv.enhanced_slice_major:
+        slice_major = conv is not None and conv.enhanced_slice_major
+        if slice_major:
             frames.sort(key=lambda f: (f["k"], f["t"]))
         return _write_enhanced_series(
-            folder, "IM", ds, frames, per_volume=conv is not None and conv.enhanced_per_volume,
+            folder, "IM", ds, frames,
             sop_class=ENHANCED_MR_IMAGE_STORAGE, grid=grid, exam=exam,
             series_number=series_number, mr=True,
         )  # fmt: skip
@@ -493,7 +485,7 @@ def write_ctp_series(
             for t in range(nt) for k in range(nz)
         ]  # fmt: skip
         return _write_enhanced_series(
-            folder, "CT", ds, frames, per_volume=False, sop_class=ENHANCED_CT_IMAGE_STORAGE,
+            folder, "CT", ds, frames, sop_class=ENHANCED_CT_IMAGE_STORAGE,
             grid=grid, exam=exam, series_number=series_number, mr=False,
         )  # fmt: skip
     paths = []

@@ -14,11 +14,12 @@ simulation, so a correct conversion gives the same 4D series whatever the conven
   TR, ms), which dcm2niix would take as a cardiac-gated series and split unless told
   ``--ignore_trigger_times``.
 
-Enhanced storage (``storage="enhanced"`` of the writers): Philips one file with the frames
-slice by slice, Siemens (with per-slice frame acquisition times), GE and the default one file
-with the frames volume by volume; every frame carries its temporal position index and
-acquisition time. (``enhanced_per_volume``, one file per volume as Siemens XA exports
-fMRI, is written but dcm2niix splits such a simulated series per file: not yet a default.)
+Enhanced storage (``storage="enhanced"`` of the writers): one multi-frame file; Philips
+stores the frames slice by slice, Siemens (frames with per-slice acquisition times), GE and the
+default volume by volume; every frame carries its stack, in-stack position and temporal
+position index (DimensionIndexValues in that order, as Siemens XA and Philips write them) and
+its acquisition time. dcm2niix (v1.0.20260724) stacks the frames of the volume-by-volume
+layout in the wrong order; the converter rebuilds them in acquisition order.
 
 Irregular timing (any vendor): ``frame_times_s`` gives every volume's real onset; the
 AcquisitionTime of each volume follows it, and dcm2niix, seeing unequal intervals, reports
@@ -61,7 +62,6 @@ class VendorConvention:
     shared_acquisition_time: bool = False
     temporal_position: bool = True
     per_slice_trigger_time: bool = False
-    enhanced_per_volume: bool = False  # enhanced storage: one file per time point
     enhanced_slice_major: bool = False  # enhanced storage: frames slice by slice
 
     @property
