@@ -54,7 +54,7 @@ IDENTIFYING_TAGS = (
 # Sidecar keys dcm2niix may write that identify a person, site or device, or date the exam.
 _SIDECAR_DROP = re.compile(
     r"(Patient(?!Position|Orientation)|Institution|Physician|Operator|Accession|StationName|SerialNumber"
-    r"|Date|StudyID|StudyDescription|StudyInstanceUID|SeriesInstanceUID|ProcedureStep|ProtocolName|BidsGuess)",
+    r"|Date|StudyID|StudyDescription|StudyInstanceUID|SeriesInstanceUID|ProcedureStep|BidsGuess)",
     re.IGNORECASE,
 )
 
@@ -459,23 +459,30 @@ def _specific(value: str) -> bool:
 def identifying_values(files: list[Path], limit: int = 5) -> dict[str, str]:
     """Identifier values (name, ID, birth date, institution, ...) in a few of ``files``,
     each mapped to the DICOM keyword it came from (never logged or reported: only the
-    keyword is). Values that are also the scanner, protocol or series text of the same
+    keyword is). Values that are also the scanner, sequence or series text of the same
     header (e.g. StationName = ManufacturerModelName) and values too short or generic to
-    identify anyone are left out; a PatientName's components are searched too."""
+    identify anyone are left out; a PatientName's components are searched too, unless one
+    is a word of that text or of the ProtocolName."""
     import pydicom
 
     values: dict[str, str] = {}
     for path in list(files)[:limit]:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         descriptive = {_normalised(ds.get(tag, "")) for tag in _DESCRIPTIVE_TAGS} - {""}
+        protocol_words = set(
+            re.findall(r"\w+", " ".join(descriptive | {_normalised(ds.get("ProtocolName", ""))}))
+        )
         for tag in IDENTIFYING_TAGS:
             value = str(ds.get(tag, "") or "").strip()
             if not _specific(value) or _normalised(value) in descriptive:
                 continue
             values.setdefault(value, tag)
             if tag == "PatientName":
+                # a single name component that is a word of the protocol or scanner text
+                # ('Test^Regression' in 'DCM2NIIX regression test') is that text; the whole
+                # name is still searched
                 for part in re.split(r"[\^ ]+", value):
-                    if _specific(part) and _normalised(part) not in descriptive:
+                    if _specific(part) and _normalised(part) not in protocol_words:
                         values.setdefault(part, tag)
     return values
 
