@@ -287,3 +287,23 @@ def test_geometry_check_accepts_rounding_and_keeps_dcm2niix_output(dcm_qa, dcm2n
         assert out.get_data_dtype() == ref.get_data_dtype()
         np.testing.assert_array_equal(out.dataobj.get_unscaled(), raw)
         np.testing.assert_allclose(out.affine, ref.affine if rebuilt else moved, atol=2e-3)
+
+
+def test_a_refused_series_leaves_no_output(dcm2niix, tmp_path):
+    """A dynamic series without a bolus (an fMRI-like run: the same head with 1 % noise at
+    every volume) converts, then the signal check refuses it for what it is, and neither
+    the NIfTI nor the sidecar is left behind (nor a temporary)."""
+    from bolus.simulate.cohort import simulate_subject
+    from bolus.simulate.dicom_writer import synthetic_exam, write_dsc_series
+    from bolus.stages import convert_subject
+
+    sim = simulate_subject(7, 1, matrix=(16, 16, 3), n_timepoints=20)
+    still = np.repeat(sim.signal[..., :1], 20, axis=-1)
+    still *= 1 + 0.01 * np.random.default_rng(1).standard_normal(still.shape)
+    write_dsc_series(tmp_path / "dicom", still, sim.phantom.grid, tr_s=sim.tr_s, te_s=sim.te_s,
+                     exam=synthetic_exam(7, 1), vendor="ge")  # fmt: skip
+    row = {"participant_id": "sub-07", "dicom_dir": str(tmp_path / "dicom")}
+    out = tmp_path / "sub-07"
+    with pytest.raises(SubjectError, match=r"sub-07: .*no bolus passage found: .*never drops"):
+        convert_subject(row, out / "sub-07_dsc.nii.gz", out / "sub-07_dsc.json")
+    assert list(out.iterdir()) == []
