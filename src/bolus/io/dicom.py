@@ -11,6 +11,7 @@ and every identifier value read from the DICOM headers is searched for in what w
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -96,6 +97,8 @@ class SeriesInfo:
     geometry: set = field(default_factory=set)
     #: (path, pixel data offset, expected pixel bytes or None, file size) per file
     file_sizes: list = field(default_factory=list)
+    #: files of the folder scanned that are not this series' (other series, non-DICOM)
+    others: int = 0
 
     @property
     def n_files(self) -> int:
@@ -191,35 +194,77 @@ def _expected_pixel_bytes(ds) -> int | None:
     return rows * cols * frames * samples * bits // 8
 
 
+_TAGS: dict[str, int] = {}
+
+
+def _strings(ds, keyword: str) -> list[str] | None:
+    """The values of a text element (DS, IS, TM, UI, CS) as strings, straight from the
+    bytes read (pydicom's value conversion costs more than reading the file); None if
+    absent or empty."""
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        from pydicom.datadict import tag_for_keyword
+
+        tag = _TAGS[keyword] = tag_for_keyword(keyword)
+    element = ds.get_item(tag)
+    if element is None:
+        return None
+    value = element.value
+    if isinstance(value, bytes):
+        parts = [v.strip(" \0") for v in value.decode("latin-1").split("\\")]
+    elif value is None:
+        return None
+    elif isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        parts = [str(v).strip() for v in value]
+    else:
+        parts = [str(value).strip()]
+    return parts if any(parts) else None
+
+
+def _floats(ds, keyword: str) -> tuple[float, ...] | None:
+    parts = _strings(ds, keyword)
+    try:
+        return tuple(float(v) for v in parts) if parts else None
+    except ValueError:
+        return None
+
+
+def _first_float(ds, keyword: str) -> float | None:
+    values = _floats(ds, keyword)
+    return values[0] if values else None
+
+
 def _frames_of(ds, path: Path) -> tuple[list[Frame], set]:
     """The 2D images of one file and their geometry: the file itself (classic storage) or
     every frame of its per-frame functional groups (enhanced storage: PS3.3 C.7.6.16)."""
     rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
-    n_frames = int(ds.get("NumberOfFrames") or 1)
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    instance = int(_number(ds.get("InstanceNumber")) or 0)
-    if n_frames <= 1 and not per_frame:
-        temporal = ds.get("TemporalPositionIdentifier") or ds.get("AcquisitionNumber")
-        orientation = ds.get("ImageOrientationPatient")
-        spacing = ds.get("PixelSpacing")
+    n_frames = int(_first_float(ds, "NumberOfFrames") or 1)
+    instance = int(_first_float(ds, "InstanceNumber") or 0)
+    if n_frames <= 1 and "PerFrameFunctionalGroupsSequence" not in ds:
+        temporal = _first_float(ds, "TemporalPositionIdentifier") or _first_float(
+            ds, "AcquisitionNumber"
+        )
+        orientation = _floats(ds, "ImageOrientationPatient")
+        spacing = _floats(ds, "PixelSpacing")
         geometry = set()
         if orientation is not None and spacing is not None:
             geometry.add(
-                (tuple(round(float(v), 4) for v in orientation),
-                 tuple(round(float(v), 4) for v in spacing), rows, columns)
+                (tuple(round(v, 4) for v in orientation), tuple(round(v, 4) for v in spacing),
+                 rows, columns)
             )  # fmt: skip
-        position = ds.get("ImagePositionPatient")
+        time = _strings(ds, "AcquisitionTime")
         frame = Frame(
             path=path,
             frame=0,
-            position=tuple(float(v) for v in position) if position is not None else (),
-            temporal=int(temporal) if temporal not in (None, "") else None,
-            time_s=_seconds_of_day(ds.get("AcquisitionTime")),
-            echo_time_ms=_number(ds.get("EchoTime")),
-            repetition_time_ms=_number(ds.get("RepetitionTime")),
+            position=_floats(ds, "ImagePositionPatient") or (),
+            temporal=int(temporal) if temporal is not None else None,
+            time_s=_seconds_of_day(time[0]) if time else None,
+            echo_time_ms=_first_float(ds, "EchoTime"),
+            repetition_time_ms=_first_float(ds, "RepetitionTime"),
             instance=instance,
         )
         return [frame], geometry
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
     frames, geometry = [], set()
     series_time = _seconds_of_day(ds.get("AcquisitionTime")) or _datetime_seconds(
@@ -261,7 +306,7 @@ def _frames_of(ds, path: Path) -> tuple[list[Frame], set]:
 
 
 def _add_file(series: dict, ds, path: Path, offset: int) -> None:
-    uid = str(ds.SeriesInstanceUID)
+    uid = (_strings(ds, "SeriesInstanceUID") or [""])[0]
     info = series.get(uid)
     if info is None:
         info = series[uid] = SeriesInfo(
@@ -272,8 +317,7 @@ def _add_file(series: dict, ds, path: Path, offset: int) -> None:
         )
     info.files.append(path)
     info.file_sizes.append((path, offset, _expected_pixel_bytes(ds), path.stat().st_size))
-    image_type = [str(v).upper() for v in ds.get("ImageType", [])]
-    info.mosaic = info.mosaic or "MOSAIC" in image_type
+    info.mosaic = info.mosaic or "MOSAIC" in [v.upper() for v in _strings(ds, "ImageType") or []]
     frames, geometry = _frames_of(ds, path)
     info.enhanced = info.enhanced or "PerFrameFunctionalGroupsSequence" in ds
     info.frames.extend(frames)
@@ -302,12 +346,15 @@ def series_of_files(files, subject: str = "", where=None) -> list[SeriesInfo]:
     from pydicom.errors import InvalidDicomError
 
     series: dict[str, SeriesInfo] = {}
+    files = list(files)
     for path in files:
         path = Path(path)
         try:
             with open(path, "rb") as fh:
-                ds = pydicom.dcmread(fh, stop_before_pixels=True)
-                offset = fh.tell()
+                # small files parse faster from memory (pydicom reads element by element)
+                source = io.BytesIO(fh.read()) if path.stat().st_size <= 1 << 20 else fh
+                ds = pydicom.dcmread(source, stop_before_pixels=True)
+                offset = source.tell()
         except (InvalidDicomError, OSError, ValueError, EOFError):
             continue
         if "SeriesInstanceUID" not in ds or "Rows" not in ds:
@@ -316,6 +363,8 @@ def series_of_files(files, subject: str = "", where=None) -> list[SeriesInfo]:
             _add_file(series, ds, path, offset)
         except (TypeError, ValueError, AttributeError) as exc:
             raise SubjectError(subject, path, f"unreadable DICOM header: {exc}") from exc
+    for info in series.values():
+        info.others = len(files) - info.n_files
     return sorted(series.values(), key=lambda s: (s.number is None, s.number or 0, s.uid))
 
 
@@ -942,10 +991,12 @@ def convert_dicom_series(
     check_dicom_series(info, subject, dicom_dir)
     identifiers = identifying_values(info.files)
     with tempfile.TemporaryDirectory(prefix="bolus-dcm2niix-") as tmp:
-        staged = Path(tmp) / "in"
-        staged.mkdir()
-        for i, path in enumerate(info.files):  # only this series' files; inputs untouched
-            os.symlink(path.resolve(), staged / f"{i:06d}.dcm")
+        staged = dicom_dir  # the folder holds this series only: dcm2niix reads it in place
+        if info.others:  # else only this series' files, linked (inputs untouched)
+            staged = Path(tmp) / "in"
+            staged.mkdir()
+            for i, path in enumerate(info.files):
+                os.symlink(path.resolve(), staged / f"{i:06d}.dcm")
         converted = Path(tmp) / "out"
         converted.mkdir()
         niftis = _run_dcm2niix(staged, converted, [], subject, dicom_dir)
