@@ -305,6 +305,122 @@ def _frames_of(ds, path: Path) -> tuple[list[Frame], set]:
     return frames, geometry
 
 
+_EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_PIXEL_DATA = 0x7FE00010
+_UNDEFINED = 0xFFFFFFFF
+
+
+class _Unparsable(Exception):
+    """The quick scan does not handle this file; pydicom reads it."""
+
+
+class _RawValue:
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes):
+        self.value = value
+
+
+class _QuickHeader:
+    """The top-level elements of a classic explicit-VR little-endian DICOM file, found by
+    scanning its bytes (values kept as bytes, sequences skipped): what the series pass reads
+    from every file of a large series at a fraction of a full parse. Anything unusual (other
+    transfer syntaxes, implicit-VR contents) raises :class:`_Unparsable`."""
+
+    file_meta = None
+    _US = {"Rows": 0x00280010, "Columns": 0x00280011, "BitsAllocated": 0x00280100,
+           "SamplesPerPixel": 0x00280002}  # fmt: skip
+
+    def __init__(self, data: bytes):
+        import struct
+
+        self._unpack = struct.unpack_from
+        if data[128:132] != b"DICM":
+            raise _Unparsable("no preamble")
+        self.values: dict[int, bytes] = {}
+        position = self._elements(data, 132, len(data), top=True, meta_only=True)
+        syntax = self.values.get(0x00020010, b"").decode("latin-1").strip(" \0")
+        if syntax != _EXPLICIT_LITTLE:
+            raise _Unparsable(f"transfer syntax {syntax}")
+        self.offset = self._elements(data, position, len(data), top=True, meta_only=False)
+
+    def _elements(self, data, position, end, *, top, meta_only=False, until_item_end=False):
+        unpack = self._unpack
+        while position + 8 <= end:
+            group, element = unpack("<HH", data, position)
+            tag = group << 16 | element
+            if meta_only and group != 0x0002:
+                return position
+            if tag == 0xFFFEE00D and until_item_end:  # item delimiter
+                return position + 8
+            if top and tag == _PIXEL_DATA:
+                self.values[tag] = b""
+                return position
+            vr = data[position + 4 : position + 6]
+            if vr in _LONG_VRS:
+                (length,) = unpack("<I", data, position + 8)
+                start = position + 12
+            elif vr.isalpha() and vr.isupper():
+                (length,) = unpack("<H", data, position + 6)
+                start = position + 8
+            else:
+                raise _Unparsable("implicit VR element")
+            if length == _UNDEFINED:
+                if vr != b"SQ":
+                    raise _Unparsable("undefined length outside a sequence")
+                position = self._skip_sequence(data, start)
+            else:
+                if top:
+                    self.values[tag] = data[start : start + length]
+                position = start + length
+        if until_item_end or top and not meta_only:
+            raise _Unparsable("ended early")
+        return position
+
+    def _skip_sequence(self, data, position):
+        unpack = self._unpack
+        while position + 8 <= len(data):
+            group, element = unpack("<HH", data, position)
+            (length,) = unpack("<I", data, position + 4)
+            if (group, element) == (0xFFFE, 0xE0DD):
+                return position + 8
+            if (group, element) != (0xFFFE, 0xE000):
+                raise _Unparsable("not an item")
+            if length == _UNDEFINED:
+                position = self._elements(data, position + 8, len(data), top=False,
+                                          until_item_end=True)  # fmt: skip
+            else:
+                position += 8 + length
+        raise _Unparsable("sequence not closed")
+
+    def get_item(self, tag: int):
+        value = self.values.get(tag)
+        return None if value is None else _RawValue(value)
+
+    def __contains__(self, keyword: str) -> bool:
+        from pydicom.datadict import tag_for_keyword
+
+        return tag_for_keyword(keyword) in self.values
+
+    def get(self, keyword: str, default=None):
+        if keyword in self._US:
+            value = self.values.get(self._US[keyword])
+            return self._unpack("<H", value)[0] if value and len(value) >= 2 else default
+        parts = _strings(self, keyword)
+        return "\\".join(parts) if parts else default
+
+    def __getattr__(self, keyword: str):
+        if keyword.startswith("_"):
+            raise AttributeError(keyword)
+        value = self.get(keyword)
+        if value is None:
+            raise AttributeError(keyword)
+        return value
+
+
 def _add_file(series: dict, ds, path: Path, offset: int) -> None:
     uid = (_strings(ds, "SeriesInstanceUID") or [""])[0]
     info = series.get(uid)
@@ -351,10 +467,21 @@ def series_of_files(files, subject: str = "", where=None) -> list[SeriesInfo]:
         path = Path(path)
         try:
             with open(path, "rb") as fh:
-                # small files parse faster from memory (pydicom reads element by element)
-                source = io.BytesIO(fh.read()) if path.stat().st_size <= 1 << 20 else fh
-                ds = pydicom.dcmread(source, stop_before_pixels=True)
-                offset = source.tell()
+                data = fh.read() if path.stat().st_size <= 1 << 20 else None
+                ds = None
+                if data is not None and series:  # a series' later files: the quick scan
+                    try:
+                        ds = _QuickHeader(data)
+                        offset = ds.offset
+                        uid = (_strings(ds, "SeriesInstanceUID") or [""])[0]
+                        if uid not in series or "PerFrameFunctionalGroupsSequence" in ds:
+                            ds = None  # a new series or enhanced storage: read it in full
+                    except (_Unparsable, IndexError, ValueError):
+                        ds = None
+                if ds is None:
+                    source = io.BytesIO(data) if data is not None else fh
+                    ds = pydicom.dcmread(source, stop_before_pixels=True)
+                    offset = source.tell()
         except (InvalidDicomError, OSError, ValueError, EOFError):
             continue
         if "SeriesInstanceUID" not in ds or "Rows" not in ds:
