@@ -874,20 +874,50 @@ class _PixelReader:
     """Rescaled pixel values (stored × RescaleSlope + RescaleIntercept, per frame for
     enhanced files) of a series' images, each file read once and kept while used."""
 
-    def __init__(self):
+    def __init__(self, rescaled: bool = True):
         self._path = None
         self._ds = None
         self._pixels = None
+        self._rescaled = rescaled
+
+    def _classic(self, path: Path) -> np.ndarray | None:
+        """An uncompressed classic file's rescaled pixels straight from its bytes (the quick
+        header scan gives the pixel data offset); None where pydicom must read it."""
+        try:
+            data = path.read_bytes()
+            header = _QuickHeader(data)
+            rows, columns = header.get("Rows"), header.get("Columns")
+            bits, signed = header.get("BitsAllocated"), header.values.get(0x00280103, b"\0\0")
+            if header.get("SamplesPerPixel", 1) != 1 or bits not in (8, 16) or not rows:
+                return None
+            if "NumberOfFrames" in header and int(header.get("NumberOfFrames")) > 1:
+                return None
+            dtype = np.dtype(("<i" if signed[:2] == b"\1\0" else "<u") + str(bits // 8))
+            start = header.offset + 12
+            pixels = np.frombuffer(data, dtype, rows * columns, start).reshape(rows, columns)
+        except (_Unparsable, ValueError, TypeError, IndexError):
+            return None
+        if not self._rescaled:
+            return pixels
+        slope = _first_float(header, "RescaleSlope")
+        inter = _first_float(header, "RescaleIntercept")
+        return pixels.astype(np.float64) * (1.0 if slope is None else slope) + (inter or 0.0)
 
     def __call__(self, frame: Frame) -> np.ndarray:
         import pydicom
 
+        if frame.frame == 0 and frame.path != self._path:
+            pixels = self._classic(frame.path)
+            if pixels is not None:
+                return pixels
         if frame.path != self._path:
             self._ds = pydicom.dcmread(frame.path)
             self._pixels = self._ds.pixel_array
             self._path = frame.path
         ds = self._ds
         pixels = self._pixels[frame.frame] if self._pixels.ndim == 3 else self._pixels
+        if not self._rescaled:
+            return pixels
         per_frame = ds.get("PerFrameFunctionalGroupsSequence")
         if per_frame:
             group = per_frame[frame.frame]
@@ -902,13 +932,15 @@ class _PixelReader:
         return pixels.astype(np.float64) * (1.0 if slope is None else slope) + (inter or 0.0)
 
 
-def header_ordered_series(files, affine: np.ndarray, shape) -> np.ndarray | None:
+def header_ordered_series(
+    files, affine: np.ndarray, shape, stored: bool = False
+) -> np.ndarray | None:
     """The series rebuilt from the DICOM pixels in acquisition order (:func:`_acquisition_order`)
     in the grid of ``affine`` (RAS) and ``shape`` (x, y, z, t): classic files or enhanced
     frames (``files`` may be a :class:`SeriesInfo`); None where that cannot be done
     (mosaics, missing geometry, images off the grid, a slice position without ``t`` images).
     Each image goes where its pixels' world coordinates fall. Values: stored ×
-    RescaleSlope + RescaleIntercept (float32)."""
+    RescaleSlope + RescaleIntercept (float32), or with ``stored`` the stored values (int32)."""
     info = _as_series(files)
     if info is None or info.mosaic or len(shape) != 4 or len(info.geometry) != 1:
         return None
@@ -917,9 +949,9 @@ def header_ordered_series(files, affine: np.ndarray, shape) -> np.ndarray | None
     by_position = _acquisition_order(info)
     if {len(v) for v in by_position.values()} != {shape[3]}:
         return None
-    out = np.zeros(shape, dtype=np.float32)
+    out = np.zeros(shape, dtype=np.int32 if stored else np.float32)
     filled = np.zeros(shape[2:], dtype=int)
-    read = _PixelReader()
+    read = _PixelReader(rescaled=not stored)
     frames = sorted(
         ((t, f) for images in by_position.values() for t, f in enumerate(images)),
         key=lambda item: (str(item[1].path), item[1].frame),
@@ -928,19 +960,29 @@ def header_ordered_series(files, affine: np.ndarray, shape) -> np.ndarray | None
     for t, frame in frames:
         key = tuple(round(v, 2) for v in frame.position)
         if key not in placements:
-            placements[key] = _voxel_indices(frame, geometry, inverse, shape)
+            where = _voxel_indices(frame, geometry, inverse, shape)
+            placements[key] = None if where is None else (*where, np.unique(where[2]))
         where = placements[key]
         if where is None:
             return None
         pixels = read(frame)
         if pixels.shape != where[0].shape:
             return None
-        i, j, k = where
+        i, j, k, slices = where
         out[i, j, k, t] = pixels
-        filled[np.unique(k), t] += 1
+        filled[slices, t] += 1
     if not (filled == 1).all():
         return None
     return out
+
+
+def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two integer arrays hold the same values, in any order (histograms equal)."""
+    if a.size != b.size or a.min() != b.min() or a.max() != b.max():
+        return False
+    low = int(a.min())
+    return bool(np.array_equal(np.bincount((a.ravel() - low).astype(np.int64)),
+                               np.bincount((b.ravel() - low).astype(np.int64))))  # fmt: skip
 
 
 def _corner_shift_mm(a: np.ndarray, b: np.ndarray, shape) -> float:
@@ -1000,7 +1042,7 @@ def _verified_against_headers(nifti: Path, info: SeriesInfo, subject: str, workd
     header_affine, grid = geometry
     shape = (*grid, info.n_timepoints)
     image = nib.load(nifti)
-    voxel = min(float(v) for v in image.header.get_zooms()[:3])
+    voxel = float(np.sqrt((header_affine[:3, :3] ** 2).sum(axis=0)).min())
     tolerance_mm = GEOMETRY_TOLERANCE_VOXELS * voxel
     shift = (
         _corner_shift_mm(image.affine, header_affine, grid) if image.shape[:3] == grid else np.inf
@@ -1041,8 +1083,8 @@ def _verified_against_headers(nifti: Path, info: SeriesInfo, subject: str, workd
             "missing, duplicated or mixed"
         )
         affine = header_affine
-    rebuilt = header_ordered_series(info, affine, shape)
-    if rebuilt is None:
+    stored = header_ordered_series(info, affine, shape, stored=True)
+    if stored is None:
         raise SubjectError(
             subject, info.files[0].parent,
             f"{reason}, and the series cannot be rebuilt from its headers (images off the slice "
@@ -1054,21 +1096,21 @@ def _verified_against_headers(nifti: Path, info: SeriesInfo, subject: str, workd
         subject,
         reason,
     )
-    # dcm2niix's values are a linear map of the DICOM values (slope 1 for most vendors,
-    # Philips floating-point scaling otherwise); a reordering keeps the value distribution
-    converted = raw.astype(np.float64) * float(slope) + float(inter)
-    step = max(1, converted.size // 200_000)
-    a, b = (
-        np.polyfit(np.sort(rebuilt.ravel())[::step], np.sort(converted.ravel())[::step], 1)
-        if np.ptp(rebuilt)
-        else (1.0, 0.0)
-    )
-    values = rebuilt.astype(np.float64) * a + b
-    stored = (values - float(inter)) / float(slope)
-    if raw.dtype.kind in "iu" and np.abs(stored - np.rint(stored)).max() <= 0.01:
-        out_raw = np.rint(stored).astype(raw.dtype)
-        out_slope, out_inter = float(slope), float(inter)
+    if raw.dtype.kind in "iu" and _same_values(stored, raw):
+        # dcm2niix stored the DICOM values as they are (its scaling in the header): the
+        # rebuild is its own values, reordered, with its scaling
+        out_raw, out_slope, out_inter = stored.astype(raw.dtype), float(slope), float(inter)
     else:
+        # dcm2niix's values are a linear map of the DICOM values (e.g. Philips floating-point
+        # scaling); a reordering keeps the value distribution
+        rebuilt = header_ordered_series(info, affine, shape)
+        converted = raw.astype(np.float64) * float(slope) + float(inter)
+        levels = np.linspace(0.0, 1.0, 201)
+        ours, theirs = np.quantile(rebuilt, levels), np.quantile(converted, levels)
+        a, b = 1.0, 0.0
+        if np.ptp(ours) and not np.allclose(ours, theirs, rtol=0, atol=1e-6 * np.abs(theirs).max()):
+            a, b = np.polyfit(ours, theirs, 1)
+        values = rebuilt.astype(np.float64) * a + b
         out_raw, out_slope, out_inter = values.astype(np.float32), 1.0, 0.0
     rebuilt_path = workdir / f"rebuilt{''.join(nifti.suffixes)}"
     save_raw(out_raw, image.header, affine, rebuilt_path, out_slope, out_inter)

@@ -234,5 +234,5 @@ def save_raw(
     path = Path(path)
     with atomic_path(path) as tmp:
         data = buffer.getvalue()
-        tmp.write_bytes(gzip.compress(data, compresslevel=6) if path.name.endswith(".gz") else data)
+        tmp.write_bytes(gzip.compress(data, compresslevel=1) if path.name.endswith(".gz") else data)
     return path
