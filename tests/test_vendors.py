@@ -81,7 +81,13 @@ def test_every_vendor_convention_converts_to_the_simulated_series(
     np.testing.assert_allclose(sidecar["VolumeTiming"], small_sim.time_s, atol=1e-3)
     assert "chose series 2" in caplog.text and "localizer" in caplog.text
     if storage == "enhanced":
+        from bolus.stages import inspect_subject
+
         assert "(enhanced, 1 file, 120 images, 24 time points)" in caplog.text
+        row = {"participant_id": "sub-01", "dicom_dir": str(tmp_path / "dicom")}
+        record = inspect_subject(row, tmp_path / "inspect.json")
+        assert record["status"] == "ok", record["reason"]
+        assert record["series"] == "ep2d_perf (enhanced, 1 file, 120 images, 24 time points)"
         return
     if vendor == "philips":
         assert "--ignore_trigger_times" in caplog.text
