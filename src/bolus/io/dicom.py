@@ -976,13 +976,13 @@ def header_ordered_series(
     return out
 
 
-def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two integer arrays hold the same values, in any order (histograms equal)."""
-    if a.size != b.size or a.min() != b.min() or a.max() != b.max():
+def _same_values(stored: np.ndarray, raw: np.ndarray) -> bool:
+    """Whether the integers ``stored`` are the values of ``raw`` (an integer array), in any
+    order: equal once sorted (radix sort for 8- and 16-bit data)."""
+    if stored.size != raw.size or stored.min() != raw.min() or stored.max() != raw.max():
         return False
-    low = int(a.min())
-    return bool(np.array_equal(np.bincount((a.ravel() - low).astype(np.int64)),
-                               np.bincount((b.ravel() - low).astype(np.int64))))  # fmt: skip
+    ours = stored.astype(raw.dtype).ravel()  # in range: min and max are raw's
+    return bool(np.array_equal(np.sort(ours, kind="stable"), np.sort(raw.ravel(), kind="stable")))
 
 
 def _corner_shift_mm(a: np.ndarray, b: np.ndarray, shape) -> float:
