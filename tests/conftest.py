@@ -42,6 +42,38 @@ def dcm_qa() -> Path:
     return DCM_QA
 
 
+# Public dcm2niix validation exports (github.com/neurolabusc/dcm_qa_*), fetched by whoever runs
+# the tests into a cache OUTSIDE the repository, one folder per repository with its In/ and
+# Ref/ (DICOM gunzipped: ``gunzip -r In``): $BOLUS_DCM_QA_CACHE, else ../cache beside the
+# checkout or beside the folder of worktrees. Never copied into the project.
+_CACHE_CANDIDATES = [
+    Path(p)
+    for p in (
+        os.environ.get("BOLUS_DCM_QA_CACHE", ""),
+        REPO.parent / "cache",
+        REPO.parents[1] / "cache",
+    )
+    if str(p)
+]
+
+
+@pytest.fixture(scope="session")
+def public_export():
+    """``public_export("dcm_qa_enh", "In/Siemens/XA10")``: that folder of a fetched public
+    dcm2niix validation repository; skips the test when it is not there."""
+
+    def folder(repository: str, *parts: str) -> Path:
+        for root in _CACHE_CANDIDATES:
+            path = root.joinpath(repository, *parts)
+            if path.exists():
+                return path
+        pytest.skip(
+            f"public export {repository}/{'/'.join(parts)} not fetched (BOLUS_DCM_QA_CACHE)"
+        )
+
+    return folder
+
+
 @pytest.fixture(scope="session")
 def small_cohort(tmp_path_factory) -> Path:
     """Two simulated subjects (healthy, stroke) on a reduced grid; returns participants.tsv."""

@@ -125,3 +125,21 @@ def test_tof_command_converts_and_registers_onto_the_dsc_grid(tmp_path):
     assert tof.shape != coreg.shape  # its own, finer grid
     text = (out / "sub-01_tof.json").read_text()
     assert not [k for k in PHI_TAGS if exam.identifiers[k] in text]
+
+
+def test_simulate_command_writes_enhanced_dicom(tmp_path):
+    """``--dicom-storage enhanced``: the dynamic series is one Enhanced MR Image Storage file
+    (the localizer stays classic), and the series is found with all its time points."""
+    import pydicom
+
+    from bolus.io.dicom import discover_series
+
+    main(["simulate", str(tmp_path), "--subjects", "1", "--seed", "3", "--matrix", "24", "24", "4",
+          "--timepoints", "6", "--dicom-storage", "enhanced"])  # fmt: skip
+    folder = tmp_path / "sourcedata" / "sub-01" / "dicom"
+    files = sorted(folder.glob("*.dcm"))
+    assert len(files) == 3 + 1
+    classes = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPClassUID) for f in files}
+    assert "1.2.840.10008.5.1.4.1.1.4.1" in classes
+    dynamic = [s for s in discover_series(folder) if s.is_dynamic]
+    assert [(s.enhanced, s.n_images, s.n_timepoints) for s in dynamic] == [(True, 24, 6)]

@@ -167,3 +167,143 @@ def test_ct_frame_interval_from_acquisition_times_when_dcm2niix_gives_none():
     info.acquisition_times = {k + 1: 36000.0 for k in range(6)}
     with pytest.raises(SubjectError, match="sub-01.*AcquisitionTime"):
         _ct_frame_interval({"Modality": "CT"}, info, 6, "sub-01", "/data/sub-01")
+
+
+# ----------------------------------------------------------------- real exports vs dcm2niix alone
+def _dcm2niix_alone(files, out: Path) -> Path:
+    """dcm2niix on exactly ``files``, with the converter's options (and its second run with
+    --ignore_trigger_times when the first splits the series): the reference conversion."""
+    import subprocess
+
+    from bolus.io.dicom import dcm2niix_executable
+
+    staged = out / "in"
+    staged.mkdir(parents=True)
+    for i, path in enumerate(files):
+        (staged / f"{i:06d}.dcm").symlink_to(Path(path).resolve())
+    for extra in ([], ["--ignore_trigger_times"]):
+        result = out / ("out" + "".join(extra))
+        result.mkdir()
+        cmd = [dcm2niix_executable(), "-z", "y", "-b", "y", "-ba", "y", "-f", "ref", *extra]
+        subprocess.run([*cmd, "-o", str(result), str(staged)], capture_output=True, check=True)
+        images = sorted(result.glob("*.nii.gz"))
+        if len(images) == 1:
+            return images[0]
+    raise AssertionError(f"dcm2niix alone wrote {len(images)} images")
+
+
+REAL_EXPORTS = [
+    # (repository, folder, dicom.series): vendor and storage
+    ("dcm_qa_nih", "In/20180918GE", "most_timepoints"),  # GE MR750, classic
+    ("dcm_qa_nih", "In/20180918Si", "most_timepoints"),  # Siemens Skyra, classic mosaic
+    ("dcm_qa_philips_enh", "In/cl", "1903"),  # Philips Achieva, classic, per-frame scaling
+    ("dcm_qa_enh", "In/Siemens/XA10", "most_timepoints"),  # Siemens XA10, enhanced per volume
+    ("dcm_qa_toshiba", "In/Galan/7006_DTI_ortho", "most_timepoints"),  # Canon/Toshiba Galan
+]
+
+
+@pytest.mark.parametrize(("repository", "folder", "rule"), REAL_EXPORTS)
+def test_real_exports_convert_exactly_as_dcm2niix(
+    dcm_qa, public_export, dcm2niix, tmp_path, repository, folder, rule
+):
+    """Every vendor's real export: the converted series is dcm2niix's own, byte for byte in
+    its stored values, data type, scaling (slope, intercept) and affine (no tolerance: the
+    file is dcm2niix's when the cross-check accepts it), and the inputs are untouched."""
+    source = dcm_qa / folder if repository == "dcm_qa_nih" else public_export(repository, folder)
+    before = _tree_digest(source)
+    info = select_series(discover_series(source, "sub-qa"), rule, "sub-qa", source)
+    sidecar = convert_dicom_series(
+        source, tmp_path / "d.nii.gz", tmp_path / "d.json", subject="sub-qa", series_rule=rule
+    )
+    ours, ref = nib.load(tmp_path / "d.nii.gz"), nib.load(_dcm2niix_alone(info.files, tmp_path))
+    assert ours.shape == ref.shape and ours.shape[3] == info.n_timepoints
+    assert ours.get_data_dtype() == ref.get_data_dtype()
+    assert (ours.dataobj.slope, ours.dataobj.inter) == (ref.dataobj.slope, ref.dataobj.inter)
+    np.testing.assert_array_equal(ours.affine, ref.affine)
+    np.testing.assert_array_equal(ours.dataobj.get_unscaled(), ref.dataobj.get_unscaled())
+    assert sidecar["EchoTime"] > 0 and sidecar["RepetitionTime"] > 0
+    assert _tree_digest(source) == before, "the input DICOM must not change"
+
+
+def test_philips_enhanced_export_is_its_classic_export_in_time_order(
+    public_export, dcm2niix, tmp_path, caplog
+):
+    """Philips enhanced (one file, 240 frames: 40 slices × 3 temporal positions × label/
+    control) is read as a dynamic series, not '1 image'. dcm2niix stacks its volumes label
+    by label (time going back at volume 4); the converter puts them in acquisition order,
+    which is exactly dcm2niix's conversion of the same series exported classic: same stored
+    values and scaling; affine within 1e-5 mm (float32 rounding of the two headers)."""
+    import logging
+
+    enhanced = public_export("dcm_qa_philips_enh", "In/enh")
+    classic = public_export("dcm_qa_philips_enh", "In/cl")
+    if not (enhanced / "1903_WIP_SOURCE_-_3DpCASL.dcm").exists():
+        pytest.skip("In/enh not gunzipped")
+    found = discover_series(enhanced, "sub-qa")
+    chosen = select_series(found, "1903", "sub-qa", enhanced)
+    assert chosen.enhanced and chosen.n_images == 240 and chosen.n_timepoints == 6
+    assert "(enhanced, 1 file, 240 images, 6 time points)" in chosen.summary()
+    with caplog.at_level(logging.WARNING, logger="bolus.io.dicom"):
+        convert_dicom_series(enhanced, tmp_path / "e.nii.gz", tmp_path / "e.json",
+                             subject="sub-qa", series_rule="1903")  # fmt: skip
+    assert "acquisition order" in caplog.text
+    info = select_series(discover_series(classic, "sub-qa"), "1903", "sub-qa", classic)
+    ours, ref = nib.load(tmp_path / "e.nii.gz"), nib.load(_dcm2niix_alone(info.files, tmp_path))
+    assert ours.get_data_dtype() == ref.get_data_dtype()
+    assert (ours.dataobj.slope, ours.dataobj.inter) == (ref.dataobj.slope, ref.dataobj.inter)
+    np.testing.assert_array_equal(ours.dataobj.get_unscaled(), ref.dataobj.get_unscaled())
+    np.testing.assert_allclose(ours.affine, ref.affine, rtol=0, atol=1e-5)
+
+
+def test_multi_echo_enhanced_export_is_refused_for_its_echo_times(public_export, tmp_path):
+    """A Philips enhanced B0 field map (two echoes in one file) is refused, naming EchoTime,
+    and nothing is written."""
+    folder = public_export("dcm_qa_enh", "In/Philips")
+    with pytest.raises(SubjectError, match=r"sub-qa: .*EchoTime is not the same"):
+        convert_dicom_series(folder, tmp_path / "d.nii.gz", tmp_path / "d.json", subject="sub-qa")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_geometry_check_accepts_rounding_and_keeps_dcm2niix_output(dcm_qa, dcm2niix, tmp_path):
+    """dcm2niix's affine moved by 0.013 mm (the largest difference seen on real GE and Philips
+    data) is within a tenth of a voxel: the series is dcm2niix's own file, not a rebuild.
+    Moved by half a slice, it is a different grid: rebuilt from the headers, in the
+    headers' grid, with dcm2niix's data type and scaling."""
+    from bolus.io.dicom import _verified_against_headers
+    from bolus.io.nifti import save_raw
+
+    info = discover_series(dcm_qa / "In" / "20180918GE")[0]
+    ref = nib.load(_dcm2niix_alone(info.files, tmp_path))
+    raw = np.asanyarray(ref.dataobj.get_unscaled())
+    for shift_mm, rebuilt in ((0.013, False), (0.5 * ref.header.get_zooms()[2], True)):
+        moved = ref.affine.copy()
+        moved[:3, 3] += shift_mm / np.sqrt(3)
+        path = save_raw(raw, ref.header, moved, tmp_path / f"moved{shift_mm}.nii.gz")
+        work = tmp_path / f"work{shift_mm}"
+        work.mkdir()
+        result = _verified_against_headers(path, info, "sub-qa", work)
+        assert (result != path) == rebuilt
+        out = nib.load(result)
+        assert out.get_data_dtype() == ref.get_data_dtype()
+        np.testing.assert_array_equal(out.dataobj.get_unscaled(), raw)
+        np.testing.assert_allclose(out.affine, ref.affine if rebuilt else moved, atol=2e-3)
+
+
+def test_a_refused_series_leaves_no_output(dcm2niix, tmp_path):
+    """A dynamic series without a bolus (an fMRI-like run: the same head with 1 % noise at
+    every volume) converts, then the signal check refuses it for what it is, and neither
+    the NIfTI nor the sidecar is left behind (nor a temporary)."""
+    from bolus.simulate.cohort import simulate_subject
+    from bolus.simulate.dicom_writer import synthetic_exam, write_dsc_series
+    from bolus.stages import convert_subject
+
+    sim = simulate_subject(7, 1, matrix=(16, 16, 3), n_timepoints=20)
+    still = np.repeat(sim.signal[..., :1], 20, axis=-1)
+    still *= 1 + 0.01 * np.random.default_rng(1).standard_normal(still.shape)
+    write_dsc_series(tmp_path / "dicom", still, sim.phantom.grid, tr_s=sim.tr_s, te_s=sim.te_s,
+                     exam=synthetic_exam(7, 1), vendor="ge")  # fmt: skip
+    row = {"participant_id": "sub-07", "dicom_dir": str(tmp_path / "dicom")}
+    out = tmp_path / "sub-07"
+    with pytest.raises(SubjectError, match=r"sub-07: .*no bolus passage found: .*never drops"):
+        convert_subject(row, out / "sub-07_dsc.nii.gz", out / "sub-07_dsc.json")
+    assert list(out.iterdir()) == []

@@ -194,3 +194,32 @@ def test_save_like_writes_masks_as_uint8_and_keeps_a_given_header(affine, tmp_pa
     assert img.shape == SHAPE
     assert img.header.get_xyzt_units() == ("mm", "sec")
     np.testing.assert_array_equal(np.asarray(img.dataobj), mask.astype(np.uint8))
+
+
+def test_save_raw_keeps_stored_values_and_scaling(tmp_path):
+    """nibabel re-derives an int16 image's scaling when it saves one (slope 233.4 became
+    6.35 with intercept 207984 on a real series, shifting values); ``save_raw`` keeps the
+    stored values, slope, intercept, affine and the header's other fields exactly."""
+    import json
+
+    from bolus.io.dicom import import_nifti_series
+    from bolus.io.nifti import save_raw
+
+    raw = np.random.default_rng(0).integers(-3000, 3000, (5, 4, 3, 12)).astype(np.int16)
+    header = nib.Nifti1Header()
+    header.set_xyzt_units("mm", "sec")
+    header["descrip"] = b"TE=30;Time=1"
+    aff = np.diag([2.0, 2.0, 5.0, 1.0])
+    aff[:3, 3] = [-100.5, 80.25, -30.125]
+    save_raw(raw, header, aff, tmp_path / "in" / "dsc.nii.gz", 233.4, 0.0)
+    (tmp_path / "in" / "dsc.json").write_text(json.dumps({"EchoTime": 0.03, "RepetitionTime": 1.5}))
+    import_nifti_series(tmp_path / "in" / "dsc.nii.gz", tmp_path / "out.nii.gz",
+                        tmp_path / "out.json", subject="sub-01")  # fmt: skip
+    for path in (tmp_path / "in" / "dsc.nii.gz", tmp_path / "out.nii.gz"):
+        image = nib.load(path)
+        assert image.get_data_dtype() == np.int16
+        assert (image.dataobj.slope, image.dataobj.inter) == (np.float32(233.4), 0.0)
+        np.testing.assert_array_equal(image.dataobj.get_unscaled(), raw)
+        np.testing.assert_array_equal(image.affine, aff)
+        assert image.header.get_xyzt_units() == ("mm", "sec")
+        assert bytes(image.header["descrip"]).rstrip(b"\0") == b"TE=30;Time=1"

@@ -58,14 +58,17 @@ def test_real_ge_series_rebuilt_from_headers_matches_the_reference(dcm_qa):
     np.testing.assert_array_equal(rebuilt, np.asanyarray(reference.dataobj).astype(np.float32))
 
 
+@pytest.mark.parametrize("storage", ["classic", "enhanced"])
 @pytest.mark.parametrize("vendor", VENDORS)
 def test_every_vendor_convention_converts_to_the_simulated_series(
-    small_sim, dcm2niix, tmp_path, vendor, caplog
+    small_sim, dcm2niix, tmp_path, vendor, storage, caplog
 ):
-    """Siemens slice-major numbering (dcm2niix scrambles it silently), GE without slice timing
-    or temporal positions, Philips per-slice TriggerTime (dcm2niix splits it): the converted
-    voxels are the simulated signal, in order, exactly (uint16 rounding only)."""
-    _write(tmp_path / "dicom", small_sim, vendor=vendor)
+    """Classic: Siemens slice-major numbering (dcm2niix scrambles it silently), GE without
+    slice timing or temporal positions, Philips per-slice TriggerTime (dcm2niix splits it).
+    Enhanced: one multi-frame file, frames slice by slice (Philips) or volume by volume
+    (dcm2niix stacks those wrongly). The converted voxels are the simulated signal, in
+    order, exactly (uint16 rounding only), and the volume times are the simulated ones."""
+    _write(tmp_path / "dicom", small_sim, vendor=vendor, storage=storage)
     write_localizer_series(tmp_path / "dicom", exam=synthetic_exam(7, 1), series_number=1)
     with caplog.at_level(logging.INFO, logger="bolus.io.dicom"):
         sidecar = convert_dicom_series(
@@ -77,6 +80,15 @@ def test_every_vendor_convention_converts_to_the_simulated_series(
     np.testing.assert_array_equal(_in_simulator_axes(image, small_sim), expected)
     np.testing.assert_allclose(sidecar["VolumeTiming"], small_sim.time_s, atol=1e-3)
     assert "chose series 2" in caplog.text and "localizer" in caplog.text
+    if storage == "enhanced":
+        from bolus.stages import inspect_subject
+
+        assert "(enhanced, 1 file, 120 images, 24 time points)" in caplog.text
+        row = {"participant_id": "sub-01", "dicom_dir": str(tmp_path / "dicom")}
+        record = inspect_subject(row, tmp_path / "inspect.json")
+        assert record["status"] == "ok", record["reason"]
+        assert record["series"] == "ep2d_perf (enhanced, 1 file, 120 images, 24 time points)"
+        return
     if vendor == "philips":
         assert "--ignore_trigger_times" in caplog.text
     if vendor == "siemens":
@@ -128,3 +140,61 @@ def test_series_selected_by_number_regex_or_substring(small_sim, tmp_path, caplo
         select_series(found, "number:3", "sub-01", folder)
     with pytest.raises(SubjectError, match="not a valid regular expression"):
         select_series(found, "regex:(", "sub-01", folder)
+
+
+def test_enhanced_ct_perfusion_converts_like_the_classic_export(dcm2niix, tmp_path):
+    """CT perfusion as one Enhanced CT Image Storage file (rescale in the shared functional
+    group) gives the classic export's conversion: same stored values, data type, scaling
+    (intercept −1024), volume times; affine within 1e-5 mm (float32 header rounding)."""
+    from bolus.simulate.cohort import simulate_subject
+    from bolus.simulate.ctp import ctp_series
+    from bolus.simulate.dicom_writer import write_ctp_series
+
+    sim = simulate_subject(3, 1, "stroke", matrix=(24, 24, 4), n_timepoints=12, tr_s=2.0)
+    hu = np.rint(ctp_series(sim, np.random.default_rng(0)))
+    out = {}
+    for storage in ("classic", "enhanced"):
+        folder = tmp_path / storage
+        write_ctp_series(folder / "dicom", hu, sim.phantom.grid, tr_s=2.0,
+                         exam=synthetic_exam(3, 1), storage=storage)  # fmt: skip
+        sidecar = convert_dicom_series(folder / "dicom", folder / "ct.nii.gz",
+                                       folder / "ct.json", subject="sub-01", modality="ctp")  # fmt: skip
+        out[storage] = (nib.load(folder / "ct.nii.gz"), sidecar)
+    (classic, c_json), (enhanced, e_json) = out["classic"], out["enhanced"]
+    assert len(list((tmp_path / "enhanced" / "dicom").iterdir())) == 1
+    assert enhanced.get_data_dtype() == classic.get_data_dtype()
+    assert (enhanced.dataobj.slope, enhanced.dataobj.inter) == (1.0, -1024.0)
+    assert (classic.dataobj.slope, classic.dataobj.inter) == (1.0, -1024.0)
+    np.testing.assert_array_equal(enhanced.dataobj.get_unscaled(), classic.dataobj.get_unscaled())
+    np.testing.assert_allclose(enhanced.affine, classic.affine, rtol=0, atol=1e-5)
+    assert e_json["VolumeTiming"] == c_json["VolumeTiming"] == [2.0 * k for k in range(12)]
+
+
+def test_enhanced_and_classic_exports_give_the_same_perfusion_maps(dcm2niix, tmp_path):
+    """The chain (convert → perfusion) on one simulated subject exported classic and
+    enhanced: the converted series are identical, so every map is too (exactly: same input,
+    deterministic computation)."""
+    from bolus.io.nifti import load_volume, save_like
+    from bolus.simulate.cohort import simulate_subject
+    from bolus.stages import convert_subject, perfusion_subject
+
+    sim = simulate_subject(5, 1, "stroke", matrix=(32, 32, 4), n_timepoints=40)
+    maps = {}
+    for storage in ("classic", "enhanced"):
+        folder = tmp_path / storage
+        write_dsc_series(folder / "dicom", sim.signal, sim.phantom.grid, tr_s=sim.tr_s,
+                         te_s=sim.te_s, exam=synthetic_exam(5, 1), vendor="ge", storage=storage)  # fmt: skip
+        row = {"participant_id": "sub-01", "dicom_dir": str(folder / "dicom")}
+        convert_subject(row, folder / "dsc.nii.gz", folder / "dsc.json")
+        data, affine = load_volume(folder / "dsc.nii.gz")
+        mean = data.mean(axis=-1)
+        save_like(mean > 0.2 * mean.max(), affine, folder / "mask.nii.gz", dtype=np.uint8)
+        perfusion_subject(
+            folder / "dsc.nii.gz", folder / "dsc.json", folder / "mask.nii.gz",
+            folder / "conc.nii.gz", folder / "aif.tsv", folder / "aif.nii.gz",
+            str(folder / "sub-01"),
+        )  # fmt: skip
+        maps[storage] = {p.name: load_volume(p)[0] for p in sorted(folder.glob("sub-01*.nii.gz"))}
+    assert maps["classic"] and maps["classic"].keys() == maps["enhanced"].keys()
+    for name, classic in maps["classic"].items():
+        np.testing.assert_array_equal(maps["enhanced"][name], classic, err_msg=name)

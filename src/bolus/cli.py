@@ -25,8 +25,9 @@ def cmd_simulate(args) -> int:
     if "matrix" in options:
         options["matrix"] = tuple(options["matrix"])
     participants = simulate_cohort(
-        args.out, args.subjects, args.seed, jobs=args.jobs, modality=args.modality, **options
-    )
+        args.out, args.subjects, args.seed, jobs=args.jobs, modality=args.modality,
+        dicom_storage=args.dicom_storage, **options,
+    )  # fmt: skip
     if args.fault:
         from bolus.simulate.faults import SUBJECT_FAULTS, add_faulty_subjects, break_participants
 
@@ -149,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         default="dsc",
         help="dsc: DSC-MRI DICOM; ctp: the same subjects as CT perfusion DICOM (HU; process "
         "with modality: ctp)",
+    )
+    p.add_argument(
+        "--dicom-storage",
+        choices=("classic", "enhanced"),
+        default="classic",
+        help="classic: one DICOM file per image; enhanced: the dynamic series as one "
+        "multi-frame file (Enhanced MR/CT Image Storage, as current Siemens XA and Philips export)",
     )
     unset = argparse.SUPPRESS
     p.add_argument("--matrix", type=int, nargs=3, metavar=("X", "Y", "Z"), default=unset)

@@ -61,21 +61,33 @@ def convert_subject(
 ) -> dict:
     """DICOM folder (dcm2niix) or user NIfTI → ``sub-<label>_dsc.nii.gz`` + JSON sidecar,
     then checked to be quantifiable (:func:`bolus.perfusion.checks.check_signal`)."""
+    import tempfile
+
+    from bolus.io.atomic import install
     from bolus.io.dicom import convert_dicom_series, import_nifti_series
     from bolus.io.nifti import load_volume
     from bolus.perfusion.checks import check_signal
 
     pid = row["participant_id"]
     modality = section("modality", modality)
-    if row.get("dicom_dir"):
-        source = row["dicom_dir"]
-        sidecar = convert_dicom_series(
-            source, out_nifti, out_json, subject=pid, series_rule=series_rule, modality=modality
-        )
-    else:
-        source = row["dsc_nifti"]
-        sidecar = import_nifti_series(source, out_nifti, out_json, subject=pid, modality=modality)
-    check_signal(load_volume(out_nifti)[0], sidecar["VolumeTiming"], pid, source, modality)
+    out_nifti, out_json = Path(out_nifti), Path(out_json)
+    out_nifti.parent.mkdir(parents=True, exist_ok=True)
+    # converted into a private folder; the outputs appear only once the series is accepted
+    with tempfile.TemporaryDirectory(prefix=".bolus-convert-", dir=out_nifti.parent) as tmp:
+        staged_nifti, staged_json = Path(tmp) / out_nifti.name, Path(tmp) / out_json.name
+        if row.get("dicom_dir"):
+            source = row["dicom_dir"]
+            sidecar = convert_dicom_series(
+                source, staged_nifti, staged_json, subject=pid, series_rule=series_rule,
+                modality=modality,
+            )  # fmt: skip
+        else:
+            source = row["dsc_nifti"]
+            sidecar = import_nifti_series(
+                source, staged_nifti, staged_json, subject=pid, modality=modality
+            )
+        check_signal(load_volume(staged_nifti)[0], sidecar["VolumeTiming"], pid, source, modality)
+        install({staged_json: out_json, staged_nifti: out_nifti})
     return sidecar
 
 

@@ -104,3 +104,30 @@ def remove_stale_partials(folder: str | Path) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def install(sources: dict) -> list[Path]:
+    """Copy each finished file (``{source: destination}``) to its destination: all of them
+    or, on an error, none (destinations keep what they held). Copies go to hidden
+    temporaries beside the destinations first; the renames come last."""
+    import shutil
+
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for source, destination in sources.items():
+            destination = Path(destination)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            ext = _extension(destination.name)
+            tmp = destination.with_name(
+                f".{destination.name}.{os.getpid()}.{secrets.token_hex(4)}.partial{ext}"
+            )
+            staged.append((tmp, destination))
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        for tmp, destination in staged:
+            os.replace(tmp, destination)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+    return [Path(d) for d in sources.values()]

@@ -17,35 +17,14 @@ from bolus.io.errors import SubjectError
 _PIXEL_TAG_BYTES = 12
 #: echo times (ms) closer than this are the same echo (headers round differently)
 _ECHO_TOLERANCE_MS = 0.01
+#: repetition times (ms) closer than this are the same
+_TR_TOLERANCE_MS = 0.1
 
 
 def _preview(items, limit: int = 3) -> str:
     items = list(items)
     shown = ", ".join(str(i) for i in items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
-
-
-def _header(path: Path):
-    """(dataset without pixels, byte offset where the pixel data element starts)."""
-    import pydicom
-
-    with open(path, "rb") as fh:
-        ds = pydicom.dcmread(fh, stop_before_pixels=True)
-        return ds, fh.tell()
-
-
-def _expected_pixel_bytes(ds) -> int | None:
-    """Size of uncompressed pixel data from the header; None when compressed or unknown."""
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is not None and syntax.is_compressed:
-        return None
-    try:
-        rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
-    except (AttributeError, TypeError, ValueError):
-        return None
-    frames = int(ds.get("NumberOfFrames") or 1)
-    samples = int(ds.get("SamplesPerPixel") or 1)
-    return rows * cols * frames * samples * bits // 8
 
 
 def unreadable_dicom_files(folder: str | Path) -> list[Path]:
@@ -75,22 +54,16 @@ def unreadable_dicom_files(folder: str | Path) -> list[Path]:
 
 def check_dicom_series(info, subject: str, folder: str | Path) -> None:
     """Raise :class:`SubjectError` when the series ``info`` (a
-    :class:`bolus.io.dicom.SeriesInfo`) has truncated files, volumes with missing slices,
-    or more than one echo time. Mosaic series (one file per volume) skip the slice count."""
+    :class:`bolus.io.dicom.SeriesInfo`, classic or enhanced storage) has truncated files,
+    volumes with missing slices, or more than one echo time or repetition time. Works on
+    what :func:`bolus.io.dicom.discover_series` read (no file is read again). Mosaic series
+    (one file per volume) skip the slice count."""
     folder = Path(folder)
-    truncated, echo_times, per_volume = [], {}, Counter()
-    for path in info.files:
-        ds, offset = _header(path)
-        expected = _expected_pixel_bytes(ds)
-        size = path.stat().st_size
-        if expected is not None and size < offset + _PIXEL_TAG_BYTES + expected:
-            truncated.append((path, max(size - offset - _PIXEL_TAG_BYTES, 0), expected))
-        te = ds.get("EchoTime")
-        if te not in (None, ""):
-            echo_times.setdefault(round(float(te) / _ECHO_TOLERANCE_MS), []).append(path)
-        temporal = ds.get("TemporalPositionIdentifier") or ds.get("AcquisitionNumber")
-        if temporal not in (None, ""):
-            per_volume[int(temporal)] += 1
+    truncated = [
+        (path, max(size - offset - _PIXEL_TAG_BYTES, 0), expected)
+        for path, offset, expected, size in info.file_sizes
+        if expected is not None and size < offset + _PIXEL_TAG_BYTES + expected
+    ]
     if truncated:
         path, have, want = truncated[0]
         raise SubjectError(
@@ -100,9 +73,20 @@ def check_dicom_series(info, subject: str, folder: str | Path) -> None:
             f"{len(truncated)} truncated file(s) in the series: "
             f"{_preview(p.name for p, _, _ in truncated)}. Re-export the series",
         )
+    echo_times, repetition_times, per_volume = {}, {}, Counter()
+    for frame in info.frames:
+        if frame.echo_time_ms is not None:
+            echo_times.setdefault(round(frame.echo_time_ms / _ECHO_TOLERANCE_MS), []).append(
+                frame.path
+            )
+        if frame.repetition_time_ms is not None:
+            repetition_times.setdefault(round(frame.repetition_time_ms / _TR_TOLERANCE_MS), 0)
+            repetition_times[round(frame.repetition_time_ms / _TR_TOLERANCE_MS)] += 1
+        if frame.temporal is not None:
+            per_volume[frame.temporal] += 1
     if len(echo_times) > 1:
         values = sorted(k * _ECHO_TOLERANCE_MS for k in echo_times)
-        counts = ", ".join(f"{v:g} ms ({len(echo_times[round(v / _ECHO_TOLERANCE_MS)])} files)"
+        counts = ", ".join(f"{v:g} ms ({len(echo_times[round(v / _ECHO_TOLERANCE_MS)])} images)"
                            for v in values)  # fmt: skip
         raise SubjectError(
             subject,
@@ -110,11 +94,20 @@ def check_dicom_series(info, subject: str, folder: str | Path) -> None:
             f"EchoTime is not the same across series '{info.description}': {counts}. "
             "Quantification needs one echo time (export each echo as its own series)",
         )
+    if len(repetition_times) > 1:
+        counts = ", ".join(f"{k * _TR_TOLERANCE_MS:g} ms ({n} images)"
+                           for k, n in sorted(repetition_times.items()))  # fmt: skip
+        raise SubjectError(
+            subject,
+            folder,
+            f"RepetitionTime is not the same across series '{info.description}': {counts}. "
+            "A dynamic series has one repetition time (is this several series in one?)",
+        )
     if info.mosaic:
         return
     n_slices = info.n_slices
     short = sorted(v for v, n in per_volume.items() if n < n_slices)
-    if not per_volume and info.n_files % n_slices:
+    if not per_volume and info.n_images % n_slices:
         short = ["?"]
     if short:
         unreadable = unreadable_dicom_files(folder)

@@ -11,6 +11,7 @@ and every identifier value read from the DICOM headers is searched for in what w
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -54,14 +55,30 @@ IDENTIFYING_TAGS = (
 # Sidecar keys dcm2niix may write that identify a person, site or device, or date the exam.
 _SIDECAR_DROP = re.compile(
     r"(Patient(?!Position|Orientation)|Institution|Physician|Operator|Accession|StationName|SerialNumber"
-    r"|Date|StudyID|StudyDescription|StudyInstanceUID|SeriesInstanceUID|ProcedureStep|ProtocolName|BidsGuess)",
+    r"|Date|StudyID|StudyDescription|StudyInstanceUID|SeriesInstanceUID|ProcedureStep|BidsGuess)",
     re.IGNORECASE,
 )
 
 
+@dataclass(frozen=True)
+class Frame:
+    """One 2D image of a series: a classic single-frame file, or frame ``frame`` (0-based)
+    of an enhanced multi-frame file (its per-frame functional groups read)."""
+
+    path: Path
+    frame: int
+    position: tuple  # ImagePositionPatient (LPS mm), as written
+    temporal: int | None  # TemporalPositionIndex / -Identifier, else AcquisitionNumber
+    time_s: float | None  # acquisition time of day (s)
+    echo_time_ms: float | None
+    repetition_time_ms: float | None
+    instance: int = 0
+    stack: str = ""
+
+
 @dataclass
 class SeriesInfo:
-    """What the headers say about one series in a folder."""
+    """What the headers say about one series in a folder (classic or enhanced storage)."""
 
     uid: str
     number: int | None
@@ -74,10 +91,23 @@ class SeriesInfo:
     mosaic: bool = False
     echo_time_ms: float | None = None
     repetition_time_ms: float | None = None
+    frames: list[Frame] = field(default_factory=list)
+    enhanced: bool = False
+    #: (orientation, pixel spacing (row, column), rows, columns) of every image
+    geometry: set = field(default_factory=set)
+    #: (path, pixel data offset, expected pixel bytes or None, file size) per file
+    file_sizes: list = field(default_factory=list)
+    #: files of the folder scanned that are not this series' (other series, non-DICOM)
+    others: int = 0
 
     @property
     def n_files(self) -> int:
         return len(self.files)
+
+    @property
+    def n_images(self) -> int:
+        """2D images: frames of enhanced files, else files."""
+        return max(len(self.frames), self.n_files)
 
     @property
     def n_slices(self) -> int:
@@ -85,11 +115,12 @@ class SeriesInfo:
 
     @property
     def n_timepoints(self) -> int:
-        """Volumes in the series: files per slice position (mosaics: one file per volume)."""
+        """Volumes in the series: images per slice position, or the number of temporal
+        positions when more (mosaics: one file per volume)."""
         if self.mosaic:
             return self.n_files
-        by_files = self.n_files // self.n_slices
-        return max(by_files, len(self.temporal_indices) if len(self.temporal_indices) > 1 else 1)
+        by_images = self.n_images // self.n_slices
+        return max(by_images, len(self.temporal_indices) if len(self.temporal_indices) > 1 else 1)
 
     @property
     def is_dynamic(self) -> bool:
@@ -98,8 +129,13 @@ class SeriesInfo:
     def summary(self) -> str:
         label = self.description or f"series {self.number}"
         points = "time point" if self.n_timepoints == 1 else "time points"
-        images = "image" if self.n_files == 1 else "images"
-        return f"{label} ({self.n_files} {images}, {self.n_timepoints} {points})"
+        images = "image" if self.n_images == 1 else "images"
+        storage = (
+            f"enhanced, {self.n_files} file{'s' if self.n_files > 1 else ''}, "
+            if self.enhanced
+            else ""
+        )
+        return f"{label} ({storage}{self.n_images} {images}, {self.n_timepoints} {points})"
 
 
 def _seconds_of_day(value) -> float | None:
@@ -114,55 +150,364 @@ def _seconds_of_day(value) -> float | None:
     return int(hh) * 3600 + int(mm or 0) * 60 + int(ss or 0) + float(frac or 0)
 
 
-def discover_series(folder: str | Path, subject: str = "") -> list[SeriesInfo]:
-    """Read every DICOM header under ``folder`` (recursively) and group by series.
+def _datetime_seconds(value) -> float | None:
+    """DICOM DT (YYYYMMDDHHMMSS.ffffff&ZZXX) → seconds since midnight of its day."""
+    text = re.split(r"[+-]", str(value or "").strip())[0]
+    return _seconds_of_day(text[8:]) if len(text) > 8 else None
 
-    Files that are not DICOM (READMEs, DICOMDIR, thumbnails) are ignored.
-    """
+
+def _number(value) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _item(group, keyword):
+    """First item of sequence ``keyword`` in a functional group item, or None."""
+    if group is None:
+        return None
+    seq = group.get(keyword)
+    return seq[0] if seq else None
+
+
+def _functional(frame_group, shared_group, sequence: str, keyword: str):
+    """``keyword`` of functional-group ``sequence``: the frame's own, else the shared one."""
+    for group in (frame_group, shared_group):
+        item = _item(group, sequence)
+        if item is not None and keyword in item:
+            return item.get(keyword)
+    return None
+
+
+def _expected_pixel_bytes(ds) -> int | None:
+    """Size of uncompressed pixel data from the header; None when compressed or unknown."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and syntax.is_compressed:
+        return None
+    try:
+        rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    frames = int(ds.get("NumberOfFrames") or 1)
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    return rows * cols * frames * samples * bits // 8
+
+
+_TAGS: dict[str, int] = {}
+
+
+def _strings(ds, keyword: str) -> list[str] | None:
+    """The values of a text element (DS, IS, TM, UI, CS) as strings, straight from the
+    bytes read (pydicom's value conversion costs more than reading the file); None if
+    absent or empty."""
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        from pydicom.datadict import tag_for_keyword
+
+        tag = _TAGS[keyword] = tag_for_keyword(keyword)
+    element = ds.get_item(tag)
+    if element is None:
+        return None
+    value = element.value
+    if isinstance(value, bytes):
+        parts = [v.strip(" \0") for v in value.decode("latin-1").split("\\")]
+    elif value is None:
+        return None
+    elif isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        parts = [str(v).strip() for v in value]
+    else:
+        parts = [str(value).strip()]
+    return parts if any(parts) else None
+
+
+def _floats(ds, keyword: str) -> tuple[float, ...] | None:
+    parts = _strings(ds, keyword)
+    try:
+        return tuple(float(v) for v in parts) if parts else None
+    except ValueError:
+        return None
+
+
+def _first_float(ds, keyword: str) -> float | None:
+    values = _floats(ds, keyword)
+    return values[0] if values else None
+
+
+def _frames_of(ds, path: Path) -> tuple[list[Frame], set]:
+    """The 2D images of one file and their geometry: the file itself (classic storage) or
+    every frame of its per-frame functional groups (enhanced storage: PS3.3 C.7.6.16)."""
+    rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    n_frames = int(_first_float(ds, "NumberOfFrames") or 1)
+    instance = int(_first_float(ds, "InstanceNumber") or 0)
+    if n_frames <= 1 and "PerFrameFunctionalGroupsSequence" not in ds:
+        temporal = _first_float(ds, "TemporalPositionIdentifier") or _first_float(
+            ds, "AcquisitionNumber"
+        )
+        orientation = _floats(ds, "ImageOrientationPatient")
+        spacing = _floats(ds, "PixelSpacing")
+        geometry = set()
+        if orientation is not None and spacing is not None:
+            geometry.add(
+                (tuple(round(v, 4) for v in orientation), tuple(round(v, 4) for v in spacing),
+                 rows, columns)
+            )  # fmt: skip
+        time = _strings(ds, "AcquisitionTime")
+        frame = Frame(
+            path=path,
+            frame=0,
+            position=_floats(ds, "ImagePositionPatient") or (),
+            temporal=int(temporal) if temporal is not None else None,
+            time_s=_seconds_of_day(time[0]) if time else None,
+            echo_time_ms=_first_float(ds, "EchoTime"),
+            repetition_time_ms=_first_float(ds, "RepetitionTime"),
+            instance=instance,
+        )
+        return [frame], geometry
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+    frames, geometry = [], set()
+    series_time = _seconds_of_day(ds.get("AcquisitionTime")) or _datetime_seconds(
+        ds.get("AcquisitionDateTime")
+    )
+    for index in range(n_frames):
+        group = per_frame[index] if per_frame and index < len(per_frame) else None
+        content = _item(group, "FrameContentSequence")
+        temporal = content.get("TemporalPositionIndex") if content is not None else None
+        when = None
+        if content is not None:
+            when = _datetime_seconds(content.get("FrameAcquisitionDateTime"))
+        position = _functional(group, shared, "PlanePositionSequence", "ImagePositionPatient")
+        orientation = _functional(
+            group, shared, "PlaneOrientationSequence", "ImageOrientationPatient"
+        )
+        spacing = _functional(group, shared, "PixelMeasuresSequence", "PixelSpacing")
+        if orientation is not None and spacing is not None:
+            geometry.add(
+                (tuple(round(float(v), 4) for v in orientation),
+                 tuple(round(float(v), 4) for v in spacing), rows, columns)
+            )  # fmt: skip
+        echo = _functional(group, shared, "MREchoSequence", "EffectiveEchoTime")
+        tr = _functional(group, shared, "MRTimingAndRelatedParametersSequence", "RepetitionTime")
+        frames.append(
+            Frame(
+                path=path,
+                frame=index,
+                position=tuple(float(v) for v in position) if position is not None else (),
+                temporal=int(temporal) if temporal not in (None, "") else None,
+                time_s=when if when is not None else series_time,
+                echo_time_ms=_number(echo if echo is not None else ds.get("EchoTime")),
+                repetition_time_ms=_number(tr if tr is not None else ds.get("RepetitionTime")),
+                instance=instance,
+                stack=str(content.get("StackID", "")) if content is not None else "",
+            )
+        )
+    return frames, geometry
+
+
+_EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_PIXEL_DATA = 0x7FE00010
+_UNDEFINED = 0xFFFFFFFF
+
+
+class _Unparsable(Exception):
+    """The quick scan does not handle this file; pydicom reads it."""
+
+
+class _RawValue:
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes):
+        self.value = value
+
+
+class _QuickHeader:
+    """The top-level elements of a classic explicit-VR little-endian DICOM file, found by
+    scanning its bytes (values kept as bytes, sequences skipped): what the series pass reads
+    from every file of a large series at a fraction of a full parse. Anything unusual (other
+    transfer syntaxes, implicit-VR contents) raises :class:`_Unparsable`."""
+
+    file_meta = None
+    _US = {"Rows": 0x00280010, "Columns": 0x00280011, "BitsAllocated": 0x00280100,
+           "SamplesPerPixel": 0x00280002}  # fmt: skip
+
+    def __init__(self, data: bytes):
+        import struct
+
+        self._unpack = struct.unpack_from
+        if data[128:132] != b"DICM":
+            raise _Unparsable("no preamble")
+        self.values: dict[int, bytes] = {}
+        position = self._elements(data, 132, len(data), top=True, meta_only=True)
+        syntax = self.values.get(0x00020010, b"").decode("latin-1").strip(" \0")
+        if syntax != _EXPLICIT_LITTLE:
+            raise _Unparsable(f"transfer syntax {syntax}")
+        self.offset = self._elements(data, position, len(data), top=True, meta_only=False)
+
+    def _elements(self, data, position, end, *, top, meta_only=False, until_item_end=False):
+        unpack = self._unpack
+        while position + 8 <= end:
+            group, element = unpack("<HH", data, position)
+            tag = group << 16 | element
+            if meta_only and group != 0x0002:
+                return position
+            if tag == 0xFFFEE00D and until_item_end:  # item delimiter
+                return position + 8
+            if top and tag == _PIXEL_DATA:
+                self.values[tag] = b""
+                return position
+            vr = data[position + 4 : position + 6]
+            if vr in _LONG_VRS:
+                (length,) = unpack("<I", data, position + 8)
+                start = position + 12
+            elif vr.isalpha() and vr.isupper():
+                (length,) = unpack("<H", data, position + 6)
+                start = position + 8
+            else:
+                raise _Unparsable("implicit VR element")
+            if length == _UNDEFINED:
+                if vr != b"SQ":
+                    raise _Unparsable("undefined length outside a sequence")
+                position = self._skip_sequence(data, start)
+            else:
+                if top:
+                    self.values[tag] = data[start : start + length]
+                position = start + length
+        if until_item_end or top and not meta_only:
+            raise _Unparsable("ended early")
+        return position
+
+    def _skip_sequence(self, data, position):
+        unpack = self._unpack
+        while position + 8 <= len(data):
+            group, element = unpack("<HH", data, position)
+            (length,) = unpack("<I", data, position + 4)
+            if (group, element) == (0xFFFE, 0xE0DD):
+                return position + 8
+            if (group, element) != (0xFFFE, 0xE000):
+                raise _Unparsable("not an item")
+            if length == _UNDEFINED:
+                position = self._elements(data, position + 8, len(data), top=False,
+                                          until_item_end=True)  # fmt: skip
+            else:
+                position += 8 + length
+        raise _Unparsable("sequence not closed")
+
+    def get_item(self, tag: int):
+        value = self.values.get(tag)
+        return None if value is None else _RawValue(value)
+
+    def __contains__(self, keyword: str) -> bool:
+        from pydicom.datadict import tag_for_keyword
+
+        return tag_for_keyword(keyword) in self.values
+
+    def get(self, keyword: str, default=None):
+        if keyword in self._US:
+            value = self.values.get(self._US[keyword])
+            return self._unpack("<H", value)[0] if value and len(value) >= 2 else default
+        parts = _strings(self, keyword)
+        return "\\".join(parts) if parts else default
+
+    def __getattr__(self, keyword: str):
+        if keyword.startswith("_"):
+            raise AttributeError(keyword)
+        value = self.get(keyword)
+        if value is None:
+            raise AttributeError(keyword)
+        return value
+
+
+def _add_file(series: dict, ds, path: Path, offset: int) -> None:
+    uid = (_strings(ds, "SeriesInstanceUID") or [""])[0]
+    info = series.get(uid)
+    if info is None:
+        info = series[uid] = SeriesInfo(
+            uid=uid,
+            number=int(ds.SeriesNumber) if ds.get("SeriesNumber") not in (None, "") else None,
+            description=str(ds.get("SeriesDescription", "")),
+            modality=str(ds.get("Modality", "")),
+        )
+    info.files.append(path)
+    info.file_sizes.append((path, offset, _expected_pixel_bytes(ds), path.stat().st_size))
+    info.mosaic = info.mosaic or "MOSAIC" in [v.upper() for v in _strings(ds, "ImageType") or []]
+    frames, geometry = _frames_of(ds, path)
+    info.enhanced = info.enhanced or "PerFrameFunctionalGroupsSequence" in ds
+    info.frames.extend(frames)
+    info.geometry |= geometry
+    for frame in frames:
+        if frame.position:
+            info.positions.add(tuple(round(v, 2) for v in frame.position))
+        if info.echo_time_ms is None:
+            info.echo_time_ms = frame.echo_time_ms
+        if info.repetition_time_ms is None:
+            info.repetition_time_ms = frame.repetition_time_ms
+        if frame.temporal is not None:
+            info.temporal_indices.add(frame.temporal)
+            if frame.time_s is not None:
+                previous = info.acquisition_times.get(frame.temporal)
+                info.acquisition_times[frame.temporal] = (
+                    frame.time_s if previous is None else min(previous, frame.time_s)
+                )
+
+
+def series_of_files(files, subject: str = "", where=None) -> list[SeriesInfo]:
+    """Read the headers (never the pixels) of ``files`` and group them by series; files
+    that are not DICOM images (READMEs, DICOMDIR, presentation states, raw data) are
+    ignored. One pass: everything the checks need is kept (frames, geometry, file sizes)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise SubjectError(subject, folder, "DICOM folder does not exist")
     series: dict[str, SeriesInfo] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    files = list(files)
+    for path in files:
+        path = Path(path)
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            with open(path, "rb") as fh:
+                data = fh.read() if path.stat().st_size <= 1 << 20 else None
+                ds = None
+                if data is not None and series:  # a series' later files: the quick scan
+                    try:
+                        ds = _QuickHeader(data)
+                        offset = ds.offset
+                        uid = (_strings(ds, "SeriesInstanceUID") or [""])[0]
+                        if uid not in series or "PerFrameFunctionalGroupsSequence" in ds:
+                            ds = None  # a new series or enhanced storage: read it in full
+                    except (_Unparsable, IndexError, ValueError):
+                        ds = None
+                if ds is None:
+                    source = io.BytesIO(data) if data is not None else fh
+                    ds = pydicom.dcmread(source, stop_before_pixels=True)
+                    offset = source.tell()
         except (InvalidDicomError, OSError, ValueError, EOFError):
             continue
         if "SeriesInstanceUID" not in ds or "Rows" not in ds:
-            continue  # DICOMDIR, presentation states, structured reports
-        uid = str(ds.SeriesInstanceUID)
-        info = series.get(uid)
-        if info is None:
-            info = series[uid] = SeriesInfo(
-                uid=uid,
-                number=int(ds.SeriesNumber) if ds.get("SeriesNumber") not in (None, "") else None,
-                description=str(ds.get("SeriesDescription", "")),
-                modality=str(ds.get("Modality", "")),
-                echo_time_ms=float(ds.EchoTime) if ds.get("EchoTime") not in (None, "") else None,
-                repetition_time_ms=(
-                    float(ds.RepetitionTime) if ds.get("RepetitionTime") not in (None, "") else None
-                ),
-            )
-        info.files.append(path)
-        position = ds.get("ImagePositionPatient")
-        if position is not None:
-            info.positions.add(tuple(round(float(v), 2) for v in position))
-        image_type = [str(v).upper() for v in ds.get("ImageType", [])]
-        info.mosaic = info.mosaic or "MOSAIC" in image_type
-        temporal = ds.get("TemporalPositionIdentifier") or ds.get("AcquisitionNumber")
-        if temporal not in (None, ""):
-            index = int(temporal)
-            info.temporal_indices.add(index)
-            seconds = _seconds_of_day(ds.get("AcquisitionTime"))
-            if seconds is not None:
-                previous = info.acquisition_times.get(index)
-                info.acquisition_times[index] = (
-                    seconds if previous is None else min(previous, seconds)
-                )
+            continue  # DICOMDIR, presentation states, structured reports, raw data
+        try:
+            _add_file(series, ds, path, offset)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise SubjectError(subject, path, f"unreadable DICOM header: {exc}") from exc
+    for info in series.values():
+        info.others = len(files) - info.n_files
     return sorted(series.values(), key=lambda s: (s.number is None, s.number or 0, s.uid))
+
+
+def discover_series(folder: str | Path, subject: str = "") -> list[SeriesInfo]:
+    """Read every DICOM header under ``folder`` (recursively) and group by series.
+
+    Files that are not DICOM (READMEs, DICOMDIR, thumbnails) are ignored. Classic storage
+    (one image per file) and enhanced multi-frame storage (one file, many frames, with
+    per-frame functional groups: plane position, temporal position index, frame
+    acquisition time, echo time) are read alike: a series is its 2D images, whatever the
+    files that hold them.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SubjectError(subject, folder, "DICOM folder does not exist")
+    return series_of_files(sorted(p for p in folder.rglob("*") if p.is_file()), subject, folder)
 
 
 def _series_matcher(rule):
@@ -227,34 +572,169 @@ def select_series(series: list[SeriesInfo], rule, subject: str, folder) -> Serie
     return chosen
 
 
-def identifying_values(files: list[Path], limit: int = 5) -> set[str]:
-    """Identifier values (name, ID, birth date, institution, ...) in a few of ``files``."""
+#: header fields whose text describes the scanner, the protocol or the series, never a
+#: person: an identifier field holding the same text (StationName = ManufacturerModelName,
+#: an anonymised PatientName = SeriesDescription, PatientID = SequenceName) identifies nobody
+_DESCRIPTIVE_TAGS = (
+    "Manufacturer",
+    "ManufacturerModelName",
+    "SeriesDescription",
+    "SequenceName",
+    "PulseSequenceName",
+    "SoftwareVersions",
+    "BodyPartExamined",
+    "StudyDescription",
+    "Modality",
+)
+#: what anonymisers write in place of an identifier
+_PLACEHOLDERS = {"anonymous", "anonymized", "anonymised", "anon", "unknown", "none", "removed",
+                 "deidentified", "de-identified", "patient", "subject", "phantom", "test"}  # fmt: skip
+
+# The sidecar keeps only these keys (dcm2niix's BIDS names for acquisition parameters);
+# other keys survive only with a numeric value and a name that does not identify.
+_SIDECAR_KEEP = frozenset(
+    """Modality MagneticFieldStrength ImagingFrequency Manufacturer ManufacturersModelName
+    SoftwareVersions BodyPartExamined PatientPosition MRAcquisitionType SeriesDescription
+    ProtocolName ImageComments ScanningSequence SequenceVariant ScanOptions SequenceName
+    PulseSequenceName PulseSequenceDetails InternalPulseSequenceName ImageType ImageTypeText
+    NonlinearGradientCorrection SeriesNumber AcquisitionTime AcquisitionNumber SliceThickness
+    SpacingBetweenSlices SAR EchoTime RepetitionTime RepetitionTimeExcitation FlipAngle
+    PartialFourier BaseResolution ShimSetting TxRefAmp PhaseResolution ReceiveCoilName
+    ReceiveCoilActiveElements CoilString CoilCombinationMethod MatrixCoilMode PercentPhaseFOV
+    PercentSampling EchoTrainLength PhaseEncodingSteps AcquisitionMatrixPE ReconMatrixPE
+    BandwidthPerPixelPhaseEncode EffectiveEchoSpacing DerivedVendorReportedEchoSpacing
+    TotalReadoutTime EstimatedEffectiveEchoSpacing EstimatedTotalReadoutTime PixelBandwidth
+    DwellTime PhaseEncodingDirection PhaseEncodingAxis InPlanePhaseEncodingDirectionDICOM
+    SliceEncodingDirection SliceTiming MultibandAccelerationFactor
+    ParallelReductionFactorInPlane ParallelReductionFactorOutOfPlane ParallelAcquisitionTechnique
+    ConversionSoftware ConversionSoftwareVersion FrameTimesStart FrameDuration AcquisitionDuration
+    ImageOrientationPatientDICOM ImageOrientationText InversionTime EchoNumber WaterFatShift
+    PhilipsRescaleSlope PhilipsRescaleIntercept PhilipsScaleSlope UsePhilipsFloatNotDisplayScaling
+    SpoilingState MTState AcquisitionMode ExposureTime XRayTubeCurrent XRayExposure KVP
+    ConvolutionKernel ReconstructionDiameter DataCollectionDiameter GantryDetectorTilt
+    TableHeight TableSpeed SpiralPitchFactor CTDIvol Exposure ExposureModulationType
+    ReconstructionMethod DoseLengthProduct RawImage PhaseEncodingPolarityGE""".split()
+)
+#: sidecar keys written by the converter itself, not copied from a DICOM header
+_CONVERTER_KEYS = frozenset({"ConversionSoftware", "ConversionSoftwareVersion", "VolumeTiming"})
+
+
+def _normalised(text) -> str:
+    return re.sub(r"[\^\s]+", " ", str(text)).strip().lower()
+
+
+def _specific(value: str) -> bool:
+    """Whether ``value`` is specific enough to identify: ≥ 4 characters, not a placeholder,
+    and, when all digits, ≥ 6 of them (a 4-digit number matches any count or time)."""
+    text = _normalised(value)
+    if len(text) < 4 or text in _PLACEHOLDERS:
+        return False
+    return not (text.isdigit() and len(text) < 6)
+
+
+def identifying_values(files: list[Path], limit: int = 5) -> dict[str, str]:
+    """Identifier values (name, ID, birth date, institution, ...) in a few of ``files``,
+    each mapped to the DICOM keyword it came from (never logged or reported: only the
+    keyword is). Values that are also the scanner, sequence or series text of the same
+    header (e.g. StationName = ManufacturerModelName) and values too short or generic to
+    identify anyone are left out; a PatientName's components are searched too, unless one
+    is a word of that text or of the ProtocolName."""
     import pydicom
 
-    values: set[str] = set()
-    for path in files[:limit]:
+    values: dict[str, str] = {}
+    for path in list(files)[:limit]:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
+        descriptive = {_normalised(ds.get(tag, "")) for tag in _DESCRIPTIVE_TAGS} - {""}
+        protocol_words = set(
+            re.findall(r"\w+", " ".join(descriptive | {_normalised(ds.get("ProtocolName", ""))}))
+        )
         for tag in IDENTIFYING_TAGS:
             value = str(ds.get(tag, "") or "").strip()
-            if len(value) >= 4:  # shorter strings (e.g. "M", "1") would match by chance
-                values.add(value)
-                if tag == "PatientName":
-                    values.update(p for p in re.split(r"[\^ ]+", value) if len(p) >= 4)
+            if not _specific(value) or _normalised(value) in descriptive:
+                continue
+            values.setdefault(value, tag)
+            if tag == "PatientName":
+                # a single name component that is a word of the protocol or scanner text
+                # ('Test^Regression' in 'DCM2NIIX regression test') is that text; the whole
+                # name is still searched
+                for part in re.split(r"[\^ ]+", value):
+                    if _specific(part) and _normalised(part) not in protocol_words:
+                        values.setdefault(part, tag)
     return values
 
 
 def deidentified_sidecar(sidecar: dict) -> dict:
-    """The dcm2niix sidecar without keys that identify a person, site, device or exam date."""
-    return {k: v for k, v in sidecar.items() if not _SIDECAR_DROP.search(k)}
+    """The dcm2niix sidecar with acquisition parameters only: the keys of an allow-list,
+    and other keys only when their value is a number (or numbers) and their name does not
+    name a person, site, device or exam date. Free text under an unknown key is dropped."""
+
+    def numeric(value) -> bool:
+        if isinstance(value, list):
+            return all(numeric(v) for v in value)
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    return {
+        k: v
+        for k, v in sidecar.items()
+        if not _SIDECAR_DROP.search(k) and (k in _SIDECAR_KEEP or numeric(v))
+    }
 
 
-def assert_no_identifiers(text: str, identifiers: set[str], subject: str, what) -> None:
-    leaked = sorted(
-        v for v in identifiers if re.search(rf"(?<!\w){re.escape(v)}(?!\w)", text, re.IGNORECASE)
-    )
-    if leaked:
+def _pattern(value: str) -> re.Pattern:
+    """``value`` as a whole word, case-insensitive; a PatientName's ``^`` also matches the
+    space or comma a converter may write in its place."""
+    parts = [re.escape(p) for p in re.split(r"[\^ ]+", value.strip()) if p]
+    return re.compile(r"(?<!\w)" + r"[\^\s,]+".join(parts) + r"(?!\w)", re.IGNORECASE)
+
+
+def identifier_hits(record, identifiers) -> list[tuple[str, str]]:
+    """(source DICOM keyword, output key) for every identifier value found in ``record``:
+    a dict (searched key by key, strings and lists of strings only; keys the converter
+    writes itself skipped) or a text (key ``""``). ``identifiers``: value → keyword (or a
+    set of values, keyword unknown)."""
+    sources = identifiers if isinstance(identifiers, dict) else dict.fromkeys(identifiers, "")
+    if isinstance(record, dict):
+        fields = {}
+        for key, value in record.items():
+            if key in _CONVERTER_KEYS:
+                continue
+            items = value if isinstance(value, list) else [value]
+            texts = [str(v) for v in items if isinstance(v, str)]
+            if texts:
+                fields[key] = "\n".join(texts)
+    else:
+        fields = {"": str(record)}
+    hits = set()
+    for value, tag in sources.items():
+        pattern = _pattern(value)
+        for key, text in fields.items():
+            if pattern.search(text):
+                hits.add((tag or "an identifying tag", key))
+    return sorted(hits)
+
+
+def assert_no_identifiers(text, identifiers, subject: str, what) -> None:
+    """Raise :class:`SubjectError` when an identifier value would reach an output.
+
+    ``text``: the output, a dict, JSON text of a dict (searched key by key) or plain text
+    (e.g. a NIfTI header field). The message names the DICOM tag the value came from and
+    the output key it was found in, never the value."""
+    record = text
+    if isinstance(text, str) and text.lstrip().startswith("{"):
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = text
+    hits = identifier_hits(record, identifiers)
+    if hits:
+        places = "; ".join(
+            f"{tag} in {what} key {key!r}" if key else f"{tag} in {what}" for tag, key in hits
+        )
         raise SubjectError(
-            subject, what, f"patient identifiers would reach the output ({len(leaked)} field(s))"
+            subject,
+            what,
+            f"patient identifiers would reach the output ({len(hits)} field(s)): {places}. "
+            "Remove the identifier from that DICOM field (or anonymise the export) and rerun",
         )
 
 
@@ -301,34 +781,50 @@ def _run_dcm2niix(staged: Path, converted: Path, extra: list[str], subject, dico
     return sorted(converted.glob("*.nii*"))
 
 
-def affine_from_headers(files) -> tuple[np.ndarray, tuple[int, int, int]] | None:
-    """RAS affine and (columns, rows, slices) of a classic single-frame series from its
-    headers, in dcm2niix's convention (i = column, j = row reversed, k = slices along the
-    normal ascending); None if the images do not share one orientation and pixel grid."""
-    import pydicom
+#: dcm2niix's grid and the one rebuilt from the headers are the same when no voxel centre
+#: moves by more than this fraction of the smallest voxel edge. The two differ by rounding
+#: only (0.005–0.013 mm on real GE and Philips series: dcm2niix averages the slice
+#: positions, the headers' DS values have 6–10 digits); a mixed, missing or duplicated
+#: slice moves voxels by a whole slice.
+GEOMETRY_TOLERANCE_VOXELS = 0.1
+#: the order check reads every image of a series up to this many images, else a sample:
+#: every volume (one slice each, rotating) plus every slice of the first and last volume
+ORDER_CHECK_ALL_IMAGES = 1000
 
-    geometry = set()
-    positions = set()
-    for path in files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        needed = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows")
-        if any(k not in ds for k in needed):
-            return None
-        geometry.add(
-            (
-                tuple(round(float(v), 4) for v in ds.ImageOrientationPatient),
-                tuple(round(float(v), 4) for v in ds.PixelSpacing),
-                int(ds.Rows),
-                int(ds.Columns),
+
+def _as_series(files_or_info) -> SeriesInfo | None:
+    if isinstance(files_or_info, SeriesInfo):
+        return files_or_info
+    found = series_of_files(list(files_or_info))
+    return max(found, key=lambda s: s.n_images) if found else None
+
+
+def _exact_positions(info: SeriesInfo) -> dict[tuple, np.ndarray]:
+    """Rounded slice position → ImagePositionPatient as written (first image's)."""
+    positions: dict[tuple, np.ndarray] = {}
+    for frame in info.frames:
+        if frame.position:
+            positions.setdefault(
+                tuple(round(v, 2) for v in frame.position), np.asarray(frame.position)
             )
-        )
-        positions.add(tuple(float(v) for v in ds.ImagePositionPatient))
-    if len(geometry) != 1:
+    return positions
+
+
+def affine_from_headers(files) -> tuple[np.ndarray, tuple[int, int, int]] | None:
+    """RAS affine and (columns, rows, slices) of a series (classic files, enhanced frames, or
+    the :class:`SeriesInfo` of either) from its headers, in dcm2niix's convention (i =
+    column, j = row reversed, k = slices along the normal ascending); None if the images do
+    not share one orientation and pixel grid, or lack the geometry."""
+    info = _as_series(files)
+    if info is None or info.mosaic or len(info.geometry) != 1:
         return None
-    orientation, (row_spacing, column_spacing), rows, columns = geometry.pop()
+    positions = _exact_positions(info)
+    if not positions or any(not f.position for f in info.frames):
+        return None
+    orientation, (row_spacing, column_spacing), rows, columns = next(iter(info.geometry))
     row_dir, col_dir = np.asarray(orientation[:3]), np.asarray(orientation[3:])
     normal = np.cross(row_dir, col_dir)
-    ordered = sorted(positions, key=lambda p: float(np.dot(normal, p)))
+    ordered = sorted(positions.values(), key=lambda p: float(np.dot(normal, p)))
     along = np.array([np.dot(normal, p) for p in ordered])
     step = float(np.median(np.diff(along))) if len(ordered) > 1 else 1.0
     lps = np.eye(4)
@@ -339,125 +835,286 @@ def affine_from_headers(files) -> tuple[np.ndarray, tuple[int, int, int]] | None
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, (columns, rows, len(ordered))
 
 
-def header_ordered_series(files, affine: np.ndarray, shape) -> np.ndarray | None:
-    """The series rebuilt from the DICOM pixels in acquisition order, in the grid of a
-    converted image (``affine`` RAS, ``shape`` (x, y, z, t)); None where that cannot be done
-    (mosaics, multi-frame files, missing geometry, slices that do not fall on the grid).
-
-    Each slice position's images are ordered by (TemporalPositionIdentifier or
-    AcquisitionNumber, AcquisitionTime, InstanceNumber), never by InstanceNumber alone: a
-    slice-major numbering (all time points of a slice, then the next slice) must not scramble
-    the volumes. Each image goes where its pixels' world coordinates (ImagePositionPatient,
-    ImageOrientationPatient, PixelSpacing) fall in the grid. Values: stored × RescaleSlope +
-    RescaleIntercept.
-    """
-    import pydicom
-
-    if len(shape) != 4:
-        return None
-    inverse = np.linalg.inv(np.asarray(affine, float))
-    lps_to_ras = np.array([-1.0, -1.0, 1.0])
-    by_position: dict[tuple, list] = {}
-    for path in files:
-        ds = pydicom.dcmread(path)
-        needed = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "PixelData")
-        if any(k not in ds for k in needed) or int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            return None
-        temporal = ds.get("TemporalPositionIdentifier") or ds.get("AcquisitionNumber") or 0
-        key = (
-            int(temporal),
-            _seconds_of_day(ds.get("AcquisitionTime")) or 0.0,
-            int(ds.get("InstanceNumber") or 0),
+def _acquisition_order(info: SeriesInfo) -> dict[tuple, list[Frame]]:
+    """Each slice position's images in acquisition order: (temporal position, acquisition
+    time, InstanceNumber, frame), never InstanceNumber alone: a slice-major numbering (all
+    time points of a slice, then the next slice) must not scramble the volumes."""
+    by_position: dict[tuple, list[Frame]] = {}
+    for frame in info.frames:
+        by_position.setdefault(tuple(round(v, 2) for v in frame.position), []).append(frame)
+    for frames in by_position.values():
+        frames.sort(
+            key=lambda f: (f.temporal or 0, f.time_s or 0.0, f.instance, str(f.path), f.frame)
         )
-        position = tuple(round(float(v), 2) for v in ds.ImagePositionPatient)
-        by_position.setdefault(position, []).append((key, ds))
-    counts = {len(v) for v in by_position.values()}
-    if counts != {shape[3]}:
+    return by_position
+
+
+def _voxel_indices(frame: Frame, geometry, inverse: np.ndarray, shape) -> tuple | None:
+    """(i, j, k) index arrays (rows × columns) of ``frame``'s pixels in the grid of
+    ``inverse`` (inverse RAS affine) and ``shape``; None when its pixels fall off the
+    voxel centres (by more than :data:`GEOMETRY_TOLERANCE_VOXELS`) or outside the grid."""
+    orientation, (row_spacing, column_spacing), rows, columns = geometry
+    orientation = np.asarray(orientation, float)
+    r, c = np.indices((rows, columns))
+    world = (
+        np.asarray(frame.position, float)
+        + (c * column_spacing)[..., None] * orientation[:3]
+        + (r * row_spacing)[..., None] * orientation[3:]
+    ) * np.array([-1.0, -1.0, 1.0])
+    index = world @ inverse[:3, :3].T + inverse[:3, 3]
+    rounded = np.rint(index).astype(int)
+    if np.abs(index - rounded).max() > GEOMETRY_TOLERANCE_VOXELS:
         return None
-    out = np.zeros(shape, dtype=np.float32)
+    if (rounded < 0).any() or (rounded >= np.asarray(shape[:3])).any():
+        return None
+    return rounded[..., 0], rounded[..., 1], rounded[..., 2]
+
+
+class _PixelReader:
+    """Rescaled pixel values (stored × RescaleSlope + RescaleIntercept, per frame for
+    enhanced files) of a series' images, each file read once and kept while used."""
+
+    def __init__(self, rescaled: bool = True):
+        self._path = None
+        self._ds = None
+        self._pixels = None
+        self._rescaled = rescaled
+
+    def _classic(self, path: Path) -> np.ndarray | None:
+        """An uncompressed classic file's rescaled pixels straight from its bytes (the quick
+        header scan gives the pixel data offset); None where pydicom must read it."""
+        try:
+            data = path.read_bytes()
+            header = _QuickHeader(data)
+            rows, columns = header.get("Rows"), header.get("Columns")
+            bits, signed = header.get("BitsAllocated"), header.values.get(0x00280103, b"\0\0")
+            if header.get("SamplesPerPixel", 1) != 1 or bits not in (8, 16) or not rows:
+                return None
+            if "NumberOfFrames" in header and int(header.get("NumberOfFrames")) > 1:
+                return None
+            dtype = np.dtype(("<i" if signed[:2] == b"\1\0" else "<u") + str(bits // 8))
+            start = header.offset + 12
+            pixels = np.frombuffer(data, dtype, rows * columns, start).reshape(rows, columns)
+        except (_Unparsable, ValueError, TypeError, IndexError):
+            return None
+        if not self._rescaled:
+            return pixels
+        slope = _first_float(header, "RescaleSlope")
+        inter = _first_float(header, "RescaleIntercept")
+        return pixels.astype(np.float64) * (1.0 if slope is None else slope) + (inter or 0.0)
+
+    def __call__(self, frame: Frame) -> np.ndarray:
+        import pydicom
+
+        if frame.frame == 0 and frame.path != self._path:
+            pixels = self._classic(frame.path)
+            if pixels is not None:
+                return pixels
+        if frame.path != self._path:
+            self._ds = pydicom.dcmread(frame.path)
+            self._pixels = self._ds.pixel_array
+            self._path = frame.path
+        ds = self._ds
+        pixels = self._pixels[frame.frame] if self._pixels.ndim == 3 else self._pixels
+        if not self._rescaled:
+            return pixels
+        per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+        if per_frame:
+            group = per_frame[frame.frame]
+            shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+            slope = _functional(group, shared, "PixelValueTransformationSequence", "RescaleSlope")
+            inter = _functional(
+                group, shared, "PixelValueTransformationSequence", "RescaleIntercept"
+            )
+        else:
+            slope, inter = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+        slope, inter = _number(slope), _number(inter)
+        return pixels.astype(np.float64) * (1.0 if slope is None else slope) + (inter or 0.0)
+
+
+def header_ordered_series(
+    files, affine: np.ndarray, shape, stored: bool = False
+) -> np.ndarray | None:
+    """The series rebuilt from the DICOM pixels in acquisition order (:func:`_acquisition_order`)
+    in the grid of ``affine`` (RAS) and ``shape`` (x, y, z, t): classic files or enhanced
+    frames (``files`` may be a :class:`SeriesInfo`); None where that cannot be done
+    (mosaics, missing geometry, images off the grid, a slice position without ``t`` images).
+    Each image goes where its pixels' world coordinates fall. Values: stored ×
+    RescaleSlope + RescaleIntercept (float32), or with ``stored`` the stored values (int32)."""
+    info = _as_series(files)
+    if info is None or info.mosaic or len(shape) != 4 or len(info.geometry) != 1:
+        return None
+    geometry = next(iter(info.geometry))
+    inverse = np.linalg.inv(np.asarray(affine, float))
+    by_position = _acquisition_order(info)
+    if {len(v) for v in by_position.values()} != {shape[3]}:
+        return None
+    out = np.zeros(shape, dtype=np.int32 if stored else np.float32)
     filled = np.zeros(shape[2:], dtype=int)
-    for images in by_position.values():
-        images.sort(key=lambda item: item[0])
-        for t, (_, ds) in enumerate(images):
-            pixels = ds.pixel_array.astype(np.float32)
-            if pixels.ndim != 2:
-                return None
-            orientation = np.asarray(ds.ImageOrientationPatient, float)
-            row_spacing, column_spacing = (float(v) for v in ds.PixelSpacing)
-            r, c = np.indices(pixels.shape)
-            world = (
-                np.asarray(ds.ImagePositionPatient, float)
-                + (c * column_spacing)[..., None] * orientation[:3]
-                + (r * row_spacing)[..., None] * orientation[3:]
-            ) * lps_to_ras
-            index = world @ inverse[:3, :3].T + inverse[:3, 3]
-            rounded = np.rint(index).astype(int)
-            if np.abs(index - rounded).max() > 0.1:
-                return None
-            if (rounded < 0).any() or (rounded >= np.asarray(shape[:3])).any():
-                return None
-            slope = float(ds.get("RescaleSlope", 1) or 1)
-            intercept = float(ds.get("RescaleIntercept", 0) or 0)
-            i, j, k = rounded[..., 0], rounded[..., 1], rounded[..., 2]
-            out[i, j, k, t] = pixels * slope + intercept
-            filled[np.unique(k), t] += 1
+    read = _PixelReader(rescaled=not stored)
+    frames = sorted(
+        ((t, f) for images in by_position.values() for t, f in enumerate(images)),
+        key=lambda item: (str(item[1].path), item[1].frame),
+    )  # file by file: each file read once
+    placements: dict[tuple, tuple] = {}
+    for t, frame in frames:
+        key = tuple(round(v, 2) for v in frame.position)
+        if key not in placements:
+            where = _voxel_indices(frame, geometry, inverse, shape)
+            placements[key] = None if where is None else (*where, np.unique(where[2]))
+        where = placements[key]
+        if where is None:
+            return None
+        pixels = read(frame)
+        if pixels.shape != where[0].shape:
+            return None
+        i, j, k, slices = where
+        out[i, j, k, t] = pixels
+        filled[slices, t] += 1
     if not (filled == 1).all():
         return None
     return out
 
 
-def _checked_volume_order(image, info: SeriesInfo, subject: str):
-    """dcm2niix's image if its voxels are the series in acquisition order; else the image
-    rebuilt from the headers' order (logged). Mosaics and multi-frame files are trusted."""
+def _same_values(stored: np.ndarray, raw: np.ndarray) -> bool:
+    """Whether the integers ``stored`` are the values of ``raw`` (an integer array), in any
+    order: equal once sorted (radix sort for 8- and 16-bit data)."""
+    if stored.size != raw.size or stored.min() != raw.min() or stored.max() != raw.max():
+        return False
+    ours = stored.astype(raw.dtype).ravel()  # in range: min and max are raw's
+    return bool(np.array_equal(np.sort(ours, kind="stable"), np.sort(raw.ravel(), kind="stable")))
+
+
+def _corner_shift_mm(a: np.ndarray, b: np.ndarray, shape) -> float:
+    """Largest distance (mm) between the world positions the two affines give the corner
+    voxels of a grid of ``shape``."""
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape[:3]], indexing="ij")).reshape(3, -1)
+    corners = np.vstack([corners, np.ones(corners.shape[1])])
+    return float(np.linalg.norm((a @ corners - b @ corners)[:3], axis=0).max())
+
+
+def _sampled_images(by_position: dict, n_volumes: int) -> list[tuple[int, Frame]]:
+    """(volume, image) pairs to compare with the converted series: all of them for a small
+    series, else one slice per volume (rotating through the slices) and every slice of
+    the first and last volume."""
+    positions = sorted(by_position)
+    n_images = sum(len(v) for v in by_position.values())
+    if n_images <= ORDER_CHECK_ALL_IMAGES:
+        return [(t, f) for key in positions for t, f in enumerate(by_position[key])]
+    picks = {(t, positions[t % len(positions)]) for t in range(n_volumes)}
+    picks |= {(t, key) for key in positions for t in (0, n_volumes - 1)}
+    return sorted(
+        ((t, by_position[key][t]) for t, key in picks), key=lambda p: (str(p[1].path), p[1].frame)
+    )
+
+
+def _same_image(converted: np.ndarray, dicom: np.ndarray, quantum: float) -> bool:
+    """Whether ``converted`` is ``dicom`` up to a linear map of values (dcm2niix may rescale
+    a series, e.g. Philips floating-point values), within half a stored step ``quantum``
+    plus float32 rounding."""
+    x, y = dicom.ravel().astype(np.float64), converted.ravel().astype(np.float64)
+    if np.ptp(x) == 0:
+        return bool(np.ptp(y) <= quantum)
+    design = np.stack([x, np.ones_like(x)], axis=1)
+    (slope, intercept), *_ = np.linalg.lstsq(design, y, rcond=None)
+    residual = np.abs(design @ np.array([slope, intercept]) - y).max()
+    return bool(residual <= 0.5 * quantum + 1e-5 * max(np.abs(y).max(), 1.0))
+
+
+def _verified_against_headers(nifti: Path, info: SeriesInfo, subject: str, workdir: Path) -> Path:
+    """dcm2niix's image ``nifti`` if its grid is the headers' (within
+    :data:`GEOMETRY_TOLERANCE_VOXELS`) and its voxels are the images in acquisition order
+    (all images or a sample compared, :func:`_sampled_images`); else the series rebuilt
+    from the headers, in dcm2niix's data type and scaling (logged, with the reason).
+    Mosaics, and series whose headers do not give one grid, are not cross-checked."""
     import nibabel as nib
 
+    from bolus.io.nifti import save_raw
+
     if info.mosaic:
-        return image
-    geometry = affine_from_headers(info.files)
+        return nifti
+    geometry = affine_from_headers(info)
     if geometry is None:
-        log.info("%s: volume order not cross-checked (geometry not classic single-frame)", subject)
-        return image
-    affine, grid = geometry
-    shape = (*grid, info.n_timepoints)
-    same_grid = tuple(image.shape) == shape and np.allclose(image.affine, affine, atol=1e-3)
-    rebuilt = header_ordered_series(info.files, affine, shape)
-    if rebuilt is None:
-        log.info("%s: volume order not cross-checked (images off the slice grid)", subject)
-        return image
-    if not same_grid:
-        log.warning(
-            "%s: dcm2niix's geometry (shape %s) is not the headers' (shape %s): slices or "
-            "volumes were mixed; rebuilding the series from the headers",
-            subject,
-            tuple(image.shape),
-            shape,
+        log.info(
+            "%s: volume order not cross-checked (no single image grid in the headers)", subject
         )
-        header = image.header.copy()
-        header.set_data_dtype(np.float32)
-        rebuilt_image = nib.Nifti1Image(rebuilt, affine, header)
-        rebuilt_image.set_qform(affine, code=1)
-        rebuilt_image.set_sform(affine, code=1)
-        return rebuilt_image
-    converted = image.get_fdata(dtype=np.float32)
-    # dcm2niix may scale (e.g. Philips precise values): fit the linear map between the two
-    # value distributions, which a reordering of voxels does not change
-    step = max(1, converted.size // 200_000)
-    slope, intercept = np.polyfit(
-        np.sort(rebuilt.ravel())[::step], np.sort(converted.ravel())[::step], 1
+        return nifti
+    header_affine, grid = geometry
+    shape = (*grid, info.n_timepoints)
+    image = nib.load(nifti)
+    voxel = float(np.sqrt((header_affine[:3, :3] ** 2).sum(axis=0)).min())
+    tolerance_mm = GEOMETRY_TOLERANCE_VOXELS * voxel
+    shift = (
+        _corner_shift_mm(image.affine, header_affine, grid) if image.shape[:3] == grid else np.inf
     )
-    expected = rebuilt * np.float32(slope) + np.float32(intercept)
-    tolerance = 1e-3 * max(float(np.ptp(converted)), 1e-6)
-    if np.abs(expected - converted).max() <= tolerance:
-        return image
+    by_position = _acquisition_order(info)
+    read = _PixelReader()
+    raw = np.asanyarray(image.dataobj.get_unscaled())
+    slope, inter = image.dataobj.slope, image.dataobj.inter
+    quantum = abs(float(slope)) if raw.dtype.kind in "iu" else 0.0
+    if tuple(image.shape) == shape and shift <= tolerance_mm:
+        inverse = np.linalg.inv(image.affine)
+        geometry_key = next(iter(info.geometry))
+        mismatched = 0
+        placements: dict = {}
+        for t, frame in _sampled_images(by_position, shape[3]):
+            key = tuple(round(v, 2) for v in frame.position)
+            if key not in placements:
+                placements[key] = _voxel_indices(frame, geometry_key, inverse, shape)
+            where = placements[key]
+            if where is None:
+                log.info("%s: volume order not cross-checked (images off the slice grid)", subject)
+                return nifti
+            converted = raw[where[0], where[1], where[2], t] * float(slope) + float(inter)
+            if not _same_image(converted, read(frame), quantum):
+                mismatched += 1
+        if not mismatched:
+            return nifti
+        reason = (
+            f"{mismatched} image(s) are not where the acquisition order (temporal position, "
+            "acquisition time) puts them: dcm2niix ordered the volumes otherwise (by "
+            "InstanceNumber or by a non-temporal dimension index)"
+        )
+        affine = image.affine
+    else:
+        reason = (
+            f"dcm2niix's grid (shape {tuple(image.shape)}) is not the headers' (shape {shape}, "
+            f"corner shift {shift:.3g} mm > {tolerance_mm:.3g} mm): slices or volumes were "
+            "missing, duplicated or mixed"
+        )
+        affine = header_affine
+    stored = header_ordered_series(info, affine, shape, stored=True)
+    if stored is None:
+        raise SubjectError(
+            subject, info.files[0].parent,
+            f"{reason}, and the series cannot be rebuilt from its headers (images off the slice "
+            "grid or missing): re-export the series",
+        )  # fmt: skip
     log.warning(
-        "%s: dcm2niix's volume order differs from the acquisition order in the headers "
-        "(InstanceNumber not time-major?); using the order from TemporalPositionIdentifier/"
-        "AcquisitionNumber/AcquisitionTime and ImagePositionPatient",
+        "%s: %s; rebuilding the series from the headers (TemporalPositionIdentifier/"
+        "AcquisitionNumber/AcquisitionTime and ImagePositionPatient), in dcm2niix's scaling",
         subject,
+        reason,
     )
-    header = image.header.copy()
-    header.set_data_dtype(np.float32)
-    return nib.Nifti1Image(expected.astype(np.float32), image.affine, header)
+    if raw.dtype.kind in "iu" and _same_values(stored, raw):
+        # dcm2niix stored the DICOM values as they are (its scaling in the header): the
+        # rebuild is its own values, reordered, with its scaling
+        out_raw, out_slope, out_inter = stored.astype(raw.dtype), float(slope), float(inter)
+    else:
+        # dcm2niix's values are a linear map of the DICOM values (e.g. Philips floating-point
+        # scaling); a reordering keeps the value distribution
+        rebuilt = header_ordered_series(info, affine, shape)
+        converted = raw.astype(np.float64) * float(slope) + float(inter)
+        levels = np.linspace(0.0, 1.0, 201)
+        ours, theirs = np.quantile(rebuilt, levels), np.quantile(converted, levels)
+        a, b = 1.0, 0.0
+        if np.ptp(ours) and not np.allclose(ours, theirs, rtol=0, atol=1e-6 * np.abs(theirs).max()):
+            a, b = np.polyfit(ours, theirs, 1)
+        values = rebuilt.astype(np.float64) * a + b
+        out_raw, out_slope, out_inter = values.astype(np.float32), 1.0, 0.0
+    rebuilt_path = workdir / f"rebuilt{''.join(nifti.suffixes)}"
+    save_raw(out_raw, image.header, affine, rebuilt_path, out_slope, out_inter)
+    return rebuilt_path
 
 
 def _ct_frame_interval(sidecar: dict, info: SeriesInfo, n_volumes: int, subject, dicom_dir):
@@ -503,10 +1160,12 @@ def convert_dicom_series(
     check_dicom_series(info, subject, dicom_dir)
     identifiers = identifying_values(info.files)
     with tempfile.TemporaryDirectory(prefix="bolus-dcm2niix-") as tmp:
-        staged = Path(tmp) / "in"
-        staged.mkdir()
-        for i, path in enumerate(info.files):  # only this series' files; inputs untouched
-            os.symlink(path.resolve(), staged / f"{i:06d}.dcm")
+        staged = dicom_dir  # the folder holds this series only: dcm2niix reads it in place
+        if info.others:  # else only this series' files, linked (inputs untouched)
+            staged = Path(tmp) / "in"
+            staged.mkdir()
+            for i, path in enumerate(info.files):
+                os.symlink(path.resolve(), staged / f"{i:06d}.dcm")
         converted = Path(tmp) / "out"
         converted.mkdir()
         niftis = _run_dcm2niix(staged, converted, [], subject, dicom_dir)
@@ -553,7 +1212,8 @@ def convert_dicom_series(
         for key in ("EchoTime", "RepetitionTime") if modality != "ctp" else ("RepetitionTime",):
             if not isinstance(sidecar.get(key), int | float) or sidecar[key] <= 0:
                 raise SubjectError(subject, dicom_dir, f"converted series has no valid {key}")
-        image = _checked_volume_order(image, info, subject)
+        result = _verified_against_headers(niftis[0], info, subject, Path(tmp))
+        image = nib.load(result)
         clean = deidentified_sidecar(sidecar)
         clean["VolumeTiming"] = volume_times(info, shape[3], float(sidecar["RepetitionTime"]))
         slice_timing = clean.get("SliceTiming")
@@ -575,14 +1235,16 @@ def convert_dicom_series(
                 clean["VolumeTiming"],
             )
         clean["SourceSeriesDescription"] = info.description
-        text = json.dumps(clean, indent=2)
-        assert_no_identifiers(text, identifiers, subject, "sidecar JSON")
-        header_text = bytes(image.header["descrip"]).decode(errors="ignore")
-        header_text += bytes(image.header["db_name"]).decode(errors="ignore")
-        assert_no_identifiers(header_text, identifiers, subject, "NIfTI header")
-        out_nifti, out_json = Path(out_nifti), Path(out_json)
-        atomic.save_image(image, out_nifti)
-        atomic.write_text(out_json, text + "\n")
+        assert_no_identifiers(clean, identifiers, subject, "sidecar JSON")
+        header_fields = {
+            key: bytes(image.header[key]).decode(errors="ignore")
+            for key in ("descrip", "db_name", "aux_file", "intent_name")
+        }
+        assert_no_identifiers(header_fields, identifiers, subject, "NIfTI header")
+        sidecar_out = Path(tmp) / "sidecar.json"
+        sidecar_out.write_text(json.dumps(clean, indent=2) + "\n")
+        # both outputs appear together, only once everything above has accepted them
+        atomic.install({sidecar_out: out_json, result: out_nifti})
     return clean
 
 
@@ -622,7 +1284,21 @@ def import_nifti_series(
         clean["VolumeTiming"] = [
             round(k * float(sidecar["RepetitionTime"]), 6) for k in range(shape[3])
         ]
-    copy = nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine, image.header)
-    atomic.save_image(copy, out_nifti)
-    atomic.write_json(out_json, clean)
+    from bolus.io.nifti import save_raw
+
+    with tempfile.TemporaryDirectory(prefix="bolus-import-") as tmp:
+        # the stored values and their scaling as given: nibabel would re-derive the scaling
+        staged = Path(tmp) / "series.nii.gz"
+        proxy = image.dataobj
+        raw = (
+            np.asanyarray(proxy.get_unscaled())
+            if hasattr(proxy, "get_unscaled")
+            else np.asanyarray(proxy)
+        )
+        slope, inter = float(getattr(proxy, "slope", 1.0)), float(getattr(proxy, "inter", 0.0))
+        header = image.header if isinstance(image.header, nib.Nifti1Header) else nib.Nifti1Header()
+        save_raw(raw, header, image.affine, staged, slope, inter)
+        sidecar_out = Path(tmp) / "sidecar.json"
+        sidecar_out.write_text(json.dumps(clean, indent=2) + "\n")
+        atomic.install({sidecar_out: out_json, staged: out_nifti})
     return clean

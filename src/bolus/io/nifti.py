@@ -198,3 +198,42 @@ def load_on_grid(
     onto the target grid (e.g. the subject's DSC grid). Use ``order=0`` for masks."""
     data, affine = load_volume(path)
     return resample_to_grid(data, affine, target_shape, target_affine, order=order, cval=cval)
+
+
+def save_raw(
+    raw: np.ndarray, header: nib.Nifti1Header, affine: np.ndarray, path: str | Path,
+    slope: float = 1.0, inter: float = 0.0,
+) -> Path:  # fmt: skip
+    """Write stored values ``raw`` with the scaling ``slope``, ``inter`` kept as given
+    (value = raw × slope + inter), ``header``'s other fields (units, timing, descrip) and
+    ``affine`` as qform and sform with the header's codes (1 where unset).
+
+    nibabel re-derives an integer image's scaling when it saves one (the stored values
+    change); a converted series must keep the converter's stored values and scaling.
+    """
+    import gzip
+    import io
+
+    from nibabel.volumeutils import array_to_file
+
+    from bolus.io.atomic import atomic_path
+
+    raw = np.asarray(raw)
+    hdr = nib.Nifti1Header.from_header(header)
+    hdr.set_data_dtype(raw.dtype)
+    hdr.set_data_shape(raw.shape)
+    qcode = int(header["qform_code"]) or 1 if isinstance(header, nib.Nifti1Header) else 1
+    scode = int(header["sform_code"]) or 1 if isinstance(header, nib.Nifti1Header) else 1
+    hdr.set_qform(affine, code=qcode)
+    hdr.set_sform(affine, code=scode)
+    hdr["scl_slope"], hdr["scl_inter"] = slope, inter
+    hdr.extensions.clear()
+    hdr.set_data_offset(352)
+    buffer = io.BytesIO()
+    hdr.write_to(buffer)
+    array_to_file(raw, buffer, raw.dtype, offset=352, order="F")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        data = buffer.getvalue()
+        tmp.write_bytes(gzip.compress(data, compresslevel=1) if path.name.endswith(".gz") else data)
+    return path

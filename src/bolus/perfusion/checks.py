@@ -27,6 +27,46 @@ MIN_BASELINE_FRAMES = 3
 _HEAD_FRACTION = 0.2
 
 
+#: a DSC bolus lowers the head's mean signal by 10–40 % (brain ΔR2*·TE); an fMRI or
+#: diffusion series, or a phantom, varies by a few percent at most
+MIN_DSC_DIP = 0.03
+#: a CT bolus raises the head's mean by several HU; 1 HU is below any real enhancement
+MIN_CT_RISE_HU = 1.0
+
+
+def _check_bolus_passage(curve, subject: str, source, modality: str) -> None:
+    """Raise when the head's mean curve (3-frame moving average, after the first 2 frames)
+    shows no bolus: no dip below its median by :data:`MIN_DSC_DIP` of it (DSC), no departure
+    from its median by :data:`MIN_CT_RISE_HU` (CT). The head mean averages hundreds of
+    voxels: its noise is far below these thresholds."""
+    curve = np.asarray(curve, dtype=float)[2:]
+    if curve.size < 5:
+        return
+    smooth = np.convolve(curve, np.ones(3) / 3, mode="valid")
+    level = float(np.median(curve))
+    if modality == "dsc":
+        dip = level - float(smooth.min())
+        if dip > MIN_DSC_DIP * level:
+            return
+        raise SubjectError(
+            subject,
+            source,
+            f"no bolus passage found: the head's mean signal never drops below its median by "
+            f"more than {100 * dip / level:.1f} % (a DSC bolus lowers it by 10–40 %): not a "
+            "perfusion series? Check dicom.series",
+        )
+    excursion = max(float(smooth.max()) - level, level - float(smooth.min()))
+    if excursion > MIN_CT_RISE_HU:
+        return
+    raise SubjectError(
+        subject,
+        source,
+        f"no bolus passage found: the head's mean never departs from its median by more than "
+        f"{excursion:.2f} HU (a CT bolus raises it by several HU): not a perfusion series? "
+        "Check dicom.series",
+    )
+
+
 def check_signal(data, times_s, subject: str, source, modality: str = "dsc") -> None:
     """Raise :class:`SubjectError` (naming ``subject`` and ``source``) when ``data``
     (X, Y, Z, T) cannot be quantified; see the module docstring for the conditions."""
@@ -71,6 +111,7 @@ def check_signal(data, times_s, subject: str, source, modality: str = "dsc") -> 
     mean = flat.mean(axis=1)
     head = mean > _HEAD_FRACTION * np.percentile(mean, 99) if modality == "dsc" else mean > -500
     curve = flat[head].mean(axis=0) if head.any() else flat.mean(axis=0)
+    _check_bolus_passage(curve, subject, source, modality)
     baseline = baseline_frames(curve, np.asarray(times_s, dtype=float))
     frames = baseline.stop - baseline.start
     if frames < MIN_BASELINE_FRAMES:

@@ -192,9 +192,11 @@ def write_truth(folder, sim: DSCSimulation, extra: dict | None = None) -> dict[s
     return paths
 
 
-def write_subject(dicom_dir, sim: DSCSimulation, exam: Exam) -> list[Path]:
-    """Write the localizer (series 1) and the DSC series (series 2) of ``sim`` into the flat
-    folder ``dicom_dir``; returns the files."""
+def write_subject(
+    dicom_dir, sim: DSCSimulation, exam: Exam, storage: str = "classic"
+) -> list[Path]:
+    """Write the localizer (series 1) and the DSC series (series 2; ``storage`` classic or
+    enhanced multi-frame) of ``sim`` into the flat folder ``dicom_dir``; returns the files."""
     grid = sim.phantom.grid
     centre_lps = grid.affine_lps @ np.r_[(np.array(grid.shape) - 1) / 2.0, 1.0]
     planes = localizer_planes(centre_lps[:3])
@@ -211,6 +213,7 @@ def write_subject(dicom_dir, sim: DSCSimulation, exam: Exam) -> list[Path]:
         te_s=sim.te_s,
         exam=exam,
         series_number=DSC_SERIES_NUMBER,
+        storage=storage,
     )
     return paths
 
@@ -247,6 +250,7 @@ def simulate_cohort(
     pathologies=("healthy", "stroke", "tumour"),
     jobs: int = 1,
     modality: str = "dsc",
+    dicom_storage: str = "classic",
     **acquisition,
 ) -> Path:
     """Simulate ``n_subjects`` subjects into ``out_dir``; returns ``<out_dir>/participants.tsv``.
@@ -260,6 +264,8 @@ def simulate_cohort(
     files are the same as with one. ``modality`` ``ctp`` writes each subject's dynamic series
     as CT perfusion DICOM (:mod:`bolus.simulate.ctp`: the same anatomy, perfusion and truth
     seen in HU; process with ``modality: ctp``) in place of the DSC series.
+    ``dicom_storage`` ``enhanced`` writes the dynamic series as one enhanced multi-frame file
+    (Enhanced MR / CT Image Storage) instead of one file per image.
     """
     if modality not in ("dsc", "ctp"):
         raise ValueError(f"modality must be dsc or ctp, got {modality!r}")
@@ -274,7 +280,18 @@ def simulate_cohort(
     splits = assign_splits(n_subjects, seed)
     numbers = range(1, n_subjects + 1)
     args = [
-        (out, n, n_subjects, seed, pathologies, splits, constants, acquisition, modality)
+        (
+            out,
+            n,
+            n_subjects,
+            seed,
+            pathologies,
+            splits,
+            constants,
+            acquisition,
+            modality,
+            dicom_storage,
+        )
         for n in numbers
     ]
     if int(jobs) > 1 and n_subjects > 1:
@@ -293,7 +310,16 @@ def simulate_cohort(
 
 
 def _write_one_subject(
-    out, number, n_subjects, seed, pathologies, splits, constants, acquisition, modality="dsc"
+    out,
+    number,
+    n_subjects,
+    seed,
+    pathologies,
+    splits,
+    constants,
+    acquisition,
+    modality="dsc",
+    dicom_storage="classic",
 ):
     """Simulate and write subject ``number`` of :func:`simulate_cohort`; its participants row."""
     pid = participant_id(number, n_subjects)
@@ -310,10 +336,10 @@ def _write_one_subject(
         hu = ctp_series(sim, np.random.default_rng([int(seed) % 2**63, number, 0xC7]))
         write_ctp_series(
             subject_dir / "dicom", hu, sim.phantom.grid, tr_s=sim.tr_s, exam=exam,
-            series_number=DSC_SERIES_NUMBER,
+            series_number=DSC_SERIES_NUMBER, storage=dicom_storage,
         )  # fmt: skip
     else:
-        write_subject(subject_dir / "dicom", sim, exam)
+        write_subject(subject_dir / "dicom", sim, exam, storage=dicom_storage)
     site = "siteA" if number % 2 == 1 else "siteB"
     extra = {"participant_id": pid, "seed": int(seed), "site": site,
              "manufacturer": exam.manufacturer, "modality": modality,

@@ -202,6 +202,111 @@ def _save_slice(ds, stem: Path, exam, series_number, instance, grid, k, image) -
     return path
 
 
+#: Enhanced MR / CT Image Storage (one file, many frames, per-frame functional groups)
+ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
+ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+#: ``storage`` values of the series writers
+STORAGES = ("classic", "enhanced")
+#: attributes of a classic image that live in functional groups in enhanced storage
+_PER_FRAME_ATTRIBUTES = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+                         "EchoTime", "RepetitionTime", "FlipAngle", "AcquisitionNumber",
+                         "TemporalPositionIdentifier", "SliceLocation", "RescaleIntercept",
+                         "RescaleSlope", "RescaleType", "TriggerTime", "SliceThickness",
+                         "SpacingBetweenSlices")  # fmt: skip
+
+
+def _item(**values) -> Dataset:
+    item = Dataset()
+    for keyword, value in values.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def _enhanced_file(ds: Dataset, path: Path, frames: list[dict], *, sop_class: str, shared: Dataset,
+                   exam: Exam, series_number: int, instance: int) -> Path:  # fmt: skip
+    """Write ``frames`` (dicts: image (rows × columns), position, k, t, time_s) as one
+    enhanced multi-frame file: per-frame FrameContent (StackID, InStackPositionNumber,
+    TemporalPositionIndex, FrameAcquisitionDateTime, DimensionIndexValues) and
+    PlanePosition; the rest shared (PS3.3 C.7.6.16)."""
+    import copy
+
+    out = copy.deepcopy(ds)
+    for keyword in _PER_FRAME_ATTRIBUTES:
+        if keyword in out:
+            delattr(out, keyword)
+    out.file_meta.MediaStorageSOPClassUID = out.SOPClassUID = sop_class
+    out.ImageType = [*list(ds.ImageType)[:3], "NONE"]
+    out.InstanceNumber = instance
+    out.SOPInstanceUID = exam.uid("image", series_number, "enhanced", instance)
+    out.NumberOfFrames = len(frames)
+    out.ContentQualification = "PRODUCT"
+    out.AcquisitionDateTime = exam.study_date + _dicom_time(min(f["time_s"] for f in frames))
+    organization = exam.uid("dimensions", series_number)
+    out.DimensionOrganizationSequence = [_item(DimensionOrganizationUID=organization)]
+    # as Siemens XA and Philips write them: stack, position in the stack, time point
+    dimensions = [(0x00209056, "Stack ID", 0), (0x00209057, "In-Stack Position Number", 1),
+                  (0x00209128, "Temporal Position Index", 2)]  # fmt: skip
+    out.DimensionIndexSequence = [
+        _item(DimensionOrganizationUID=organization, DimensionIndexPointer=pointer,
+              FunctionalGroupPointer=0x00209111, DimensionDescriptionLabel=label)
+        for pointer, label, _ in dimensions
+    ]  # fmt: skip
+    out.SharedFunctionalGroupsSequence = [shared]
+    per_frame = []
+    for frame in frames:
+        content = _item(
+            StackID="1",
+            InStackPositionNumber=frame["k"] + 1,
+            TemporalPositionIndex=frame["t"] + 1,
+            FrameAcquisitionDateTime=exam.study_date + _dicom_time(frame["time_s"]),
+            FrameReferenceDateTime=exam.study_date + _dicom_time(frame["time_s"]),
+            FrameAcquisitionDuration=100.0,
+            DimensionIndexValues=[(1, frame["k"] + 1, frame["t"] + 1)[i] for _, _, i in dimensions],
+        )
+        per_frame.append(
+            _item(FrameContentSequence=[content],
+                  PlanePositionSequence=[_item(ImagePositionPatient=_ds(frame["position"]))])
+        )  # fmt: skip
+    out.PerFrameFunctionalGroupsSequence = per_frame
+    stack = np.stack([np.clip(np.rint(f["image"]), 0, 65535) for f in frames]).astype("<u2")
+    out.Rows, out.Columns = stack.shape[1:]
+    out.PixelData = np.ascontiguousarray(stack).tobytes()
+    out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+    out.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _shared_groups(ds: Dataset, grid, *, mr: bool) -> Dataset:
+    shared = _item(
+        PlaneOrientationSequence=[_item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])],
+        PixelMeasuresSequence=[_item(PixelSpacing=_ds([grid.pixel_spacing_mm] * 2),
+                                     SliceThickness=f"{grid.slice_thickness_mm:.6g}",
+                                     SpacingBetweenSlices=f"{grid.slice_spacing_mm:.6g}")],
+    )  # fmt: skip
+    if mr:
+        shared.MREchoSequence = [_item(EffectiveEchoTime=float(ds.EchoTime))]
+        shared.MRTimingAndRelatedParametersSequence = [
+            _item(RepetitionTime=float(ds.RepetitionTime), FlipAngle=float(ds.FlipAngle),
+                  EchoTrainLength=int(ds.EchoTrainLength))
+        ]  # fmt: skip
+    else:
+        shared.PixelValueTransformationSequence = [
+            _item(RescaleIntercept=ds.RescaleIntercept, RescaleSlope=ds.RescaleSlope,
+                  RescaleType=ds.RescaleType)
+        ]  # fmt: skip
+    return shared
+
+
+def _write_enhanced_series(folder: Path, stem: str, ds: Dataset, frames: list[dict], *,
+                           sop_class: str, grid, exam: Exam, series_number: int,
+                           mr: bool) -> list[Path]:  # fmt: skip
+    """``frames`` in the order to store them, as one enhanced file; returns ``[path]``."""
+    path = folder / f"{stem}_{series_number:03d}_00001.dcm"
+    shared = _shared_groups(ds, grid, mr=mr)
+    return [_enhanced_file(ds, path, frames, sop_class=sop_class, shared=shared, exam=exam,
+                           series_number=series_number, instance=1)]  # fmt: skip
+
+
 def write_dsc_series(
     folder,
     signal: np.ndarray,
@@ -215,8 +320,15 @@ def write_dsc_series(
     start_time_s: float | None = None,
     vendor: str | None = None,
     frame_times_s=None,
+    storage: str = "classic",
 ) -> list[Path]:
     """Write the dynamic series ``signal`` (i, j, k, t) into ``folder``; returns the files.
+
+    ``storage`` ``classic``: MR Image Storage, one file per slice per time point;
+    ``enhanced``: Enhanced MR Image Storage, the images as frames with per-frame functional
+    groups (plane position, temporal position index, frame acquisition time), stored as the
+    vendor convention does (:mod:`bolus.simulate.vendors`: Philips frames slice by slice,
+    Siemens, GE and the default volume by volume).
 
     Values are rounded and clipped to uint16. ``start_time_s`` (seconds after midnight) is
     the AcquisitionTime of volume 0, by default 5 minutes after the exam's start.
@@ -269,6 +381,23 @@ def write_dsc_series(
     if onsets.shape != (nt,):
         raise ValueError(f"frame_times_s has shape {onsets.shape}, the series has {nt} frames")
     slice_offsets = interleaved_slice_times(nz, tr_s)
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+    if storage == "enhanced":
+        per_slice_time = conv is not None and conv.per_slice_acquisition_time
+        frames = [
+            {"image": signal[:, :, k, t].T, "position": grid.slice_position_lps(k), "k": k,
+             "t": t, "time_s": start + onsets[t] + (slice_offsets[k] if per_slice_time else 0.0)}
+            for t in range(nt) for k in range(nz)
+        ]  # fmt: skip
+        slice_major = conv is not None and conv.enhanced_slice_major
+        if slice_major:
+            frames.sort(key=lambda f: (f["k"], f["t"]))
+        return _write_enhanced_series(
+            folder, "IM", ds, frames,
+            sop_class=ENHANCED_MR_IMAGE_STORAGE, grid=grid, exam=exam,
+            series_number=series_number, mr=True,
+        )  # fmt: skip
     paths = []
     for t in range(nt):
         acquired = _dicom_time(start + onsets[t])
@@ -310,6 +439,7 @@ def write_ctp_series(
     series_number: int = 2,
     description: str = "CTP Brain 5mm",
     start_time_s: float | None = None,
+    storage: str = "classic",
 ) -> list[Path]:
     """Write a CT perfusion series ``hu`` (i, j, k, t; Hounsfield units) into ``folder`` as CT
     Image Storage, one file per slice per time point; returns the files.
@@ -317,7 +447,9 @@ def write_ctp_series(
     As CT scanners do: Modality CT, no echo or repetition time (the frame interval is only in
     the AcquisitionTime of each volume, ``start_time_s`` + t·``tr_s``), stored value
     HU + 1024 (uint16, HU below −1024 clipped) with RescaleSlope 1 and RescaleIntercept −1024.
-    Geometry, numbering and identifiers as :func:`write_dsc_series`.
+    Geometry, numbering and identifiers as :func:`write_dsc_series`; ``storage``
+    ``enhanced``: one Enhanced CT Image Storage file (frames time-major, the rescale in the
+    shared PixelValueTransformation group).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -344,6 +476,18 @@ def write_ctp_series(
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     ds.PixelSpacing = _ds([grid.pixel_spacing_mm] * 2)
     stored = np.asarray(hu, float) - CT_RESCALE_INTERCEPT
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+    if storage == "enhanced":  # Enhanced CT Image Storage, one file, time-major frames
+        frames = [
+            {"image": stored[:, :, k, t].T, "position": grid.slice_position_lps(k), "k": k,
+             "t": t, "time_s": start + t * float(tr_s)}
+            for t in range(nt) for k in range(nz)
+        ]  # fmt: skip
+        return _write_enhanced_series(
+            folder, "CT", ds, frames, sop_class=ENHANCED_CT_IMAGE_STORAGE,
+            grid=grid, exam=exam, series_number=series_number, mr=False,
+        )  # fmt: skip
     paths = []
     for t in range(nt):
         ds.AcquisitionNumber = t + 1

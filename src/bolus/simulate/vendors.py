@@ -14,6 +14,13 @@ simulation, so a correct conversion gives the same 4D series whatever the conven
   TR, ms), which dcm2niix would take as a cardiac-gated series and split unless told
   ``--ignore_trigger_times``.
 
+Enhanced storage (``storage="enhanced"`` of the writers): one multi-frame file; Philips
+stores the frames slice by slice, Siemens (frames with per-slice acquisition times), GE and the
+default volume by volume; every frame carries its stack, in-stack position and temporal
+position index (DimensionIndexValues in that order, as Siemens XA and Philips write them) and
+its acquisition time. dcm2niix (v1.0.20260724) stacks the frames of the volume-by-volume
+layout in the wrong order; the converter rebuilds them in acquisition order.
+
 Irregular timing (any vendor): ``frame_times_s`` gives every volume's real onset; the
 AcquisitionTime of each volume follows it, and dcm2niix, seeing unequal intervals, reports
 irregular timing and rewrites RepetitionTime — the converter must take the time axis from the
@@ -55,6 +62,7 @@ class VendorConvention:
     shared_acquisition_time: bool = False
     temporal_position: bool = True
     per_slice_trigger_time: bool = False
+    enhanced_slice_major: bool = False  # enhanced storage: frames slice by slice
 
     @property
     def manufacturer(self) -> str:
@@ -81,7 +89,7 @@ class VendorConvention:
 CONVENTIONS = {
     "siemens": VendorConvention("siemens", slice_major=True, per_slice_acquisition_time=True),
     "ge": VendorConvention("ge", shared_acquisition_time=True, temporal_position=False),
-    "philips": VendorConvention("philips", per_slice_trigger_time=True),
+    "philips": VendorConvention("philips", per_slice_trigger_time=True, enhanced_slice_major=True),
 }
 
 
