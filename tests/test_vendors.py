@@ -176,7 +176,8 @@ def test_enhanced_and_classic_exports_give_the_same_perfusion_maps(dcm2niix, tmp
     deterministic computation)."""
     from bolus.io.nifti import load_volume, save_like
     from bolus.simulate.cohort import simulate_subject
-    from bolus.stages import convert_subject, perfusion_subject
+    from bolus.paths import SubjectPaths
+    from bolus.stages import convert_subject, perfusion_and_maps
 
     sim = simulate_subject(5, 1, "stroke", matrix=(32, 32, 4), n_timepoints=40)
     maps = {}
@@ -189,11 +190,11 @@ def test_enhanced_and_classic_exports_give_the_same_perfusion_maps(dcm2niix, tmp
         data, affine = load_volume(folder / "dsc.nii.gz")
         mean = data.mean(axis=-1)
         save_like(mean > 0.2 * mean.max(), affine, folder / "mask.nii.gz", dtype=np.uint8)
-        perfusion_subject(
-            folder / "dsc.nii.gz", folder / "dsc.json", folder / "mask.nii.gz",
-            folder / "conc.nii.gz", folder / "aif.tsv", folder / "aif.nii.gz",
-            str(folder / "sub-01"),
+        subject = SubjectPaths.at_prefix(folder / "sub-01").with_input(
+            mc_dsc=folder / "dsc.nii.gz", dsc_json=folder / "dsc.json",
+            brain_mask=folder / "mask.nii.gz",
         )  # fmt: skip
+        perfusion_and_maps(subject)
         maps[storage] = {p.name: load_volume(p)[0] for p in sorted(folder.glob("sub-01*.nii.gz"))}
     assert maps["classic"] and maps["classic"].keys() == maps["enhanced"].keys()
     for name, classic in maps["classic"].items():
