@@ -27,6 +27,7 @@ rule subject_metrics:
 rule study:
     input:
         verdicts=lambda wc: final_verdicts(),
+        clinical=lambda wc: clinical_study_outputs(),
     output:
         subjects=str(paths.subjects_table(OUT)),
         study=str(paths.study_table(OUT)),
@@ -43,6 +44,7 @@ rule study:
         subjects=SUBJECTS,
         seed=config["seed"],
         config=config,
+        clinical=config["clinical"],
         output_dir=lambda wildcards, output: str(Path(output.qc).parent),
     script:
         "../scripts/study.py"

@@ -10,3 +10,7 @@ with logged(s):
         seed=s.params.seed,
         config=s.params.config,
     )
+    if s.input.clinical:  # the clinical section of study.md (rules/clinical.smk)
+        from bolus.evaluate.clinical_files import append_clinical_markdown
+
+        append_clinical_markdown(s.params.output_dir, s.params.subjects, s.params.clinical)

@@ -105,6 +105,16 @@ class SubjectPaths:
         return self._p("metrics", extension=".tsv")
 
     @property
+    def clinical_tsv(self) -> Path:
+        """The subject's clinical readouts, a row per method (``sub-XX_clinical.tsv``)."""
+        return self._p("clinical", extension=".tsv")
+
+    @property
+    def reference_region_mask(self) -> Path:
+        """The reference region of rCBV and rCBF (normal-appearing white matter)."""
+        return self._p("mask", desc="referenceregion")
+
+    @property
     def tof(self) -> Path:
         """The converted TOF-MRA, in its own grid (``sub-XX_tof.nii.gz``)."""
         return self._p("tof")
@@ -147,6 +157,25 @@ def qc_table(output_dir: str | Path) -> Path:
 def paired_table(output_dir: str | Path) -> Path:
     """Every method against the baseline, subject by subject (Wilcoxon, Holm)."""
     return metrics_dir(output_dir) / "paired.tsv"
+
+
+def clinical_table(output_dir: str | Path) -> Path:
+    """Clinical readouts, one row per subject × method (the reference's too)."""
+    return metrics_dir(output_dir) / "clinical.tsv"
+
+
+def clinical_agreement(output_dir: str | Path) -> Path:
+    """Agreement of every method's clinical readouts with the reference's across subjects."""
+    return metrics_dir(output_dir) / "clinical_agreement.tsv"
+
+
+#: clinical figures: per subject ``figures/sub-XX/sub-XX_clinical.png``; per study
+#: ``figures/clinical_bland_altman.png`` (core and Tmax > 6 s volumes)
+CLINICAL_SUBJECT_FIGURE = "clinical"
+CLINICAL_STUDY_FIGURE = "clinical_bland_altman"
+#: the per-subject verdict of the clinical readouts (not a stage of :data:`STAGES`: a subject
+#: whose readouts fail keeps its place in the study tables)
+CLINICAL_VERDICT = "clinical"
 
 
 def report_table(output_dir: str | Path, name: str) -> Path:
@@ -203,6 +232,16 @@ def verdict(output_dir: str | Path, participant_id: str, stage: str) -> Path:
     """``<output_dir>/qc/<participant_id>_<stage>.json``: ok / failed (with the reason) /
     skipped, written by every per-subject stage (see :mod:`bolus.qc`)."""
     return Path(output_dir) / "qc" / f"{participant_id}_{stage}.json"
+
+
+def verdict_output_dir(verdict_path: str | Path) -> Path:
+    """The output folder of a :func:`verdict` path (its inverse)."""
+    return Path(verdict_path).parent.parent
+
+
+def metrics_output_dir(metrics_file: str | Path) -> Path:
+    """The output folder of a file of :func:`metrics_dir` (e.g. :func:`clinical_table`)."""
+    return Path(metrics_file).parent.parent
 
 
 def log_file(output_dir: str | Path, participant_id: str, stage: str) -> Path:

@@ -1,0 +1,81 @@
+# Clinical readouts per subject and method (rCBV, rCBF, stroke volumes and the
+# target-mismatch decision, tumour rCBV), the cohort's clinical.tsv and their agreement
+# with the reference (bolus.evaluate.clinical). Not a stage of the qc chain: a subject whose
+# readouts fail keeps its place in the study tables, with its own verdict and reason.
+
+
+include: "clinical_common.smk"
+
+
+rule clinical:
+    input:
+        previous=verdict("{subject}", "metrics"),
+    output:
+        verdict=verdict("{subject}", paths.CLINICAL_VERDICT),
+        figure=str(
+            paths.subject_figure(OUT, "{subject}", paths.CLINICAL_SUBJECT_FIGURE)
+        ),
+    log:
+        logfile("{subject}", "clinical"),
+    benchmark:
+        benchmark("{subject}", "clinical")
+    conda:
+        "../envs/clinical.yaml"
+    params:
+        row=row,
+        clinical=config["clinical"],
+        reference=config["reference"],
+        methods=list(config["svd"]["methods"]) + list(config["models"]),
+        output_dir=lambda wildcards, output: str(
+            paths.verdict_output_dir(output.verdict)
+        ),
+    script:
+        "../scripts/clinical.py"
+
+
+rule clinical_study:
+    input:
+        verdicts=lambda wc: [verdict(s, paths.CLINICAL_VERDICT) for s in SUBJECTS],
+        metrics=lambda wc: final_verdicts(),
+    output:
+        table=str(paths.clinical_table(OUT)),
+        agreement=str(paths.clinical_agreement(OUT)),
+        figure=report(
+            str(paths.study_figure(OUT, paths.CLINICAL_STUDY_FIGURE)),
+            caption="../report/clinical_bland_altman.rst",
+            category="Study",
+            subcategory="Clinical readouts",
+            labels={"figure": "clinical Bland–Altman"},
+        ),
+    log:
+        f"{OUT}/logs/clinical_study.log",
+    conda:
+        "../envs/clinical.yaml"
+    params:
+        clinical=config["clinical"],
+        reference=config["reference"],
+        subjects=SUBJECTS,
+        output_dir=lambda wildcards, output: str(paths.metrics_output_dir(output.table)),
+    script:
+        "../scripts/clinical_study.py"
+
+
+rule clinical_report_table:
+    input:
+        table=str(paths.clinical_table(OUT)),
+        agreement=str(paths.clinical_agreement(OUT)),
+    output:
+        html=report(
+            str(paths.report_table(OUT, "clinical")),
+            caption="../report/clinical_table.rst",
+            category="Tables",
+            labels={"table": "clinical readouts"},
+        ),
+    log:
+        f"{OUT}/logs/clinical_report_table.log",
+    conda:
+        "../envs/report.yaml"
+    params:
+        clinical=config["clinical"],
+    script:
+        "../scripts/clinical_report.py"
