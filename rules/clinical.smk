@@ -33,6 +33,23 @@ rule clinical:
         "../scripts/clinical.py"
 
 
+# The clinical figure embedded in the HTML report for the first report.embedded_subjects
+# subjects (rules/report.smk).
+use rule clinical as clinical_in_report with:
+    output:
+        verdict=embedded(verdict("{subject}", paths.CLINICAL_VERDICT)),
+        figure=report(
+            embedded_subject_figure(paths.CLINICAL_SUBJECT_FIGURE),
+            caption="../report/clinical_subject.rst",
+            category="Subjects",
+            subcategory="{subject}",
+            labels={"subject": "{subject}", "figure": "clinical readouts"},
+        ),
+
+
+ruleorder: clinical_in_report > clinical
+
+
 rule clinical_study:
     input:
         verdicts=lambda wc: [verdict(s, paths.CLINICAL_VERDICT) for s in SUBJECTS],
