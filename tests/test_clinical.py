@@ -218,6 +218,8 @@ def test_agreement_table_per_method_and_readout():
     assert core["method"] == "osvd" and core["n"] == 3 and core["bias"] == pytest.approx(1.0)
     decision = table.iloc[1]
     assert decision["sensitivity"] == 1.0 and decision["specificity"] == 0.0
+    assert decision["mean_method"] == 1.0 and decision["mean_reference"] == pytest.approx(2 / 3)
+    assert np.isnan(decision["bias"]) and np.isnan(decision["icc_2_1"])
     assert cl.agreement_table(pd.DataFrame(rows).query("method == 'osvd'")).empty
 
 

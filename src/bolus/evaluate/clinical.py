@@ -37,8 +37,9 @@ Tumour (:func:`tumour_readouts`)
 Agreement with the reference across subjects (:func:`agreement_table`), per method and
 readout: Bland–Altman bias (method − reference) and 95 % limits of agreement (bias ± 1.96
 SD, ddof 1), ICC(2,1) (two-way random effects, absolute agreement, single measures; Shrout
-& Fleiss 1979, :func:`icc_2_1`), and for ``target_mismatch`` the sensitivity and
-specificity of the method's decision against the reference's.
+& Fleiss 1979, :func:`icc_2_1`); for the yes/no ``target_mismatch`` the share of subjects
+meeting it (``mean_method``, ``mean_reference``) and the sensitivity and specificity of the
+method's decision against the reference's instead.
 """
 
 from __future__ import annotations
@@ -472,10 +473,12 @@ def agreement_table(clinical_rows, reference: str = REFERENCE_METHOD, readouts=N
             record = {"method": method, "reference": reference, "readout": readout,
                       "mean_method": float(pa.mean()) if pa.size else np.nan,
                       "mean_reference": float(pb.mean()) if pb.size else np.nan}  # fmt: skip
-            record.update(bland_altman(a, b))
-            record["icc_2_1"] = icc_2_1(a, b)
-            if readout == "target_mismatch":
-                record.update(decision_agreement(a, b))
+            if readout == "target_mismatch":  # a yes/no decision: the share of yes, and
+                # sensitivity and specificity against the reference's (no Bland–Altman, no ICC)
+                record.update(n=int(pa.size), **decision_agreement(a, b))
+            else:
+                record.update(bland_altman(a, b))
+                record["icc_2_1"] = icc_2_1(a, b)
             records.append(record)
     if not records:
         return empty
