@@ -74,6 +74,21 @@ def test_empty_core_gives_an_infinite_ratio():
     assert out["target_mismatch"] == 1.0
 
 
+def test_scattered_voxels_are_no_lesion():
+    """min_cluster_ml (5 ml by default): a 60-voxel block (6 ml) counts, 40 isolated voxels
+    of long Tmax (4 ml in all, 0.1 ml each) do not; with 0 they all do."""
+    tissue = np.ones(SHAPE, bool)
+    tmax = np.ones(SHAPE)
+    tmax[0:3, 0:10, 0:2] = 9.0  # 60 voxels in one block
+    tmax[6:20:2, 12:20:2, 5:10:2][:, :, :] = 9.0  # isolated voxels, two apart
+    scattered = int((tmax[6:20, 12:20, 5:10] > 6).sum())
+    out = cl.stroke_readouts(np.full(SHAPE, 50.0), tmax, tissue, SPACING)
+    assert out["tmax_gt6s_ml"] == pytest.approx(6.0)
+    kept = cl.stroke_readouts(np.full(SHAPE, 50.0), tmax, tissue, SPACING,
+                              clinical={"min_cluster_ml": 0})  # fmt: skip
+    assert kept["tmax_gt6s_ml"] == pytest.approx(6.0 + scattered / 10)
+
+
 @pytest.mark.parametrize(
     ("core", "ratio", "mismatch", "met"),
     [(69.9, 1.8, 15.0, True), (70.0, 3.0, 50.0, False), (10.0, 1.79, 30.0, False),

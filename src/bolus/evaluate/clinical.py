@@ -22,6 +22,9 @@ Stroke (:func:`stroke_readouts`), over the readout tissue (brain mask ∩ tissue
       hemisphere's tissue (the CT perfusion convention of RAPID; the whole tissue when no
       side is known), counted only where Tmax > ``core_tmax_s`` (6 s; null: anywhere);
     * ``tmax_gt<T>s_ml`` for every T of ``hypoperfusion_tmax_s`` (4, 6, 8, 10 s);
+    * every Tmax > T region (and so the core inside it) without its connected components
+      smaller than ``min_cluster_ml`` (5 ml): SVD overestimates Tmax in noisy low-flow white
+      matter, whose scattered voxels are no lesion;
     * ``mismatch_ml`` = Tmax > ``mismatch_tmax_s`` (6 s) volume − core, ``mismatch_ratio``
       = that volume / core (inf when the core is empty and the hypoperfusion is not, NaN
       when both are empty);
@@ -251,18 +254,50 @@ def _mean(values: np.ndarray, mask: np.ndarray | None) -> float:
 # ----------------------------------------------------------------------------- readouts
 
 
+def large_components(mask: np.ndarray, spacing_mm: Sequence[float], min_ml: float) -> np.ndarray:
+    """The connected components (26-neighbourhood) of ``mask`` of at least ``min_ml``
+    (``mask`` itself when ``min_ml`` ≤ 0)."""
+    from scipy import ndimage
+
+    mask = as_mask(mask)
+    if min_ml <= 0 or not mask.any():
+        return mask
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(labels.ravel())[1:] * np.prod([float(s) for s in spacing_mm]) / 1000.0
+    return np.isin(labels, np.flatnonzero(sizes >= min_ml) + 1)
+
+
+def hypoperfusion(
+    tmax: np.ndarray,
+    tissue: np.ndarray,
+    threshold_s: float,
+    spacing_mm: Sequence[float] | None = None,
+    min_cluster_ml: float = 0.0,
+) -> np.ndarray:
+    """Tmax > ``threshold_s`` inside ``tissue`` (non-finite Tmax never counts), without its
+    connected components smaller than ``min_cluster_ml`` (needs ``spacing_mm``)."""
+    tmax = np.asarray(tmax, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        mask = as_mask(tissue) & np.isfinite(tmax) & (tmax > float(threshold_s))
+    if spacing_mm is None or min_cluster_ml <= 0:
+        return mask
+    return large_components(mask, spacing_mm, min_cluster_ml)
+
+
 def core_mask(
     cbf: np.ndarray,
     tmax: np.ndarray,
     tissue: np.ndarray,
+    spacing_mm: Sequence[float] | None = None,
     *,
     unaffected: np.ndarray | None = None,
     clinical: Mapping | None = None,
 ) -> tuple[np.ndarray, float]:
     """(ischaemic core, the CBF it is relative to): CBF < ``core_rcbf_threshold`` × the
-    mean CBF of ``unaffected`` ∩ ``tissue`` (all of ``tissue`` when None), where Tmax >
-    ``core_tmax_s`` (unless null), inside ``tissue``. The core is empty and the CBF NaN when
-    the unaffected tissue has no finite CBF."""
+    mean CBF of ``unaffected`` ∩ ``tissue`` (all of ``tissue`` when None), inside the
+    hypoperfusion Tmax > ``core_tmax_s`` (cleaned of components below ``min_cluster_ml``;
+    anywhere in ``tissue`` when ``core_tmax_s`` is null). The core is empty and the CBF NaN
+    when the unaffected tissue has no finite CBF."""
     s = settings(clinical)
     tissue = as_mask(tissue)
     cbf = np.asarray(cbf, dtype=np.float64)
@@ -271,16 +306,10 @@ def core_mask(
         return np.zeros(tissue.shape, bool), normal
     with np.errstate(invalid="ignore"):
         core = tissue & np.isfinite(cbf) & (cbf < float(s["core_rcbf_threshold"]) * normal)
-        if s.get("core_tmax_s") is not None:
-            core &= np.isfinite(tmax) & (np.asarray(tmax, float) > float(s["core_tmax_s"]))
+    if s.get("core_tmax_s") is not None:
+        core &= hypoperfusion(tmax, tissue, s["core_tmax_s"], spacing_mm,
+                              float(s["min_cluster_ml"]))  # fmt: skip
     return core, normal
-
-
-def hypoperfusion(tmax: np.ndarray, tissue: np.ndarray, threshold_s: float) -> np.ndarray:
-    """Tmax > ``threshold_s`` inside ``tissue`` (non-finite Tmax never counts)."""
-    tmax = np.asarray(tmax, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        return as_mask(tissue) & np.isfinite(tmax) & (tmax > float(threshold_s))
 
 
 def stroke_readouts(
@@ -300,8 +329,10 @@ def stroke_readouts(
     s = settings(clinical)
     out: dict[str, float] = {}
     for threshold in tmax_thresholds(clinical):
-        out[tmax_column(threshold)] = volume_ml(hypoperfusion(tmax, tissue, threshold), spacing_mm)
-    core, normal = core_mask(cbf, tmax, tissue, unaffected=unaffected, clinical=clinical)
+        mask = hypoperfusion(tmax, tissue, threshold, spacing_mm, float(s["min_cluster_ml"]))
+        out[tmax_column(threshold)] = volume_ml(mask, spacing_mm)
+    core, normal = core_mask(cbf, tmax, tissue, spacing_mm, unaffected=unaffected,
+                             clinical=clinical)  # fmt: skip
     out["unaffected_cbf"] = normal
     core_ml = volume_ml(core, spacing_mm) if np.isfinite(normal) else float("nan")
     out["core_ml"] = core_ml

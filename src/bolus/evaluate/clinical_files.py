@@ -20,9 +20,6 @@ from bolus.evaluate import clinical as cl
 from bolus.io.errors import SubjectError
 
 TABLE_COLUMNS = ("participant_id", "method", "lesion_side", "reference_region_source")
-#: hypoperfusion components smaller than this (ml) are noise, not a lesion to keep the
-#: reference region away from nor one whose side is taken
-MIN_LESION_ML = 1.0
 #: probability of the warped MNI152 white-matter template that counts as white matter
 TEMPLATE_WM_PROBABILITY = 0.8
 
@@ -35,18 +32,6 @@ def _method_maps(subject_paths: paths.SubjectPaths, method: str) -> dict[str, np
         for name in paths.MAPS
         if (path := subject_paths.map(method, name)).exists()
     }
-
-
-def _large_components(mask: np.ndarray, spacing_mm, min_ml: float) -> np.ndarray:
-    """The connected components (26-neighbourhood) of ``mask`` of at least ``min_ml``."""
-    from scipy import ndimage
-
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    if n == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())[1:] * np.prod(spacing_mm) / 1000.0
-    keep = np.flatnonzero(sizes >= min_ml) + 1
-    return np.isin(labels, keep)
 
 
 def template_white_matter(mc_dsc, brain: np.ndarray, affine: np.ndarray, work_dir=None):
@@ -140,9 +125,8 @@ def clinical_subject(
     guide = next((m["tmax"] for m in maps.values() if "tmax" in m), None)
     hypo = None
     if guide is not None:
-        with np.errstate(invalid="ignore"):
-            hypo = readout_tissue & np.isfinite(guide) & (guide > float(s["mismatch_tmax_s"]))
-        hypo = _large_components(hypo, spacing, MIN_LESION_ML)
+        hypo = cl.hypoperfusion(guide, readout_tissue, s["mismatch_tmax_s"], spacing,
+                                float(s["min_cluster_ml"]))  # fmt: skip
     side = row.get("lesion_side") or None
     if side is None and lesion is not None:
         side = cl.lesion_side(lesion, brain, affine)
@@ -199,9 +183,10 @@ def clinical_subject(
         if "cbf" in method_maps and "tmax" in method_maps:
             outlines[method] = {
                 "core": cl.core_mask(method_maps["cbf"], method_maps["tmax"], readout_tissue,
-                                     unaffected=unaffected, clinical=clinical)[0],
+                                     spacing, unaffected=unaffected, clinical=clinical)[0],
                 "hypoperfusion": cl.hypoperfusion(method_maps["tmax"], readout_tissue,
-                                                  s["mismatch_tmax_s"]),
+                                                  s["mismatch_tmax_s"], spacing,
+                                                  float(s["min_cluster_ml"])),
             }  # fmt: skip
     table = pd.DataFrame(rows, columns=[*TABLE_COLUMNS, *cl.readout_columns(clinical)])
     atomic.write_table(sp.clinical_tsv, table, float_format="%.6g", na_rep="n/a")
