@@ -15,8 +15,11 @@ Reference region (:func:`reference_region`)
 Relative maps (:func:`relative_map`)
     rCBV = CBV / mean CBV of the reference region, rCBF likewise (dimensionless; 1 = normal
     white matter).
-Stroke (:func:`stroke_readouts`), over the readout tissue (brain mask ∩ tissue mask ∩ where
-    the reference maps are defined), volumes in ml from the voxel size:
+Stroke (:func:`stroke_readouts`), over the readout tissue (the brain mask where the reference
+    maps are defined, within the tissue mask, i.e. without large vessels and CSF, or within
+    the first method's hypoperfused clusters, which the tissue mask's low-CBV rule for CSF
+    would cut out of an ischaemic core; :mod:`bolus.evaluate.clinical_files`), volumes in ml
+    from the voxel size:
 
     * ``core_ml``: CBF < ``core_rcbf_threshold`` (0.3) × the mean CBF of the unaffected
       hemisphere's tissue (the CT perfusion convention of RAPID; the whole tissue when no
