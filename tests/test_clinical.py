@@ -165,6 +165,30 @@ def test_reference_region_is_contralateral_white_matter_away_from_the_lesion():
     assert got.sum() == 1  # the user mask wins, inside the tissue only
 
 
+def test_reference_region_relaxes_its_constraints_to_reach_its_minimum():
+    """A lesion over the left white matter and a bit of the right: the right white matter
+    beyond 10 mm of it is below the minimum, so the margin is given up (the lesion itself
+    stays out); with a minimum no region reaches, the last (no hemisphere, no margin) is
+    kept."""
+    tissue = np.ones(SHAPE, bool)
+    wm = np.zeros(SHAPE, bool)
+    wm[2:18, 2:18, 2:8] = True
+    lesion = np.zeros(SHAPE, bool)
+    lesion[3:12, 2:18, 2:8] = True  # the left hemisphere's WM and a bit of the right's
+    strict = cl.reference_region(tissue, AFFINE, white_matter=wm, exclude=lesion, side="left",
+                                 erosion_voxels=0, margin_mm=10.0)  # fmt: skip
+    relaxed = cl.reference_region(tissue, AFFINE, white_matter=wm, exclude=lesion, side="left",
+                                  erosion_voxels=0, margin_mm=10.0, min_ml=50.0)  # fmt: skip
+    # strict: the right white matter beyond 10 mm of the lesion, i 14–17: 38.4 ml
+    assert cl.volume_ml(strict, SPACING) == pytest.approx(38.4)
+    # without the margin: the right white matter but the lesion, i 12–17: 57.6 ml ≥ 50
+    assert cl.volume_ml(relaxed, SPACING) == pytest.approx(57.6)
+    assert not (relaxed & lesion).any() and not relaxed[:10].any()
+    everywhere = cl.reference_region(tissue, AFFINE, white_matter=wm, exclude=lesion,
+                                     side="left", erosion_voxels=0, min_ml=80.0)  # fmt: skip
+    assert cl.volume_ml(everywhere, SPACING) == pytest.approx(67.2)  # + the left i = 2
+
+
 def test_method_readouts_relative_tissue_means():
     tissue = np.ones(SHAPE, bool)
     wm = np.zeros(SHAPE, bool)

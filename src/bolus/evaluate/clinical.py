@@ -207,13 +207,16 @@ def reference_region(
     side: str | None = None,
     erosion_voxels: int = 1,
     margin_mm: float = 10.0,
+    min_ml: float = 0.0,
 ) -> np.ndarray:
     """The reference region (module docstring) on ``tissue``'s grid (bool).
 
     ``user_mask`` wins (only restricted to ``tissue``); else ``white_matter`` eroded
     in-plane by ``erosion_voxels``, inside ``tissue``, at least ``margin_mm`` from
     ``exclude`` (the lesion), in the hemisphere opposite ``side`` (``left``/``right``).
-    The erosion, then the hemisphere, are dropped when they would leave the region empty.
+    When the region would hold less than ``min_ml`` (or nothing), the constraints are
+    relaxed in turn until it does: the erosion, then the margin (the lesion itself stays
+    out), then the hemisphere.
     """
     from bolus.io.nifti import voxel_size_mm
 
@@ -223,15 +226,21 @@ def reference_region(
     if white_matter is None:
         raise ValueError("no white matter and no user mask: no reference region")
     wm = as_mask(white_matter) & tissue
+    spacing = voxel_size_mm(affine)
+    lesion = as_mask(exclude) if exclude is not None else np.zeros(tissue.shape, bool)
+    other = {"left": "right", "right": "left"}.get(side or "")
+    half = hemispheres(tissue, affine)[other] if other else None
     eroded = _erode_in_plane(wm, erosion_voxels) & tissue
-    region = eroded if eroded.any() else wm
-    if exclude is not None:
-        region = region & ~_dilate_mm(as_mask(exclude), margin_mm, voxel_size_mm(affine))
-    if side in ("left", "right"):
-        other = "right" if side == "left" else "left"
-        contralateral = region & hemispheres(tissue, affine)[other]
-        if contralateral.any():
-            region = contralateral
+    region = wm
+    for erode, margin, contralateral in (
+        (True, True, True), (False, True, True), (False, False, True), (False, False, False),
+    ):  # fmt: skip
+        region = eroded if erode else wm
+        region = region & ~(_dilate_mm(lesion, margin_mm, spacing) if margin else lesion)
+        if contralateral and half is not None:
+            region = region & half
+        if region.any() and volume_ml(region, spacing) >= min_ml:
+            break
     return region
 
 

@@ -157,7 +157,7 @@ def clinical_subject(
     region = cl.reference_region(
         tissue, affine, white_matter=white_matter, user_mask=region_mask, exclude=exclude,
         side=side, erosion_voxels=int(s["reference_erosion_voxels"]),
-        margin_mm=float(s["lesion_margin_mm"]),
+        margin_mm=float(s["lesion_margin_mm"]), min_ml=float(s["reference_min_ml"]),
     )  # fmt: skip
     if not region.any():
         raise SubjectError(participant_id, user_region or sp.brain_mask,
