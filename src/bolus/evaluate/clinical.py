@@ -17,9 +17,9 @@ Relative maps (:func:`relative_map`)
     white matter).
 Stroke (:func:`stroke_readouts`), over the readout tissue (the brain mask where the reference
     maps are defined, within the tissue mask, i.e. without large vessels and CSF, or within
-    the first method's hypoperfused clusters, which the tissue mask's low-CBV rule for CSF
-    would cut out of an ischaemic core; :mod:`bolus.evaluate.clinical_files`), volumes in ml
-    from the voxel size:
+    the holes of the first method's hypoperfused clusters, which the tissue mask's low-CBV
+    rule for CSF would cut out of an ischaemic core; :mod:`bolus.evaluate.clinical_files`),
+    volumes in ml from the voxel size:
 
     * ``core_ml``: CBF < ``core_rcbf_threshold`` (0.3) × the mean CBF of the unaffected
       hemisphere's tissue (the CT perfusion convention of RAPID; the whole tissue when no

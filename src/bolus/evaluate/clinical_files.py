@@ -67,6 +67,16 @@ def template_white_matter(mc_dsc, brain: np.ndarray, affine: np.ndarray, work_di
     return warped.numpy() >= TEMPLATE_WM_PROBABILITY
 
 
+def _filled(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with the holes of each axial slice filled."""
+    from scipy import ndimage
+
+    out = mask.copy()
+    for k in np.flatnonzero(mask.any(axis=(0, 1))):
+        out[:, :, k] = ndimage.binary_fill_holes(mask[:, :, k])
+    return out
+
+
 def _resampled_mask(path, shape, affine) -> np.ndarray:
     from bolus.io.nifti import load_volume, resample_to_grid
 
@@ -125,11 +135,11 @@ def clinical_subject(
     guide = next((m["tmax"] for m in maps.values() if "tmax" in m), None)
     hypo = None
     if guide is not None:
-        hypo = cl.hypoperfusion(guide, base, s["mismatch_tmax_s"], spacing,
-                                float(s["min_cluster_ml"]))  # fmt: skip
+        hypo = _filled(cl.hypoperfusion(guide, base & tissue, s["mismatch_tmax_s"], spacing,
+                                        float(s["min_cluster_ml"])))  # fmt: skip
     # The tissue mask leaves out CSF as voxels of low CBV, which the delayed, dispersed
-    # bolus of an ischaemic core also is (it dropped 16–30 % of the simulated cores): the
-    # hypoperfused clusters are tissue whatever their CBV.
+    # bolus of an ischaemic core also is (it cut 16–30 % out of the simulated cores): the
+    # holes of the hypoperfused clusters are tissue whatever their CBV.
     readout_tissue = base & (tissue | hypo) if hypo is not None else base & tissue
     side = row.get("lesion_side") or None
     if side is None and lesion is not None:
