@@ -275,6 +275,22 @@ def clinical_cohort(
             "agreement": paths.clinical_agreement(output_dir), "figure": figure}  # fmt: skip
 
 
+def method_summary(table, clinical: Mapping | None = None):
+    """Per method, the median over subjects of the main readouts (infinite ratios left out),
+    the number of subjects meeting the target mismatch, and ``n`` subjects."""
+    import pandas as pd
+
+    numeric = table.drop(columns=list(TABLE_COLUMNS)).apply(pd.to_numeric, errors="coerce")
+    numeric = numeric.replace([np.inf, -np.inf], np.nan).assign(method=table["method"])
+    grouped = numeric.groupby("method", sort=False)
+    keep = ["core_ml", *[cl.tmax_column(x) for x in cl.tmax_thresholds(clinical)],
+            "mismatch_ml", "hir", "target_mismatch", "wm_rcbv", "gm_rcbv", "lesion_rcbv_mean"]  # fmt: skip
+    summary = grouped.median()[[c for c in keep if c in numeric.columns]]
+    summary["target_mismatch"] = grouped["target_mismatch"].sum()
+    summary["n"] = grouped.size()
+    return summary.reset_index()
+
+
 def clinical_markdown(output_dir, subjects: Sequence[str], clinical: Mapping | None = None) -> str:
     """The clinical section of ``study.md``: readouts per method (median over subjects),
     the agreement with the reference, and the subjects whose readouts failed."""
@@ -306,16 +322,8 @@ def clinical_markdown(output_dir, subjects: Sequence[str], clinical: Mapping | N
         f"≥ {t['mismatch_min_ml']:g} ml. Volumes in ml.",
     ]
     if not table.empty:
-        numeric = table.drop(columns=list(TABLE_COLUMNS)).apply(pd.to_numeric, errors="coerce")
-        numeric = numeric.replace([np.inf, -np.inf], np.nan)
-        summary = numeric.assign(method=table["method"]).groupby("method", sort=False).median()
-        keep = ["core_ml", *[cl.tmax_column(x) for x in cl.tmax_thresholds(clinical)],
-                "mismatch_ml", "hir", "target_mismatch", "wm_rcbv", "gm_rcbv", "lesion_rcbv_mean"]  # fmt: skip
-        summary = summary[[c for c in keep if c in summary.columns]].reset_index()
-        summary["target_mismatch"] = numeric.assign(method=table["method"]).groupby(
-            "method", sort=False)["target_mismatch"].sum().to_numpy()  # fmt: skip
         text += ["", "Median over subjects (target_mismatch: number of subjects meeting it):",
-                 "", markdown_table(summary)]  # fmt: skip
+                 "", markdown_table(method_summary(table, clinical))]  # fmt: skip
     else:
         text += ["", "No readouts."]
     if not agreement.empty:
@@ -352,8 +360,8 @@ def notice_unless_drawn(verdict_path, out_figure) -> Path:
 
 
 def clinical_report_table(table_tsv, agreement_tsv, out_html, clinical: Mapping | None = None):
-    """HTML of the agreement table (with the clinical readouts per subject below) for the
-    report."""
+    """HTML of the agreement table (with the median readouts per method below, so that its
+    size does not grow with the cohort) for the report."""
     import pandas as pd
 
     from bolus.evaluate.report import html_table
@@ -372,8 +380,12 @@ def clinical_report_table(table_tsv, agreement_tsv, out_html, clinical: Mapping 
         "rCBF relative to the reference region (normal-appearing white matter)."
     )
     body = html_table(agreement) if len(agreement) else "<p>No reference: no agreement.</p>"
-    body += "<h2>Readouts per subject and method</h2>" + (
-        html_table(table) if len(table) else "<p>None.</p>"
+    # the median per method, not every subject's row: the report keeps its size at any
+    # cohort size (every row is in metrics/clinical.tsv)
+    body += (
+        "<h2>Readouts per method: median over subjects</h2><p>target_mismatch: the number "
+        "of subjects meeting it; n: subjects. Every subject's readouts: metrics/clinical.tsv."
+        "</p>" + (html_table(method_summary(table, clinical)) if len(table) else "<p>None.</p>")
     )
     import html as _html
 
