@@ -8,10 +8,10 @@ Reference region (:func:`reference_region`)
     ``reference_region_mask`` when given (inside the tissue), else the white matter of the
     subject's tissue labels (:func:`bolus.evaluate.regions.load_tissue_masks`) or of the
     MNI152 white-matter template registered onto the subject; eroded in-plane by
-    ``reference_erosion_voxels`` (away from grey-matter and CSF partial volume), restricted
-    to the tissue mask (no large vessels, no CSF), kept ``lesion_margin_mm`` away from the
-    lesion (user lesion mask and hypoperfusion), and to the hemisphere opposite the lesion
-    when its side is known (:func:`lesion_side`).
+    ``reference_erosion_voxels`` (away from grey-matter and CSF partial volume), inside the
+    brain where the reference is defined, kept ``lesion_margin_mm`` away from the lesion
+    (user lesion mask and hypoperfusion), and in the hemisphere opposite the lesion when its
+    side is known (:func:`lesion_side`); relaxed in that order down to ``reference_min_ml``.
 Relative maps (:func:`relative_map`)
     rCBV = CBV / mean CBV of the reference region, rCBF likewise (dimensionless; 1 = normal
     white matter).
