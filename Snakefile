@@ -16,6 +16,7 @@ include: "rules/models.smk"
 include: "rules/tof.smk"
 include: "rules/metrics.smk"
 include: "rules/report.smk"
+include: "rules/clinical.smk"
 
 
 rule all:
@@ -24,3 +25,4 @@ rule all:
         study_outputs(),
         report_outputs(),
         subject_figure_targets,
+        lambda wildcards: clinical_targets(),

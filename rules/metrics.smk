@@ -30,6 +30,7 @@ rule study:
     input:
         verdicts=[verdict(s, "metrics") for s in SUBJECTS],
         models=[str(paths.model_verdict(OUT, m)) for m in MODELS],
+        clinical=lambda wc: clinical_study_outputs(),
     output:
         subjects=str(paths.subjects_table(OUT)),
         study=str(paths.study_table(OUT)),
@@ -48,5 +49,6 @@ rule study:
         seed=config["seed"],
         study=config["study"],
         models=MODELS,
+        clinical=config["clinical"],
     script:
         "../scripts/study.py"

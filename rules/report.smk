@@ -12,27 +12,9 @@ rule subject_figures:
         row_files("reference_dir"),
         previous=verdict("{subject}", "metrics"),
     output:
-        montage=report(
-            subject_figure("{subject}", "montage"),
-            caption="../report/montage.rst",
-            category="Subjects",
-            subcategory="{subject}",
-            labels={"subject": "{subject}", "figure": "maps vs reference"},
-        ),
-        aif=report(
-            subject_figure("{subject}", "aif"),
-            caption="../report/aif.rst",
-            category="Subjects",
-            subcategory="{subject}",
-            labels={"subject": "{subject}", "figure": "AIF"},
-        ),
-        motion=report(
-            subject_figure("{subject}", "motion"),
-            caption="../report/motion.rst",
-            category="Subjects",
-            subcategory="{subject}",
-            labels={"subject": "{subject}", "figure": "motion"},
-        ),
+        montage=subject_figure("{subject}", "montage"),
+        aif=subject_figure("{subject}", "aif"),
+        motion=subject_figure("{subject}", "motion"),
     log:
         logfile("{subject}", "figures"),
     benchmark:
@@ -48,6 +30,37 @@ rule subject_figures:
         modality=config["modality"],
     script:
         "../scripts/subject_figures.py"
+
+
+# The same figures, embedded in the HTML report, for the first report.embedded_subjects
+# subjects only (the others are written, not embedded: the report stays a few MB at any
+# cohort size).
+use rule subject_figures as subject_figures_in_report with:
+    output:
+        montage=report(
+            embedded_subject_figure("montage"),
+            caption="../report/montage.rst",
+            category="Subjects",
+            subcategory="{subject}",
+            labels={"subject": "{subject}", "figure": "maps vs reference"},
+        ),
+        aif=report(
+            embedded_subject_figure("aif"),
+            caption="../report/aif.rst",
+            category="Subjects",
+            subcategory="{subject}",
+            labels={"subject": "{subject}", "figure": "AIF"},
+        ),
+        motion=report(
+            embedded_subject_figure("motion"),
+            caption="../report/motion.rst",
+            category="Subjects",
+            subcategory="{subject}",
+            labels={"subject": "{subject}", "figure": "motion"},
+        ),
+
+
+ruleorder: subject_figures_in_report > subject_figures
 
 
 rule study_figures:

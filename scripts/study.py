@@ -11,3 +11,7 @@ with logged(s):
         study=s.params.study,
         models=s.params.models,
     )
+    if s.input.clinical:  # the clinical section of study.md (rules/clinical.smk)
+        from bolus.evaluate.clinical_files import append_clinical_markdown
+
+        append_clinical_markdown(s.config["output_dir"], s.params.subjects, s.params.clinical)

@@ -59,9 +59,24 @@ def test_montage_draws_every_method_even_with_fewer_maps(tmp_path):
     }
     out = montage(tmp_path / "m.png", reference, methods, brain, brain & (reference["tmax"] > 4))
     width, height = png_size(out)
-    assert height > width  # five maps, two rows each, under 2 slices × 3 columns
+    assert width > height  # five maps × (values, |difference|) beside 3 rows
     two_maps = montage(tmp_path / "two.png", {"cbf": reference["cbf"]}, methods, brain)
-    assert png_size(two_maps)[1] < height
+    assert png_size(two_maps)[0] < width and png_size(two_maps)[1] == height
+
+
+def test_montage_width_does_not_grow_with_the_methods(tmp_path):
+    """A row per method: seven methods keep the width of one (each panel legible), and
+    the height grows by one panel row per method."""
+    rng = np.random.default_rng(0)
+    shape = (48, 48, 8)
+    brain = np.zeros(shape, bool)
+    brain[6:42, 6:42] = True
+    reference = {name: rng.uniform(1, 5, shape) for name in paths.MAPS}
+    one = montage(tmp_path / "1.png", reference, {"osvd": reference}, brain)
+    many = {f"m{i}": reference for i in range(7)}
+    seven = montage(tmp_path / "7.png", reference, many, brain)
+    assert png_size(seven)[0] == png_size(one)[0] < 1800
+    assert png_size(seven)[1] > 2.5 * png_size(one)[1]
 
 
 def test_qc_plots_are_written(tmp_path):

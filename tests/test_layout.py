@@ -57,6 +57,8 @@ def test_profiles_name_only_real_rules():
 
     names = {name for _, name, _ in _rule_blocks()}
     names |= {f"predict_{m}" for m in MODELS}  # rules/models.smk makes one per model
+    for path in RULE_FILES:  # `use rule a as b with:` makes rule b
+        names |= set(re.findall(r"^use rule \w+ as (\w+)", path.read_text(), re.M))
     default = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
     for section in ("set-resources", "set-threads", "groups"):
         assert set(default.get(section, {})) <= names, section

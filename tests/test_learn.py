@@ -321,13 +321,13 @@ def test_training_writes_curves_config_and_model(cohort, tmp_path):
 # ----------------------------------------------------------------------------- prediction
 @pytest.mark.parametrize("name", ["rf", "stnet", "transformer"])
 def test_prediction_writes_the_models_maps_in_the_native_grid(cohort, tmp_path, name):
-    from bolus.learn.stages import predict_stage
+    from bolus.learn.predict import predict_subject
     from bolus.learn.train import train_model
 
     model_file = train_model(name, cohort["data"], tmp_path / name, config_for())
     out = cohort["out"]
     expected = [paths.SubjectPaths(out, "sub-03").map(name, m) for m in MODELS[name].maps]
-    written = predict_stage(model_file, out, "sub-03", expected, threads=1, config=config_for())
+    written = predict_subject(model_file, out, "sub-03", device="cpu", threads=1)
     assert sorted(map(str, written)) == sorted(map(str, expected))
     conc = nib.load(str(paths.SubjectPaths(out, "sub-03").conc))
     mask = nib.load(str(paths.SubjectPaths(out, "sub-03").brain_mask)).get_fdata() > 0

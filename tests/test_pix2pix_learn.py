@@ -99,14 +99,14 @@ def test_early_stopping_ends_training_after_patience_epochs_without_progress(coh
 def test_prediction_writes_five_maps_in_the_subjects_native_grid(cohort, tmp_path):
     import nibabel as nib
 
-    from bolus.learn.tof import predict_stage
+    from bolus.learn.tof import predict_subject
     from bolus.learn.train import train_model
 
     out, _, meta = cohort
     model = train_model("pix2pix", meta.parent, tmp_path, CONFIG)
     sp = paths.SubjectPaths(out, "sub-04")
     wanted = [sp.map("pix2pix", m) for m in MAPS]
-    written = predict_stage(model, out, "sub-04", wanted, config=CONFIG)
+    written = predict_subject(model, out, "sub-04", device="cpu")
     assert [str(p) for p in written] == [str(p) for p in wanted]
     grid = nib.load(str(sp.brain_mask))
     brain = grid.get_fdata() > 0

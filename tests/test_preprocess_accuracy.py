@@ -226,18 +226,20 @@ def test_moving_head_keeps_the_absolute_scale_of_the_true_motion_bound(runs):
         assert 1 / 1.5 <= moving[f"{name}_scale"] <= 1.5, (name, moving)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="partial volume (issue 3): a 2 mm drift on 4.6 × 4.6 × 9 mm voxels mixes "
-    "neighbouring voxels (one-voxel arteries into tissue; CSF/skull edges into the baseline) "
-    "in the acquisition and again in any rigid correction; even the true motion undone gives "
-    "CBF/CBV r 0.53/0.51 vs 0.90/0.83 still (ANTs: 0.61/0.54). See the module docstring",
-)
-def test_moving_head_matches_the_still_accuracy(runs):
-    """The done-when of issue 3 read voxel-wise: moving within 0.05 in r of still."""
-    still, moving = runs("still"), runs("moving")
+def test_moving_head_is_held_to_the_true_motion_bound(runs):
+    """The accuracy a moving head is held to (the owner's decision, issue 17): the bound of
+    an exact rigid correction, the simulator's true motion undone (oracle), not the still
+    head, which partial volume puts out of reach of any rigid correction at 4.6 × 4.6 × 9 mm
+    (module docstring: the oracle itself gives CBF/CBV r 0.53/0.51 against the still head's
+    0.90/0.83). For CBF and CBV: r ≥ the oracle's − 0.05, and the level (mean over the
+    brain / the truth's) within 20 % of the oracle's, so a regression of motion correction or
+    of the AIF's partial-volume scaling fails CI (measured: r 0.61/0.54 vs 0.53/0.51; level
+    0.79/0.89 vs 0.79/0.95)."""
+    moving, oracle = runs("moving"), runs("oracle")
     for name in ("cbf", "cbv"):
-        assert moving[name] >= still[name] - 0.05, (name, still, moving)
+        assert moving[name] >= oracle[name] - 0.05, (name, oracle, moving)
+        ratio = moving[f"{name}_scale"] / oracle[f"{name}_scale"]
+        assert 0.8 <= ratio <= 1.2, (name, oracle, moving)
 
 
 def test_several_series_in_one_folder_give_the_same_maps(runs):

@@ -1,5 +1,6 @@
 """End to end: a tiny workflow run once, then `snakemake --report`; the report embeds every
-figure and table, and the study files hold the paired comparison and the exclusions."""
+study figure and table and the figures of the first report.embedded_subjects subjects, and the
+study files hold the paired comparison and the exclusions."""
 
 from __future__ import annotations
 
@@ -73,6 +74,7 @@ def reported(tmp_path_factory):
         "participants": str(participants),
         "output_dir": "results",
         "motion": {"enabled": False},
+        "report": {"embedded_subjects": 3},  # sub-04's figures written, not embedded
     }
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     run = snakemake(work, "--profile", str(REPO / "profiles" / "local"), "--cores", "2")
@@ -103,9 +105,13 @@ def test_report_embeds_every_figure_and_table(reported):
     by_name = {Path(p).name: entry for p, entry in results.items()}
     expected = [paths.study_figure(reported, name) for name in paths.STUDY_FIGURES]
     expected += [
-        paths.subject_figure(reported, s, k) for s in SUBJECTS for k in paths.SUBJECT_FIGURES
+        paths.subject_figure(reported, s, k)
+        for s in SUBJECTS
+        for k in (*paths.SUBJECT_FIGURES, paths.CLINICAL_SUBJECT_FIGURE)
     ]
     expected += [paths.report_table(reported, n) for n in ("study", "paired", "excluded")]
+    expected += [paths.report_table(reported, "clinical")]
+    expected += [paths.study_figure(reported, paths.CLINICAL_STUDY_FIGURE)]
     for path in expected:
         assert path.name in by_name, f"{path.name} not in the report"
         entry = by_name[path.name]
@@ -114,10 +120,11 @@ def test_report_embeds_every_figure_and_table(reported):
         if path.suffix == ".png":
             assert entry["mime_type"] == "image/png" and content.startswith(b"\x89PNG")
         assert entry["caption"].strip(), f"{path.name} has no caption"
-    # sub-04 failed its inspection: its figures say so instead of showing maps
-    for kind in paths.SUBJECT_FIGURES:
+    # sub-04 failed its inspection: its figures say so instead of showing maps; beyond
+    # report.embedded_subjects (3) they are written but not embedded
+    for kind in (*paths.SUBJECT_FIGURES, paths.CLINICAL_SUBJECT_FIGURE):
         notice = paths.subject_figure(reported, "sub-04", kind)
-        assert notice.name in by_name and decoded(by_name[notice.name]) == notice.read_bytes()
+        assert notice.exists() and notice.name not in by_name
     workflow_text = paths.report_html(reported).read_text(encoding="utf-8")
     assert "bolus" in workflow_text and "Wilcoxon" in workflow_text
 

@@ -112,6 +112,7 @@ def test_table_options_rerun_the_study_tables_only(finished):
 def test_the_lesion_threshold_reruns_metrics_figures_and_study(finished):
     work, config = finished
     jobs = edited(work, config, lambda c: c.update(lesion={"tmax_threshold_s": 8.0}))
+    # (the clinical readouts have thresholds of their own: config section `clinical`)
     assert jobs == per_subject(("subject_metrics", "subject_figures")) | STUDY
 
 

@@ -175,8 +175,8 @@ def test_enhanced_and_classic_exports_give_the_same_perfusion_maps(dcm2niix, tmp
     enhanced: the converted series are identical, so every map is too (exactly: same input,
     deterministic computation)."""
     from bolus.io.nifti import load_volume, save_like
-    from bolus.simulate.cohort import simulate_subject
     from bolus.paths import SubjectPaths
+    from bolus.simulate.cohort import simulate_subject
     from bolus.stages import convert_subject, perfusion_and_maps
 
     sim = simulate_subject(5, 1, "stroke", matrix=(32, 32, 4), n_timepoints=40)

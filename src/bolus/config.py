@@ -60,7 +60,10 @@ def with_defaults(config: dict[str, Any] | None) -> dict[str, Any]:
         if isinstance(base, dict) and isinstance(over, dict):
             merged = dict(base)
             for key, value in over.items():
-                merged[key] = merge(base.get(key), value)
+                if value is None and not isinstance(base.get(key), dict):
+                    merged[key] = None  # an explicit null (e.g. `frames: null`: all frames)
+                else:
+                    merged[key] = merge(base.get(key), value)
             return merged
         return copy.deepcopy(over) if over is not None else base
 

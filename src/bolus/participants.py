@@ -19,6 +19,7 @@ PATH_COLUMNS = (
     "brain_mask",
     "aif_mask",
     "tof_nifti",
+    "reference_region_mask",
 )
 SPLIT_FRACTIONS = (("train", 0.6), ("val", 0.2), ("test", 0.2))
 
@@ -90,7 +91,7 @@ def read_participants(path: str | Path, seed: int = 0) -> pd.DataFrame:
 
 def strata_columns(table: pd.DataFrame) -> list[str]:
     """Columns beyond the documented ones: carried into study tables as strata."""
-    known = {"participant_id", "split", *PATH_COLUMNS}
+    known = {"participant_id", "split", "lesion_side", *PATH_COLUMNS}
     return [c for c in table.columns if c not in known]
 
 

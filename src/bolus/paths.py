@@ -123,6 +123,16 @@ class SubjectPaths:
     def log(self, stage: str) -> Path:
         return log_file(self.root, self.pid, stage)
 
+    @property
+    def clinical_tsv(self) -> Path:
+        """The subject's clinical readouts, a row per method (``sub-XX_clinical.tsv``)."""
+        return self._p("clinical", extension=".tsv")
+
+    @property
+    def reference_region_mask(self) -> Path:
+        """The reference region of rCBV and rCBF (normal-appearing white matter)."""
+        return self._p("mask", desc="referenceregion")
+
     def benchmark(self, stage: str) -> Path:
         return benchmark_file(self.root, self.pid, stage)
 
@@ -155,6 +165,25 @@ def qc_table(output_dir: str | Path) -> Path:
 def paired_table(output_dir: str | Path) -> Path:
     """Every method against the baseline, subject by subject (Wilcoxon, Holm)."""
     return metrics_dir(output_dir) / "paired.tsv"
+
+
+def clinical_table(output_dir: str | Path) -> Path:
+    """Clinical readouts, one row per subject × method (the reference's too)."""
+    return metrics_dir(output_dir) / "clinical.tsv"
+
+
+def clinical_agreement(output_dir: str | Path) -> Path:
+    """Agreement of every method's clinical readouts with the reference's across subjects."""
+    return metrics_dir(output_dir) / "clinical_agreement.tsv"
+
+
+#: clinical figures: per subject ``figures/sub-XX/sub-XX_clinical.png``; per study
+#: ``figures/clinical_bland_altman.png`` (core and Tmax > 6 s volumes)
+CLINICAL_SUBJECT_FIGURE = "clinical"
+CLINICAL_STUDY_FIGURE = "clinical_bland_altman"
+#: the per-subject verdict of the clinical readouts (not a stage of :data:`STAGES`: a subject
+#: whose readouts fail keeps its place in the study tables)
+CLINICAL_VERDICT = "clinical"
 
 
 def report_table(output_dir: str | Path, name: str) -> Path:

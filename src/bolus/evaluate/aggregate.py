@@ -6,7 +6,8 @@ Per subject, :func:`subject_metrics` builds a long table with the columns
 * for every method, every map present in both the method's maps and the reference, and
   every region of the subject (:mod:`bolus.evaluate.regions`: ``brain``, ``gm``, ``wm``,
   ``lesion``, ``user_mask``): ``mae rmse nrmse ssim psnr pcc scc``
-  (:func:`bolus.evaluate.metrics.map_metrics`), ``finite_fraction`` (share of the region's
+  (:func:`bolus.evaluate.metrics.map_metrics`; SSIM and PSNR with one data range per map
+  and subject, the reference's max − min over ``brain``, in every region), ``finite_fraction`` (share of the region's
   voxels where both maps are finite: the metrics are computed on those only), and
   ``mean_pred``, ``mean_ref`` (the regional means, map units);
 * map ``tmax``, region ``brain``: the lesion agreement of
@@ -44,6 +45,7 @@ from bolus.evaluate.lesions import LESION_AGREEMENT, default_tmax_threshold_s, l
 from bolus.evaluate.metrics import (
     METRIC_NAMES,
     as_mask,
+    data_range,
     finite_fraction,
     map_metrics,
     regional_means,
@@ -134,8 +136,9 @@ def subject_metrics(
                 )
             pred = np.asarray(pred, dtype=np.float64)
             ref = np.asarray(ref, dtype=np.float64)
+            span = data_range(ref, regions["brain"])  # one range per map and subject
             for region, mask in regions.items():
-                values = map_metrics(pred, ref, mask)
+                values = map_metrics(pred, ref, mask, span)
                 values["finite_fraction"] = finite_fraction(pred, ref, mask)
                 values["mean_pred"], values["mean_ref"] = regional_means(pred, ref, mask)
                 rows += [
@@ -701,7 +704,8 @@ def study_markdown(
         "matter of the tissue labels), `lesion` (the reference's hypoperfusion lesion, Tmax "
         "above threshold), `user_mask` (the participants.tsv lesion mask). Errors (MAE, "
         "RMSE) and regional means are in the map's units, PSNR in dB, HD95 in mm, lesion "
-        "volumes in ml, thresholds in s. Full precision: `study.tsv`, `paired.tsv`.",
+        "volumes in ml, thresholds in s. SSIM and PSNR use one data range per map and "
+        "subject in every region: the reference's max − min over the brain. Full precision: `study.tsv`, `paired.tsv`.",
     ]
     if scope is not None and scope.warning:
         header += ["", scope.warning]

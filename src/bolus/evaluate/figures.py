@@ -2,9 +2,10 @@
 
 Per subject:
 
-* :func:`montage` — for each map, the reference, every method and |method − reference| on
-  representative axial slices (:func:`representative_slices`: the slice where the
-  reference lesion is largest, then the slices with the most brain);
+* :func:`montage` — a row per method (the reference first), a column pair per map (the
+  values and |method − reference|) on a representative axial slice
+  (:func:`representative_slices`: the slice where the reference lesion is largest, else the
+  one with the most brain); its width does not grow with the methods;
 * :func:`aif_figure` — the automatic AIF (with the reference AIF when there is one);
 * :func:`motion_figure` — the six rigid parameters and the framewise displacement.
 
@@ -94,10 +95,28 @@ def _margins(
     )
 
 
+#: colours of the saved PNGs: figures are stored as 8-bit palette images (Pillow's fast
+#: octree quantisation, no dithering), 3–4× smaller than RGBA and indistinguishable at
+#: these colour maps, so that a cohort's figures (and the report embedding them) stay small
+PNG_COLOURS = 256
+
+
 def _save(figure: Figure, out_png: str | Path) -> Path:
+    """Write ``figure`` as a palette PNG of :data:`PNG_COLOURS` colours."""
+    import io
+
+    from PIL import Image
+
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out_png, dpi=DPI, facecolor="white")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=DPI, facecolor="white", format="png")
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        palette = image.convert("RGB").quantize(
+            colors=PNG_COLOURS, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE
+        )
+    palette.save(out_png, format="PNG", optimize=True)
     return out_png
 
 
@@ -165,20 +184,6 @@ def _range(values: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def _strip(panels: Sequence[np.ndarray | None], shape: tuple[int, int], gaps: Sequence[int]):
-    """Panels side by side (None: an empty panel), NaN columns between them; returns the
-    strip and the x centre of each panel."""
-    pieces, centres, x = [], [], 0
-    for panel, gap in zip(panels, gaps, strict=True):
-        if gap:
-            pieces.append(np.full((shape[0], gap), np.nan))
-            x += gap
-        pieces.append(np.full(shape, np.nan) if panel is None else panel)
-        centres.append(x + (shape[1] - 1) / 2)
-        x += shape[1]
-    return np.hstack(pieces), centres
-
-
 def montage(
     out_png: str | Path,
     reference: Mapping[str, np.ndarray],
@@ -186,101 +191,107 @@ def montage(
     brain_mask: np.ndarray,
     lesion: np.ndarray | None = None,
     title: str = "",
-    n_slices: int = 2,
+    n_slices: int = 1,
 ) -> Path:
-    """Reference vs every method vs |method − reference|, for every map, on
-    :func:`representative_slices`.
+    """Reference and every method, a row each, with a column pair per map: the values and
+    |method − reference|, on :func:`representative_slices` (``n_slices`` side by side in
+    every panel; by default the one slice where the reference lesion is largest).
 
-    Two rows per map: the values (reference, then each method), and |method − reference|
-    under each method; one block of columns per slice. Values share the reference's
-    2–98th percentile in the brain; the differences share one scale per map (0 to the
-    98th percentile of every method's |difference|). The reference lesion is outlined in
-    white. Each row is one image (panels side by side), which keeps a large cohort's
-    montages fast to draw.
+    The width depends only on the maps and slices, the height grows with the methods, so a
+    panel keeps its size (about :data:`PANEL_IN` inches per 64 voxels) at any number of
+    methods. Values share the reference's 2–98th percentile in the brain; the differences
+    one scale per map (0 to the 98th percentile of every method's |difference|), each with
+    its colour bar under its column. The reference lesion is outlined in white. Each column
+    is one image (its rows stacked), which keeps a large cohort's montages fast to draw.
     """
     brain = as_mask(brain_mask)
     names = [m for m in ordered_maps(reference) if any(m in maps for maps in methods.values())]
     method_names = ordered_methods(methods)
     slices = representative_slices(brain, lesion, n_slices)
-    per_slice = 1 + len(method_names)
+    rows = ["reference", *method_names]
     shape = (brain.shape[1], brain.shape[0])  # displayed: y rows, x columns
-    gaps = [
-        0 if (i == 0) else (6 if i % per_slice == 0 else 2) for i in range(len(slices) * per_slice)
-    ]
-    strip_width = len(gaps) * shape[1] + sum(gaps)
-    panel_in = PANEL_IN * 64 / max(shape[1], 1)  # about PANEL_IN per 64 voxels
-    width_in = min(strip_width * panel_in / 64 + 1.4, 40.0)
-    row_in = (width_in - 1.4) * shape[0] / strip_width + 0.3
-    n_rows = 2 * max(len(names), 1)
-    figure = _new_figure(width_in, row_in * n_rows + 0.9)
+    panel_in = PANEL_IN * max(shape[1], 1) / 64 * len(slices)  # one panel: every slice
+    aspect = shape[0] / max(shape[1] * len(slices), 1)
+    label_in, bar_in, top_in = 0.9, 0.55, 0.45 + (0.25 if title else 0.0)
+    width_in = label_in + 2 * max(len(names), 1) * (panel_in + 0.06) + 0.2
+    height_in = top_in + len(rows) * (panel_in * aspect + 0.08) + bar_in
+    figure = _new_figure(width_in, height_in)
     if title:
-        figure.suptitle(title, fontsize=10)
+        figure.suptitle(title, fontsize=9)
     if not names:
         ax = figure.add_subplot(1, 1, 1)
         ax.text(0.5, 0.5, "no map shared by the reference and a method", ha="center")
         ax.set_axis_off()
         return _save(figure, out_png)
-    width, height = figure.get_size_inches()
     grid = figure.add_gridspec(
-        n_rows,
-        2,
-        width_ratios=[1.0, 0.015],
-        left=0.1 / width,
-        right=1 - 0.85 / width,
-        bottom=0.05 / height,
-        top=1 - 0.8 / height,
-        wspace=0.02,
-        hspace=0.3 / row_in,
-    )
+        1, 2 * len(names), left=label_in / width_in, right=1 - 0.2 / width_in,
+        bottom=bar_in / height_in, top=1 - top_in / height_in, wspace=0.06 / panel_in,
+    )  # fmt: skip
+    bars = figure.add_gridspec(
+        1, 2 * len(names), left=label_in / width_in, right=1 - 0.2 / width_in,
+        bottom=0.3 / height_in, top=0.4 / height_in, wspace=0.06 / panel_in,
+    )  # fmt: skip
+    gap = 2
     outline = as_mask(lesion) if lesion is not None else None
-    for i, name in enumerate(names):
+
+    def panel(volume) -> np.ndarray:
+        """Every slice of one row side by side (NaN outside the brain)."""
+        if volume is None:
+            return np.full((shape[0], shape[1] * len(slices) + gap * (len(slices) - 1)), np.nan)
+        pieces = []
+        for i, k in enumerate(slices):
+            if i:
+                pieces.append(np.full((shape[0], gap), np.nan))
+            pieces.append(_display(np.asarray(volume, dtype=np.float64), k, brain))
+        return np.hstack(pieces)
+
+    def column(panels) -> np.ndarray:
+        """Rows stacked top (reference) to bottom with ``gap`` NaN rows between them
+        (origin lower: the first row is drawn at the top)."""
+        pieces = []
+        for i, p in enumerate(reversed(panels)):
+            if i:
+                pieces.append(np.full((gap, p.shape[1]), np.nan))
+            pieces.append(p)
+        return np.vstack(pieces)
+
+    row_height = shape[0] + gap
+    for c, name in enumerate(names):
         ref = np.asarray(reference[name], dtype=np.float64)
         vmin, vmax = _range(ref[brain])
-        diffs = {
-            m: np.abs(np.asarray(methods[m][name], dtype=np.float64) - ref)
-            for m in method_names
+        values = [ref] + [methods[m].get(name) for m in method_names]
+        diffs = [None] + [
+            np.abs(np.asarray(methods[m][name], dtype=np.float64) - ref)
             if name in methods[m]
-        }
-        dmax = _range(np.concatenate([d[brain] for d in diffs.values()]))[1] if diffs else 1.0
-        values, differences, edges, labels = [], [], [], []
-        for k in slices:
-            values.append(_display(ref, k, brain))
-            differences.append(None)
-            edges.append(outline[:, :, k].T if outline is not None else None)
-            labels.append(f"reference z={k}")
-            for method in method_names:
-                have = method in diffs
-                values.append(_display(methods[method][name], k, brain) if have else None)
-                differences.append(_display(diffs[method], k, brain) if have else None)
-                edges.append(None)
-                labels.append(method if have else f"{method}: no map")
-        top = figure.add_subplot(grid[2 * i, 0])
-        bottom = figure.add_subplot(grid[2 * i + 1, 0], sharex=top)
-        strip, centres = _strip(values, shape, gaps)
-        image = top.imshow(strip, cmap="viridis", vmin=vmin, vmax=vmax, origin="lower",
-                           interpolation="nearest")  # fmt: skip
-        if outline is not None and outline.any():
-            mask_strip, _ = _strip(
-                [e.astype(float) if e is not None else None for e in edges], shape, gaps
-            )
-            top.contour(np.nan_to_num(mask_strip), [0.5], colors="w", linewidths=0.7)
-        diff_strip, _ = _strip(differences, shape, gaps)
-        diff_image = bottom.imshow(diff_strip, cmap="magma", vmin=0, vmax=dmax, origin="lower",
-                                   interpolation="nearest")  # fmt: skip
-        for x, label in zip(centres, labels, strict=True):
-            top.text(x, shape[0], label, ha="center", va="bottom", fontsize=6.5)
-        bottom.text(centres[0], shape[0] / 2, "|method −\nreference|", ha="center",
-                    va="center", fontsize=6.5)  # fmt: skip
-        for ax in (top, bottom):
-            ax.set_axis_off()
+            else None
+            for m in method_names
+        ]
+        present = [d[brain] for d in diffs if d is not None]
+        dmax = _range(np.concatenate(present))[1] if present else 1.0
         unit = MAP_UNITS.get(name, "")
-        for row, mappable, label in (
-            (2 * i, image, name.upper()),
-            (2 * i + 1, diff_image, f"|Δ{name.upper()}|"),
-        ):
-            bar = figure.colorbar(mappable, cax=figure.add_subplot(grid[row, 1]))
-            bar.set_label(f"{label} ({unit})" if unit else label, fontsize=6)
-            bar.ax.tick_params(labelsize=6)
+        for j, (stack, cmap, low, high, label) in enumerate((
+            (values, "viridis", vmin, vmax, name.upper()),
+            (diffs, "magma", 0.0, dmax, f"|Δ{name.upper()}|"),
+        )):  # fmt: skip
+            ax = figure.add_subplot(grid[0, 2 * c + j])
+            image = ax.imshow(column([panel(v) for v in stack]), cmap=cmap, vmin=low, vmax=high,
+                              origin="lower", interpolation="nearest", aspect="auto")  # fmt: skip
+            if j == 0 and outline is not None and outline.any():
+                edges = [panel(outline.astype(float))] + [panel(None)] * len(method_names)
+                ax.contour(np.nan_to_num(column(edges)), [0.5], colors="w", linewidths=0.6)
+            ax.set_axis_off()
+            ax.set_title(label, fontsize=7)
+            if c == 0 and j == 0:
+                total = len(rows) * row_height - gap
+                for r, row in enumerate(rows):
+                    y = total - r * row_height - shape[0] / 2
+                    have = row == "reference" or name in methods[row]
+                    ax.text(-3, y, row if have else f"{row}\n(no map)", ha="right", va="center",
+                            fontsize=7)  # fmt: skip
+            bar = figure.colorbar(image, cax=figure.add_subplot(bars[0, 2 * c + j]),
+                                  orientation="horizontal")  # fmt: skip
+            bar.ax.tick_params(labelsize=5)
+            bar.set_label(unit, fontsize=5)
     return _save(figure, out_png)
 
 

@@ -10,10 +10,13 @@ conventions"):
 * NRMSE = ‖pred − ref‖₂ / ‖ref‖₂ over the mask's voxels (so a uniform 10 % overestimate
   gives 0.1);
 * SSIM and PSNR on the 3D volume cropped to the mask's bounding box, with
-  data range = max − min of the reference inside the mask. Voxels of the box outside
-  the mask are set to 0 in both volumes, so they agree there and only the mask's
-  content (and its edge against 0) is compared. PSNR = 10·log10(range² / MSE) over the
-  whole box.
+  data range = max − min of the reference inside the mask, or the ``data_range`` given:
+  the subject tables pass one range per map and subject, the reference's over the brain
+  (:func:`data_range`), to every region, as the published comparisons do (a region's own
+  range made PSNR of a narrow-ranged region such as grey-matter CBF read below 0 dB).
+  Voxels of the box outside the mask are set to 0 in both volumes, so they agree there
+  and only the mask's content (and its edge against 0) is compared. PSNR =
+  10·log10(range² / MSE) over the whole box.
 
 Failed or partial methods (NaN / ±inf voxels, in ``pred`` or ``ref``)
 ----------------------------------------------------------------------
@@ -151,8 +154,17 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
-def _boxed(pred, ref, mask) -> tuple[np.ndarray, np.ndarray, float] | None:
-    """Both maps cropped to the mask's box, invalid voxels zeroed, and the data range."""
+def data_range(ref, mask) -> float:
+    """max − min of the reference's finite values inside ``mask`` (NaN when none): the one
+    data range of SSIM and PSNR per map and subject (``mask`` = the brain)."""
+    ref = np.asarray(ref, dtype=np.float64)
+    values = ref[as_mask(mask) & np.isfinite(ref)]
+    return float(values.max() - values.min()) if values.size else float("nan")
+
+
+def _boxed(pred, ref, mask, range_=None) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """Both maps cropped to the mask's box, invalid voxels zeroed, and the data range
+    (``range_``, or the reference's in the mask when None)."""
     pred, ref, mask = _check(pred, ref, mask)
     valid = mask & np.isfinite(pred) & np.isfinite(ref)
     box = bounding_box(mask)
@@ -161,6 +173,8 @@ def _boxed(pred, ref, mask) -> tuple[np.ndarray, np.ndarray, float] | None:
     keep = valid[box]
     p = np.where(keep, pred[box], 0.0)
     r = np.where(keep, ref[box], 0.0)
+    if range_ is not None and np.isfinite(range_):
+        return p, r, float(range_)
     values = ref[valid]
     return p, r, float(values.max() - values.min())
 
@@ -177,15 +191,15 @@ def ssim_window(shape: tuple[int, ...]) -> int | None:
     return min(SSIM_MAX_WINDOW, smallest if smallest % 2 else smallest - 1)
 
 
-def ssim(pred, ref, mask) -> float:
+def ssim(pred, ref, mask, data_range: float | None = None) -> float:
     """Structural similarity on the mask's bounding box (3D; window by :func:`ssim_window`).
 
-    ``skimage.metrics.structural_similarity`` with ``data_range`` = the reference's range
-    in the mask and uniform windows. Axes of the box shorter than 3 voxels (a one- or
+    ``skimage.metrics.structural_similarity`` with ``data_range`` (default: the
+    reference's range in the mask) and uniform windows. Axes of the box shorter than 3 voxels (a one- or
     two-slice mask) cannot hold a window: SSIM is then the mean over those slices of the
     SSIM of the remaining axes (2D per slice). NaN when fewer than two axes reach 3 voxels.
     """
-    boxed = _boxed(pred, ref, mask)
+    boxed = _boxed(pred, ref, mask, data_range)
     if boxed is None:
         return float("nan")
     p, r, data_range = boxed
@@ -209,12 +223,12 @@ def ssim(pred, ref, mask) -> float:
     return float(np.mean(values))
 
 
-def psnr(pred, ref, mask) -> float:
+def psnr(pred, ref, mask, data_range: float | None = None) -> float:
     """Peak signal-to-noise ratio (dB) on the mask's bounding box:
-    10·log10(range² / MSE) (``skimage.metrics.peak_signal_noise_ratio`` with ``data_range``
-    = the reference's range in the mask). +inf for identical maps; NaN when the range is 0
-    and the maps differ."""
-    boxed = _boxed(pred, ref, mask)
+    10·log10(range² / MSE) (``skimage.metrics.peak_signal_noise_ratio`` with ``data_range``,
+    default the reference's range in the mask). +inf for identical maps; NaN when the range
+    is 0 and the maps differ."""
+    boxed = _boxed(pred, ref, mask, data_range)
     if boxed is None:
         return float("nan")
     p, r, data_range = boxed
@@ -225,14 +239,15 @@ def psnr(pred, ref, mask) -> float:
     return float(peak_signal_noise_ratio(r, p, data_range=data_range))
 
 
-def map_metrics(pred, ref, mask) -> dict[str, float]:
-    """All agreement metrics of one map: keys ``mae rmse nrmse ssim psnr pcc scc``."""
+def map_metrics(pred, ref, mask, data_range: float | None = None) -> dict[str, float]:
+    """All agreement metrics of one map: keys ``mae rmse nrmse ssim psnr pcc scc``;
+    ``data_range`` of SSIM and PSNR (None: the reference's range in ``mask``)."""
     return {
         "mae": mae(pred, ref, mask),
         "rmse": rmse(pred, ref, mask),
         "nrmse": nrmse(pred, ref, mask),
-        "ssim": ssim(pred, ref, mask),
-        "psnr": psnr(pred, ref, mask),
+        "ssim": ssim(pred, ref, mask, data_range),
+        "psnr": psnr(pred, ref, mask, data_range),
         "pcc": pcc(pred, ref, mask),
         "scc": scc(pred, ref, mask),
     }

@@ -211,7 +211,9 @@ def report_tables(
             html_page(
                 "Study metrics",
                 "Every method against the reference over subjects: n, mean, SD, median, "
-                "quartiles; the whole cohort first, then each stratum." + said,
+                "quartiles; the whole cohort first, then each stratum. SSIM and PSNR use one "
+                "data range per map and subject in every region: the reference's max − min "
+                "over the brain." + said,
                 study,
             ),
         ),
