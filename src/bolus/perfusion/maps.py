@@ -184,7 +184,11 @@ def perfusion_maps(
         device=device,
         **_thresholds_for(method, thresholds),
     )
-    curves = conc.reshape(-1, n_frames)[inside.reshape(-1)]
+    # the voxels in the array's own memory order (a NIfTI series is Fortran-ordered): a view
+    # and one gather, not a C-order copy of the whole series first
+    order = "F" if conc.flags.f_contiguous and not conc.flags.c_contiguous else "C"
+    where = np.flatnonzero(inside.reshape(-1, order=order))
+    curves = conc.reshape(-1, n_frames, order=order)[where]
     values = {name: np.zeros(curves.shape[0]) for name in MAP_NAMES}
 
     def work(start, stop):
@@ -202,8 +206,10 @@ def perfusion_maps(
 
     maps = {}
     for name in MAP_NAMES:
-        full = np.zeros(spatial, dtype=np.float32)
-        full[inside] = np.nan_to_num(values[name], nan=0.0, posinf=0.0, neginf=0.0)
+        full = np.zeros(spatial, dtype=np.float32, order=order)
+        full.reshape(-1, order=order)[where] = np.nan_to_num(
+            values[name], nan=0.0, posinf=0.0, neginf=0.0
+        )
         maps[name] = full
     # MTT from the float32 CBV and CBF, so that mtt = 60·cbv/cbf holds for the outputs
     cbf, cbv = maps["cbf"], maps["cbv"]
