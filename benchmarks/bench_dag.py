@@ -272,7 +272,8 @@ def plan(args, models: bool):
         report("after the inspections ", after)
         for rule in ("convert", "preprocess", "perfusion", "subject_metrics", "subject_figures"):
             for when, counts in (("before", before["jobs"]), ("after", after["jobs"])):
-                if counts.get(rule) != args.subjects:
+                # the report's copy of a rule (its embedded subjects) counts as that rule
+                if counts.get(rule, 0) + counts.get(f"{rule}_in_report", 0) != args.subjects:
                     sys.exit(f"{when} the inspections: {counts.get(rule)} {rule} jobs, "
                              f"not {args.subjects}")  # fmt: skip
         per_subject = before["jobs"]["total"] / args.subjects
