@@ -179,18 +179,17 @@ def test_study_figures_and_report_tables_use_the_same_subjects(
 
     out = tmp_path / "results"
     written = write_study_tables(subject_files, out, participants=participants(), models=["mlp"])
-    config = {"participants": "p.tsv", "models": ["mlp"]}
     drawn = {}
     monkeypatch.setattr(figures, "study_figures", lambda table, _: drawn.setdefault("t", table))
-    report.study_figures(written["subjects"], out, config=config)
+    report.study_figures(written["subjects"], out, models=["mlp"])
     assert set(drawn["t"]["participant_id"].astype(str)) == {"sub-04", "sub-05"}
     drawn.clear()
-    report.study_figures(written["subjects"], out, config=config | {"study": {"subjects": "all"}})
+    report.study_figures(written["subjects"], out, models=["mlp"], scope="all")
     assert set(drawn["t"]["participant_id"].astype(str)) == set(SPLITS)
 
     pages = [tmp_path / f"{n}.html" for n in ("study", "paired", "excluded")]
     report.report_tables(
-        written["study"], written["paired"], None, written["subjects"], *pages, config=config
+        written["study"], written["paired"], None, written["subjects"], *pages, models=["mlp"]
     )
     assert "held-out test subjects" in pages[0].read_text()
     assert "held-out test subjects" in pages[1].read_text()
