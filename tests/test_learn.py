@@ -306,6 +306,20 @@ def test_killed_training_resumes_from_its_checkpoint_and_ends_as_an_uninterrupte
         torch.testing.assert_close(resumed["state"][key], value)
 
 
+def test_a_checkpoint_of_other_parameters_is_not_resumed(cohort, tmp_path):
+    """An edited model (here its epochs) trains afresh in the same folder: resuming the old
+    run's checkpoint would continue another optimisation."""
+    from bolus.learn.train import CHECKPOINT, train_model
+
+    config = config_for(max_batches_per_epoch=1)
+    config["model_params"]["mlp"]["epochs"] = 3
+    train_model("mlp", cohort["data"], tmp_path, config, threads=1)
+    config["model_params"]["mlp"]["epochs"] = 2
+    train_model("mlp", cohort["data"], tmp_path, config, threads=1)
+    history = torch.load(tmp_path / CHECKPOINT, weights_only=False)["history"]
+    assert [h["epoch"] for h in history] == [1, 2]  # not the first run's 3 epochs, resumed
+
+
 def test_training_writes_curves_config_and_model(cohort, tmp_path):
     from bolus.learn.train import train_model
 
