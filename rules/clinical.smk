@@ -12,7 +12,10 @@ rule clinical:
         row_files(
             "reference_dir", "lesion_mask", "tissue_labels", "reference_region_mask"
         ),
-        previous=verdict("{subject}", "metrics"),
+        previous=verdict("{subject}", "perfusion"),
+        maps=SVD_VERDICTS,
+        predictions=PREDICTION_VERDICTS,
+        tof_predictions=tof_prediction_verdicts,
     output:
         verdict=verdict("{subject}", paths.CLINICAL_VERDICT),
         figure=str(

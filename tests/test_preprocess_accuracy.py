@@ -152,7 +152,7 @@ def runs(tmp_path_factory, dcm2niix):
         elif name == "moving":
             _write(folder / "dicom", moving, vendor="siemens")
             cache[name] = _pipeline_pcc(folder, moving)
-            estimated = pd.read_csv(folder / "out" / "motion.tsv", sep="\t")
+            estimated = pd.read_csv(folder / "out" / "sub-01_motion.tsv", sep="\t")
             cache[name]["motion_r"] = [  # |r|: image axes and transform direction set the sign
                 abs(float(np.corrcoef(estimated[column], moving.motion[:, axis])[0, 1]))
                 for axis, column in enumerate(("trans_x_mm", "trans_y_mm", "trans_z_mm"))

@@ -23,6 +23,8 @@ pytestmark = pytest.mark.slow
 
 #: the cohort-wide jobs after the subjects' metrics (the study tables and the report's)
 STUDY = {("study", ""), ("study_figures", ""), ("report_tables", ""), ("all", "")}
+#: the cohort-wide clinical jobs, after every subject's readouts
+CLINICAL = {("clinical_study", ""), ("clinical_report_table", "")}
 SUBJECTS = ("sub-01", "sub-02", "sub-03")
 
 
@@ -50,7 +52,8 @@ def planned(work: Path) -> set[tuple[str, str]]:
         if head:  # a job's block starts (grouped jobs' blocks are indented)
             if rule is not None:
                 jobs.add((rule, label))
-            rule, label = head.group(1), ""
+            # the report's copy of a per-subject rule (its embedded subjects) is that rule
+            rule, label = head.group(1).removesuffix("_in_report"), ""
         wildcards = re.match(r"\s*wildcards: (.*)$", line)
         if wildcards and rule is not None:
             values = dict(kv.split("=", 1) for kv in wildcards.group(1).split(", "))
@@ -119,7 +122,7 @@ def test_the_lesion_threshold_reruns_metrics_figures_and_study(finished):
 def test_an_svd_option_reruns_that_method_and_what_reads_it(finished):
     work, config = finished
     jobs = edited(work, config, lambda c: c["svd"].update(osvd_oscillation_index=0.05))
-    scored = per_subject(("subject_metrics", "subject_figures")) | STUDY
+    scored = per_subject(("subject_metrics", "subject_figures", "clinical")) | STUDY | CLINICAL
     assert jobs == per_subject(["svd_maps"], method="osvd") | scored
     jobs = edited(work, config, lambda c: c["svd"].update(methods=["ssvd", "osvd", "csvd"]))
     assert jobs == per_subject(["svd_maps"], method="csvd") | scored
@@ -130,8 +133,9 @@ def test_a_model_option_retrains_that_model_only(finished):
     jobs = edited(work, config, lambda c: c["model_params"]["mlp"].update(epochs=2))
     assert jobs == (
         {("train_model", "mlp")}
-        | per_subject(("predict_mlp", "subject_metrics", "subject_figures"))
+        | per_subject(("predict_mlp", "subject_metrics", "subject_figures", "clinical"))
         | STUDY
+        | CLINICAL
     )
 
 
@@ -149,7 +153,8 @@ def test_one_subjects_data_rerun_that_subject_alone(finished):
     participants = Path(config["participants"])
     original = participants.read_text()
     table = pd.read_csv(participants, sep="\t", dtype=str, keep_default_na=False)
-    after_metrics = {("subject_metrics", "sub-03"), ("subject_figures", "sub-03")} | STUDY
+    after_metrics = {(r, "sub-03") for r in ("subject_metrics", "subject_figures", "clinical")}
+    after_metrics |= STUDY | CLINICAL
     chain = {(r, "sub-03") for r in ("inspect", "convert", "preprocess", "perfusion")}
     chain |= {("svd_maps", "sub-03/ssvd"), ("svd_maps", "sub-03/osvd"), ("predict_mlp", "sub-03")}
     try:
@@ -186,7 +191,8 @@ def test_a_replaced_reference_map_rescores_that_subject(finished):
         image = nib.load(reference)
         nib.save(nib.Nifti1Image(image.get_fdata() * 1.1, image.affine), reference)
         jobs = planned(work)
-        assert jobs == {("subject_metrics", "sub-03"), ("subject_figures", "sub-03")} | STUDY
+        rescored = {(r, "sub-03") for r in ("subject_metrics", "subject_figures", "clinical")}
+        assert jobs == rescored | STUDY | CLINICAL
     finally:
         reference.write_bytes(original)
         os.utime(reference, ns=(stat.st_atime_ns, stat.st_mtime_ns))
@@ -203,10 +209,10 @@ def test_a_new_subject_runs_alone(finished):
         pd.concat([table, row]).to_csv(participants, sep="\t", index=False)
         jobs = planned(work)
         subject = {(r, s) for r, s in jobs if s.startswith("sub-04")}
-        assert jobs == subject | STUDY
+        assert jobs == subject | STUDY | CLINICAL
         assert {r for r, _ in subject} == {
             "inspect", "convert", "preprocess", "perfusion", "svd_maps", "predict_mlp",
-            "subject_metrics", "subject_figures",
+            "subject_metrics", "subject_figures", "clinical",
         }  # fmt: skip
     finally:
         participants.write_text(original)

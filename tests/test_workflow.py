@@ -176,14 +176,14 @@ def test_clinical_readouts_of_every_completed_subject_and_method(finished_study)
     table = pd.read_csv(paths.clinical_table(results), sep="\t", na_values="n/a")
     assert list(table.columns) == [*TABLE_COLUMNS, *clinical.readout_columns()]
     expected = {(s, m) for s in ("sub-01", "sub-02", "sub-03")
-                for m in (*paths.SVD_METHODS, "reference")}  # fmt: skip
+                for m in (*SVD_METHODS, "reference")}  # fmt: skip
     assert set(zip(table["participant_id"], table["method"], strict=True)) == expected
     assert len(table) == len(expected)
     assert (table["reference_region_source"] == "labels").all()
     stroke = table[(table["participant_id"] == "sub-02") & (table["method"] == "reference")]
     assert stroke["core_ml"].item() > 0 and stroke["lesion_side"].item() in ("left", "right")
     agreement = pd.read_csv(paths.clinical_agreement(results), sep="\t", na_values="n/a")
-    assert set(agreement["method"]) == set(paths.SVD_METHODS)
+    assert set(agreement["method"]) == set(SVD_METHODS)
     assert {"core_ml", "tmax_gt6s_ml", "target_mismatch"} <= set(agreement["readout"])
     for name in ("clinical_agreement.tsv", "clinical.html"):
         assert "sub-04" not in (results / "metrics" / name).read_text()
@@ -191,7 +191,7 @@ def test_clinical_readouts_of_every_completed_subject_and_method(finished_study)
     assert "## Clinical readouts" in paths.study_markdown(results).read_text()
     sp = paths.SubjectPaths(results, "sub-02")
     assert sp.reference_region_mask.exists() and sp.clinical_tsv.exists()
-    for method in paths.SVD_METHODS:
+    for method in SVD_METHODS:
         assert sp.map(method, "rcbv").exists() and sp.map(method, "rcbf").exists()
     assert paths.subject_figure(results, "sub-02", paths.CLINICAL_SUBJECT_FIGURE).exists()
     assert paths.study_figure(results, paths.CLINICAL_STUDY_FIGURE).exists()
