@@ -166,18 +166,6 @@ def model_layout(model):
     return MODEL_INFO[model].layout
 
 
-# what the config check already knows, said before any job runs
-if any(model_layout(m) == "tof" for m in MODELS) and not any(
-    ROWS[s].get("tof_dicom_dir") or ROWS[s].get("tof_nifti") for s in SUBJECTS
-):
-    print(
-        "bolus: no subject of participants.tsv has a TOF-MRA (tof_dicom_dir or tof_nifti): "
-        + ", ".join(m for m in MODELS if model_layout(m) == "tof")
-        + " will be skipped",
-        file=sys.stderr,
-    )
-
-
 def prediction_input(model):
     """What a model's prediction reads besides the model: the perfusion stage's outputs, or
     the coregistered TOF-MRA (pix2pix)."""
@@ -188,6 +176,16 @@ def prediction_input(model):
 TOF_SUBJECTS = {
     s for s in SUBJECTS if ROWS[s].get("tof_dicom_dir") or ROWS[s].get("tof_nifti")
 }
+# what the config check already knows, said before any job runs
+if any(model_layout(m) == "tof" for m in MODELS) and not TOF_SUBJECTS:
+    print(
+        "bolus: no subject of participants.tsv has a TOF-MRA (tof_dicom_dir or tof_nifti): "
+        + ", ".join(m for m in MODELS if model_layout(m) == "tof")
+        + " will be skipped",
+        file=sys.stderr,
+    )
+
+
 #: every model's prediction verdict of the job's subject (patterns), TOF models aside
 PREDICTION_VERDICTS = [
     verdict("{subject}", paths.predict_stage(m))

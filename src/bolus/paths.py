@@ -120,9 +120,6 @@ class SubjectPaths:
     def verdict(self, stage: str) -> Path:
         return verdict(self.root, self.pid, stage)
 
-    def log(self, stage: str) -> Path:
-        return log_file(self.root, self.pid, stage)
-
     @property
     def clinical_tsv(self) -> Path:
         """The subject's clinical readouts, a row per method (``sub-XX_clinical.tsv``)."""
@@ -132,9 +129,6 @@ class SubjectPaths:
     def reference_region_mask(self) -> Path:
         """The reference region of rCBV and rCBF (normal-appearing white matter)."""
         return self._p("mask", desc="referenceregion")
-
-    def benchmark(self, stage: str) -> Path:
-        return benchmark_file(self.root, self.pid, stage)
 
 
 def map_prefix(prefix: str | Path, method: str, name: str) -> Path:
