@@ -68,6 +68,29 @@ def _incomplete_outputs(work: Path) -> set[Path]:
     return found
 
 
+#: the verdicts a subject's last jobs leave (its metrics, its clinical readouts)
+LAST_VERDICTS = ("metrics", paths.CLINICAL_VERDICT)
+
+
+def _complete_subjects(work: Path) -> list[str]:
+    """The subjects whose last jobs' verdicts are ok and none of whose outputs Snakemake
+    marks as incomplete (a job whose script wrote its outputs but whose end Snakemake had
+    not recorded is redone on resume)."""
+    out = work / "results"
+    running = _incomplete_outputs(work)
+    done = []
+    for s in GOOD:
+        last = [paths.verdict(out, s, stage) for stage in LAST_VERDICTS]
+        if not all(v.exists() for v in last) or any(s in str(p) for p in running):
+            continue
+        try:
+            if all(json.loads(v.read_text())["status"] == "ok" for v in last):
+                done.append(s)
+        except (json.JSONDecodeError, KeyError):
+            continue  # a verdict being written
+    return done
+
+
 def _setup(work: Path, cohort: Path) -> None:
     config = {"participants": str(cohort / "participants.tsv"), "output_dir": "results"}
     (work / "config.yaml").write_text(yaml.safe_dump(config))
@@ -109,10 +132,11 @@ def runs(tmp_path_factory):
         proc = _run(work)
         result[name] = {"work": work, "proc": proc, "inputs_before": before}
 
-    # kill the resumed run as soon as one subject is complete: Snakemake has recorded its
-    # last job (it prints "Finished ... subject_metrics" after writing its metadata)
+    # kill the resumed run as soon as one subject is complete: every job of its own has
+    # finished (metrics and clinical readouts, both of which write into its folder)
     _setup(resumed, resumed / "cohort")
     before = _digests(resumed / "cohort")
+    out = resumed / "results"
     log = resumed / "first.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen(
@@ -120,25 +144,16 @@ def runs(tmp_path_factory):
             start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + 900
-        while "(Rule: subject_metrics)" not in log.read_text() and time.monotonic() < deadline:
+        while not _complete_subjects(resumed) and time.monotonic() < deadline:
             if proc.poll() is not None:
                 break
             time.sleep(0.1)
         killed_while_running = proc.poll() is None
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    out = resumed / "results"
-    # complete = its metrics verdict is ok and Snakemake had recorded the job as finished: a
-    # job whose script had written its outputs when the kill came is still marked incomplete
-    # and is rightly redone on resume
-    running = _incomplete_outputs(resumed)
-    done = [
-        s
-        for s in GOOD
-        if paths.verdict(out, s, "metrics").exists()
-        and paths.verdict(out, s, "metrics").resolve() not in running
-        and json.loads(paths.verdict(out, s, "metrics").read_text())["status"] == "ok"
-    ]
+    # a job whose script had written its outputs when the kill came is still marked
+    # incomplete and is rightly redone on resume: complete subjects are counted again now
+    done = _complete_subjects(resumed)
     after_kill = {
         "killed_while_running": killed_while_running,
         "study_existed": paths.study_table(out).exists(),
