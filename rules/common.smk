@@ -19,6 +19,7 @@ from bolus import paths  # noqa: E402
 from bolus.config import validate_config  # noqa: E402
 from bolus.models import MODELS as MODEL_INFO  # noqa: E402
 from bolus.participants import read_participants, source_fingerprint  # noqa: E402
+from bolus.weights import model_source, shipped, shipped_grid  # noqa: E402
 
 # the schema check, once, with every default filled in (bolus.config; schemas/)
 config.update(validate_config(config))
@@ -164,6 +165,37 @@ def training_inputs(stage, layout="voxels"):
 
 def model_layout(model):
     return MODEL_INFO[model].layout
+
+
+#: where each model's weights come from (training.source; bolus.weights.model_source)
+SOURCES = {
+    m: model_source(
+        m,
+        config["training"]["source"],
+        any(r["reference_dir"] and r["split"] == "train" for r in training_rows()),
+    )
+    for m in MODELS
+}
+#: the models a job trains (from scratch or from the shipped weights), the others are the
+#: shipped weights as they are (no training data, no training job)
+TRAINED = [m for m in MODELS if SOURCES[m] != "pretrained"]
+PRETRAINED = [m for m in MODELS if SOURCES[m] == "pretrained"]
+
+
+def shipped_checksum(model, used=True):
+    """The SHA-256 of the shipped weights a job uses (a param: new weights redo it)."""
+    if not used:
+        return None
+    return shipped().get(model, {}).get("sha256")
+
+
+def training_grid():
+    """The training data's time grid: the shipped weights' when a model fine-tunes them,
+    else None (the first training subject's)."""
+    for m in MODELS:
+        if SOURCES[m] == "finetune":
+            return shipped_grid(m)
+    return None
 
 
 def prediction_input(model):

@@ -2,7 +2,9 @@
 # cluster: resources in profiles/default), one prediction job per subject and model. A
 # model that cannot be trained on this cohort (no train subject with reference maps, no
 # TOF-MRA, none of its maps in the references) leaves a `skipped` verdict, its predictions
-# say so, and the study tables score every other method (bolus.learn.stages).
+# say so, and the study tables score every other method (bolus.learn.stages). A model whose
+# training.source resolves to `pretrained` has no training job: its shipped weights are
+# the model (rule pretrained_model).
 
 
 rule training_data:
@@ -16,6 +18,7 @@ rule training_data:
         "../envs/models.yaml"
     params:
         rows=lambda wc: training_rows(),
+        grid=training_grid(),
         voxels_per_subject=config["training"]["voxels_per_subject"],
         lesion_tmax_s=config["training"]["lesion_tmax_s"],
         seed=config["seed"],
@@ -34,7 +37,7 @@ rule train_model:
     benchmark:
         benchmark("models", "{model}")
     wildcard_constraints:
-        model="|".join(MODELS) or "none",
+        model="|".join(TRAINED) or "none",
     conda:
         "../envs/models.yaml"
     params:
@@ -42,8 +45,27 @@ rule train_model:
         model_params=lambda wc: config["model_params"].get(wc.model, {}),
         constants=config["constants"],
         seed=config["seed"],
+        finetune=lambda wc: SOURCES[wc.model] == "finetune",
+        weights=lambda wc: shipped_checksum(wc.model, SOURCES[wc.model] == "finetune"),
     script:
         "../scripts/train_model.py"
+
+
+# training.source pretrained: the shipped weights (bolus.weights) are the model, no training
+rule pretrained_model:
+    output:
+        str(paths.model_verdict(OUT, "{model}")),
+    log:
+        logfile("models", "{model}"),
+    wildcard_constraints:
+        model="|".join(PRETRAINED) or "none",
+    localrule: True
+    conda:
+        "../envs/models.yaml"
+    params:
+        weights=lambda wc: shipped_checksum(wc.model),
+    script:
+        "../scripts/pretrained_model.py"
 
 
 for _model in MODELS:

@@ -13,4 +13,5 @@ with logged(s):
         constants=p.constants,
         seed=p.seed,
         threads=s.threads,
+        finetune=p.finetune,
     )

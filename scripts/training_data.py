@@ -11,4 +11,5 @@ with logged(s):
         training={"voxels_per_subject": p.voxels_per_subject, "lesion_tmax_s": p.lesion_tmax_s},
         seed=p.seed,
         registration=p.registration,
+        grid=p.grid,
     )

@@ -93,8 +93,9 @@ def test_talebi_channels_last_inference_equals_the_forward():
 def test_pretraining_curves_are_normalised_like_model_inputs():
     """The one pre-training simulator (bolus.simulate.voxel_curves) on a cohort's grid: the
     global AIF's area on the grid is AIF_SCALE, as model_inputs normalises a subject (it
-    divides by the acquired AIF's area; the grid's differs by the interpolation and the
-    held end: median within 5 %), and the delays span the configured range."""
+    divides by the acquired AIF's area within the grid's span; the grid's differs by the
+    interpolation and the held end: median within 5 %), and the delays span the configured
+    range."""
     constants = PerfusionConstants.from_config()
     grid = np.arange(60) * 1.5
     rng = np.random.default_rng(4)
@@ -102,7 +103,8 @@ def test_pretraining_curves_are_normalised_like_model_inputs():
         rng, 600, grid, constants, curve_scale=CURVE_SCALE, aif_scale=AIF_SCALE
     )
     assert {k: v.shape for k, v in arrays.items()} == {
-        "curves": (600, 60), "aif": (600, 60), "local_aif": (600, 60), "bad": (600,)
+        "curves": (600, 60), "aif": (600, 60), "local_aif": (600, 60), "bad": (600,),
+        **{m: (600,) for m in ("cbf", "cbv", "mtt", "tmax", "ttp")},
     }  # fmt: skip
     area = np.trapezoid(arrays["aif"], grid, axis=1)
     assert abs(np.median(area) / AIF_SCALE - 1) < 0.05

@@ -1,7 +1,8 @@
 """A real cohort is partial: no TOF-MRA, reference maps without TTP, later no train subject at
 all. Every model that can be trained is, on the maps the references hold; the others are
 named with their reason (qc.tsv, study.md, the end-of-run summary); the study tables always
-come out with every SVD method."""
+come out with every SVD method. With no train subject, a model with shipped weights
+(training.source auto → pretrained) still gives every subject its maps, with no training job."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def clinical_export(tmp_path_factory):
         "motion": {"enabled": False},
         "svd": {"methods": ["ssvd", "osvd"]},
         "models": MODELS,
-        "training": {"voxels_per_subject": 1000, "device": "cpu"},
+        # trained on the cohort (the shipped weights would otherwise be fine-tuned: below)
+        "training": {"voxels_per_subject": 1000, "device": "cpu", "source": "scratch"},
         "model_params": {"mlp": {"hidden": [16], "epochs": 1}, "rf": {"n_estimators": 3}},
     }
     (work / "config.yaml").write_text(yaml.safe_dump(config))
@@ -116,3 +118,29 @@ def test_a_cohort_without_train_subjects_still_gets_its_study(clinical_export):
     assert "no `train` subject" in reason
     study = pd.read_csv(paths.study_table(results), sep="\t")
     assert set(study["method"]) == {"ssvd", "osvd"}
+
+
+def test_with_no_train_subject_the_shipped_weights_give_maps_without_training(clinical_export):
+    from bolus.weights import shipped, verified
+
+    work, participants, _ = clinical_export  # every subject `test` since the test above
+    assert "mlp" in shipped()
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["training"]["source"] = "auto"
+    config["models"] = ["mlp"]
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = run(work)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    jobs = proc.stderr.split("Job stats:")[1].split("total")[0]
+    assert "pretrained_model" in jobs
+    assert "train_model" not in jobs and "training_data" not in jobs
+    results = work / "results"
+    verdict = json.loads(paths.model_verdict(results, "mlp").read_text())
+    assert verdict["status"] == "ok" and verdict["maps"] == list(shipped()["mlp"]["maps"])
+    # the study keeps the weights it used, byte for byte the shipped file
+    assert paths.model_file(results, "mlp").read_bytes() == verified("mlp").read_bytes()
+    for subject in ("sub-01", "sub-02", "sub-03"):
+        maps = paths.SubjectPaths(results, subject).maps("mlp")
+        assert all(maps[m].exists() for m in verdict["maps"])
+    study = pd.read_csv(paths.study_table(results), sep="\t")
+    assert "mlp" in set(study["method"])

@@ -22,8 +22,9 @@ def cmd_simulate(args) -> int:
     from bolus.simulate.cohort import simulate_cohort
 
     options = {k: v for k, v in vars(args).items() if k in SIMULATION_OPTIONS}
-    if "matrix" in options:
-        options["matrix"] = tuple(options["matrix"])
+    for key in ("matrix", "aif_peak_r2s"):
+        if key in options:
+            options[key] = tuple(options[key])
     participants = simulate_cohort(
         args.out, args.subjects, args.seed, jobs=args.jobs, modality=args.modality,
         dicom_storage=args.dicom_storage, **options,
@@ -45,8 +46,24 @@ def cmd_summary(args) -> int:
     return cohort_finished(args.output_dir)
 
 
+def cmd_pretrain(args) -> int:
+    import logging
+
+    from bolus.learn.pretrain import SEED, install, pretrain
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    target = pretrain(
+        args.model, args.out, device=args.device, threads=args.threads, size=args.size,
+        epochs=args.epochs, seed=SEED if args.seed is None else args.seed,
+    )  # fmt: skip
+    print(target)
+    if args.install:
+        print(install(args.model, args.out))
+    return 0
+
+
 # Options passed to simulate_cohort only when given: its signature holds the defaults.
-SIMULATION_OPTIONS = ("matrix", "n_timepoints", "tr_s", "te_s", "snr", "motion_mm")
+SIMULATION_OPTIONS = ("matrix", "n_timepoints", "tr_s", "te_s", "snr", "motion_mm", "aif_peak_r2s")
 
 
 def cmd_convert(args) -> int:
@@ -167,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--motion-mm", dest="motion_mm", type=float, default=unset, help="peak motion (mm)"
     )
+    p.add_argument(
+        "--aif-peak", dest="aif_peak_r2s", type=float, nargs=2, metavar=("LOW", "HIGH"),
+        default=unset, help="range of the arterial peak ΔR2* (1/s; default 70 90)",
+    )  # fmt: skip
     from bolus.simulate.faults import COHORT_FAULTS, SUBJECT_FAULTS
 
     p.add_argument(
@@ -228,6 +249,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mask")
     p.add_argument("--config", help="config.yaml (defaults from the schema)")
     p.set_defaults(func=cmd_maps)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="regenerate a model's shipped weights from the simulator (bolus.learn.pretrain)",
+        description="Simulates the model's training voxels across DSC and CT perfusion "
+        "protocols with a fixed seed and trains it through the workflow's training engine "
+        "(checkpointed every epoch: run it again to resume). Writes DIR/MODEL.pt and its "
+        "manifest DIR/MODEL.json; --install copies them into the package.",
+    )
+    p.add_argument("model")
+    p.add_argument("--out", required=True, help="folder of the weights, data and checkpoints")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=None, help="simulation and training seed")
+    p.add_argument(
+        "--size", type=int, default=None, help="override the recipe's simulated voxels or subjects"
+    )
+    p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    p.add_argument("--install", action="store_true", help="copy the result into the package")
+    p.set_defaults(func=cmd_pretrain)
 
     args = parser.parse_args(argv)
     try:

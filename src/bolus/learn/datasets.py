@@ -7,12 +7,15 @@ the DSC grid by world coordinates, exactly as the metrics rule does.
 
 Normalisation (the same at training and prediction, :func:`model_inputs`)
 -----------------------------------------------------------------------
-* curves are resampled onto the cohort's time grid (that of the first training subject),
-  so a model sees one frame interval whatever the subject's;
-* tissue curves are divided by the AIF's area and multiplied by 100: the area of a
+* curves are resampled onto the model's time grid (that of the first training subject, or
+  the shipped weights' when they are fine-tuned), so a model sees one frame interval
+  whatever the subject's;
+* tissue curves are divided by the AIF's area (below) and multiplied by 100: the area of a
   normalised curve is then CBV·ρ/k_H (ml/100 g), the physics every model has to learn,
   independent of the subject's contrast dose and the scanner's ΔR2* scale;
-* the AIF is divided by its area and multiplied by 10 (a curve of peak ≈ 1);
+* the AIF is divided by its area and multiplied by 10 (a curve of peak ≈ 1); the area is
+  that of the acquired AIF within the model's time grid, so a longer acquisition (a
+  recirculation tail beyond the grid) does not change the scale;
 * S0 (mean baseline signal) is divided by its median in the brain mask.
 
 Layouts (under ``<output_dir>/models/data/``)
@@ -110,7 +113,10 @@ def model_inputs(subject: SubjectSeries, grid_s) -> tuple[np.ndarray, np.ndarray
     (see the module docstring)."""
     from bolus.perfusion.maps import trapezoid_area
 
-    area = float(trapezoid_area(subject.aif, subject.times_s))
+    times = np.asarray(subject.times_s, float)
+    grid = np.asarray(grid_s, float)
+    within = times <= grid[-1] + 1e-6  # the AIF's area over the grid's span
+    area = float(trapezoid_area(subject.aif[within], times[within]))
     if not np.isfinite(area) or area <= 0:
         raise SubjectError(subject.participant_id, None, f"AIF area is {area}; cannot normalise")
     curves = resample_time(subject.conc, subject.times_s, grid_s) * np.float32(CURVE_SCALE / area)
@@ -157,11 +163,14 @@ def write_training_data(
     tmax_threshold_s: float,
     seed: int,
     reference_registration: bool = False,
+    grid_s=None,
 ) -> Path:
     """Write both layouts for the ``train`` and ``val`` rows of ``subjects``.
 
     ``subjects``: dicts with ``participant_id``, ``split`` and ``reference_dir``. Rows of
-    other splits are ignored. Returns ``data_dir/meta.json``. One subject in memory at a time.
+    other splits are ignored. ``grid_s``: the time grid (s from each subject's first frame;
+    None: the first training subject's). Returns ``data_dir/meta.json``. One subject in
+    memory at a time.
     """
     import nibabel as nib
 
@@ -170,10 +179,13 @@ def write_training_data(
     if not any(r["split"] == "train" for r in rows):
         raise ValueError("no `train` subject to learn from (participants.tsv split column)")
     rows.sort(key=lambda r: (r["split"] != "train", r["participant_id"]))
-    first = load_subject(output_dir, rows[0]["participant_id"])
-    grid = first.times_s - first.times_s[0]
+    if grid_s is None:
+        first = load_subject(output_dir, rows[0]["participant_id"])
+        grid = first.times_s - first.times_s[0]
+        del first
+    else:
+        grid = np.asarray(grid_s, float)
     n_t = grid.size
-    del first
 
     # pass 1: sizes from the headers and masks only
     counts, n_slices, height, width = [], 0, 0, 0

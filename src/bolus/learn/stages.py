@@ -58,12 +58,20 @@ def read_data_verdict(meta) -> dict:
 
 
 def training_data_stage(
-    rows, output_dir, out_meta, *, training=None, seed: int = 0, registration: bool = False
+    rows,
+    output_dir,
+    out_meta,
+    *,
+    training=None,
+    seed: int = 0,
+    registration: bool = False,
+    grid=None,
 ) -> Path:
     """Write the cohort's memory-mapped training data; ``out_meta`` is its ``meta.json``.
 
     Rows whose subject did not complete the perfusion stage (verdict not ok) are left out;
-    with no train subject left, ``meta.json`` says so and every model is skipped."""
+    with no train subject left, ``meta.json`` says so and every model is skipped. ``grid``:
+    the time grid (s from the first frame; None: the first training subject's)."""
     from bolus.io.errors import SubjectError
     from bolus.learn.datasets import write_training_data
 
@@ -84,6 +92,7 @@ def training_data_stage(
             tmax_threshold_s=float(training["lesion_tmax_s"]),
             seed=seed,
             reference_registration=registration,
+            grid_s=grid,
         )
     except SubjectError as exc:  # a training subject's reference is unusable
         return write_data_verdict(out_meta, "skipped", str(exc))
@@ -99,11 +108,13 @@ def train_stage(
     constants=None,
     seed: int = 0,
     threads=None,
+    finetune: bool = False,
 ) -> dict:
     """Train ``model`` on the data beside ``meta`` (resuming from a checkpoint in its folder)
     and leave its verdict ``out_verdict``: ``ok`` (with ``maps``, those the model learned),
     ``skipped`` (the data say why it cannot be trained) or ``failed`` (the error; the
-    traceback is in the log). Never raises for the model: the others and the study go on."""
+    traceback is in the log). Never raises for the model: the others and the study go on.
+    ``finetune``: start from the shipped weights (:mod:`bolus.weights`, checksum checked)."""
     from bolus.io.errors import ModelSkipped
     from bolus.qc import COHORT, write_verdict
 
@@ -120,9 +131,11 @@ def train_stage(
     }
     try:
         from bolus.learn.train import train_model
+        from bolus.weights import verified
 
+        init = verified(model) if finetune else None
         model_file = train_model(model, Path(meta).parent, Path(out_verdict).parent, config,
-                                 threads=threads)  # fmt: skip
+                                 threads=threads, init=init)  # fmt: skip
     except ModelSkipped as exc:
         log.warning("%s skipped: %s", model, exc)
         return write_verdict(out_verdict, COHORT, f"train_{model}", "skipped", str(exc))
@@ -135,7 +148,37 @@ def train_stage(
 
     left = [m for m in model_maps(model) if m not in maps]
     note = f"reference maps lack {', '.join(left)}: not learned" if left else ""
+    if finetune:
+        note = "fine-tuned from the shipped weights" + (f"; {note}" if note else "")
     return write_verdict(out_verdict, COHORT, f"train_{model}", "ok", note, maps=maps)
+
+
+def pretrained_stage(model: str, out_verdict, output_dir) -> dict:
+    """The shipped weights as this study's model: checked against their checksum, copied
+    to :func:`bolus.paths.model_file` (the study keeps the weights it used) and the verdict
+    ``ok`` with their maps; ``skipped`` when ``model`` has no shipped weights."""
+    import shutil
+
+    from bolus.qc import COHORT, write_verdict
+    from bolus.weights import shipped, verified
+
+    _verbose()
+    stage = f"train_{model}"
+    manifest = shipped().get(model)
+    if manifest is None:
+        return write_verdict(out_verdict, COHORT, stage, "skipped",
+                             f"no shipped weights for {model} (training.source: pretrained); "
+                             "train it on the cohort with training.source: scratch")  # fmt: skip
+    try:
+        source = verified(model)
+    except ValueError as exc:
+        return write_verdict(out_verdict, COHORT, stage, "failed", str(exc))
+    target = paths.model_file(output_dir, model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    log.info("%s: the shipped weights %s (sha256 %s)", model, source, manifest["sha256"])
+    return write_verdict(out_verdict, COHORT, stage, "ok", "shipped weights (pretrained)",
+                         maps=list(manifest["maps"]))  # fmt: skip
 
 
 def trained_maps(model_file) -> list[str]:

@@ -167,7 +167,10 @@ def write_curves(history: list[dict], model_dir: Path, figure: bool = True) -> N
     plt.close(fig)
 
 
-def _context(spec, data, params, config, device):
+def _context(spec, data, params, config, device, init=None):
+    """The training context; with ``init`` (the record of the weights fine-tuned) its time
+    grid and target scales, so the weights mean what they meant, and every map it predicts
+    (those the references lack keep what the init learned)."""
     import torch
 
     from bolus.learn.specs import Context
@@ -175,17 +178,28 @@ def _context(spec, data, params, config, device):
     constants = PerfusionConstants.from_config(config)
     trained = target_norm(data, spec.maps)
     untrained = {m: (0.0, 1.0) for m in spec.maps if m not in trained}  # NaN targets: no loss
+    norm = {**trained, **untrained}
+    if init is not None:
+        grid = np.asarray(init["times_s"], float)
+        if grid.shape != np.shape(data.times_s) or not np.allclose(grid, data.times_s):
+            raise ValueError(
+                f"{spec.name}: the training data's time grid ({len(data.times_s)} frames) is "
+                f"not that of the weights fine-tuned ({grid.size} frames)"
+            )
+        norm = {k: tuple(v) for k, v in init["norm"].items()}
     ctx = Context(
         device=device,
         times_s=np.asarray(data.times_s, float),
-        norm={**trained, **untrained},
+        norm=norm,
         params=params,
         kh_over_rho=constants.kh / constants.density_g_ml,
         tmax_threshold_s=float(params["lesion_tmax_s"]),
         autocast=device.type == "cuda" and torch.cuda.is_bf16_supported(),
     )
     ctx.extra["maps"] = [m for m in spec.maps if m in trained]
-    if untrained:
+    if init is not None:
+        ctx.extra["maps"] = [m for m in spec.maps if m in trained or m in init["maps"]]
+    elif untrained:
         log.warning("%s: the reference maps lack %s: not learned", spec.name, ", ".join(untrained))
     return ctx
 
@@ -203,8 +217,23 @@ def _model_record(name, spec, model_state, ctx, params) -> dict:
     }
 
 
-def train_model(name: str, data_dir, model_dir, config: dict | None = None, threads=None) -> Path:
-    """Train model ``name`` on the cohort data in ``data_dir``; returns ``model_dir/model.pt``."""
+def load_init(init) -> dict | None:
+    """The ``model.pt`` record of the weights to fine-tune (None: train from scratch)."""
+    if init is None:
+        return None
+    import torch
+
+    return torch.load(init, map_location="cpu", weights_only=False)
+
+
+def train_model(
+    name: str, data_dir, model_dir, config: dict | None = None, threads=None, init=None
+) -> Path:
+    """Train model ``name`` on the cohort data in ``data_dir``; returns ``model_dir/model.pt``.
+
+    ``init``: a ``model.pt`` record file (the shipped weights, :mod:`bolus.weights`) to
+    fine-tune: its sizes, time grid and target scales are kept, the ``training`` keys
+    (epochs, learning rate, …) are this config's, and a pre-training phase is not redone."""
     import torch
 
     from bolus.learn.datasets import open_layout
@@ -212,6 +241,13 @@ def train_model(name: str, data_dir, model_dir, config: dict | None = None, thre
 
     config = with_defaults(config)
     params = resolve_params(config, name)
+    start = load_init(init)
+    if start is not None:
+        training_keys = set(config["training"]) | {"seed", "threads"}
+        params.update({k: v for k, v in start["params"].items() if k not in training_keys})
+        from bolus.weights import sha256
+
+        params["init_sha256"] = sha256(init)
     if threads:
         torch.set_num_threads(int(threads))
         params["threads"] = int(threads)
@@ -227,7 +263,7 @@ def train_model(name: str, data_dir, model_dir, config: dict | None = None, thre
     if spec.framework == "gan":  # two optimisers (pix2pix): its own loop, same conventions
         return spec.train(name, data_dir, model_dir, params, config, device)
     data = open_layout(data_dir, spec.layout)
-    ctx = _context(spec, data, params, config, device)
+    ctx = _context(spec, data, params, config, device, start)
     log.info("%s: %s on %s, %d time points", name, spec.layout, device, ctx.times_s.size)
     if spec.framework == "sklearn":
         return _fit_sklearn(name, spec, data, ctx, params, model_dir)
@@ -240,6 +276,8 @@ def train_model(name: str, data_dir, model_dir, config: dict | None = None, thre
         )
 
     model = spec.build(ctx.times_s.size, params).to(device)
+    if start is not None:
+        model.load_state_dict(start["state"])
     optimiser = torch.optim.Adam(model.parameters(), lr=float(params["lr"]))
     state = {"phase": 0, "epoch": 0, "epoch_in_phase": 0, "best": float("inf"), "stale": 0}
     history: list[dict] = []
@@ -255,6 +293,8 @@ def train_model(name: str, data_dir, model_dir, config: dict | None = None, thre
     ctx.extra["resumed_at_epoch"] = state["epoch"]
 
     phases = spec.phases(params)
+    if start is not None:  # the shipped weights had their pre-training
+        phases = [(phase, n) for phase, n in phases if phase != "pretrain"]
     patience = int(params["patience"])
     per_batch = int(params["batch_size" if spec.layout == "voxels" else "slices_per_batch"])
     max_batches = params.get("max_batches_per_epoch")

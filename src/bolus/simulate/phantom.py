@@ -558,8 +558,12 @@ def simulate_dsc(
     chunk_voxels: int = 2048,
     tumour_leakage_per_s: float = 0.0,
     artery_blood_fraction: tuple[float, float] | None = None,
+    aif_peak_r2s: tuple[float, float] = AIF_PEAK_DELTA_R2S,
 ) -> DSCSimulation:
     """Simulate the DSC series of ``phantom`` and its truth maps (see the module docstring).
+
+    ``aif_peak_r2s``: the range (1/s) the arterial peak ΔR2* is drawn from (a lower one: a
+    smaller dose or a longer injection).
 
     ``tumour_leakage_per_s`` (k2, 1/s; 0: none) and ``artery_blood_fraction`` ((low, high);
     None: pure arterial blood) are the optional contrast leakage and partial-volume arteries
@@ -581,7 +585,7 @@ def simulate_dsc(
         "recirculation_fraction": rng.uniform(0.08, 0.15),
         "recirculation_delay_s": rng.uniform(7.0, 10.0),
     }
-    aif_peak_r2s = rng.uniform(*AIF_PEAK_DELTA_R2S)
+    aif_peak_r2s = rng.uniform(*aif_peak_r2s)
     aif = arterial_input(t_fine, peak_mM=1.0, **params)
     aif *= aif_peak_r2s / BLOOD_RELAXIVITY / aif.max()
     vof_delay, vof_dispersion = np.round(rng.uniform(5.0, 7.0), 1), rng.uniform(2.5, 3.5)

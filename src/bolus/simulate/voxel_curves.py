@@ -45,6 +45,60 @@ FINE_DT_S = 0.25
 MAX_DURATION_S = 120.0
 
 
+@dataclass(frozen=True)
+class DrawRanges:
+    """The ranges :func:`simulate_voxel_curves` draws from (s, ml/100 g/min, ml/100 g).
+
+    The defaults are the table of the module docstring (the transformer's pre-training);
+    :data:`ACROSS_PROTOCOLS` are the wider ones the shipped weights learn from. Delays are
+    drawn half from ``delay_short_s``, half from ``delay_long_s``. With ``frames`` set, an
+    acquisition has that many frames (log-uniform, at most :data:`MAX_DURATION_S` long,
+    never shorter than arrival + δ + 35 s) instead of a duration from ``duration_s``.
+    ``dsc_fraction`` of the acquisitions are DSC signal (S = S0·exp(−TE·ΔR2*), Rician noise
+    of σ = S0/``snr``, ΔR2* of the AIF peak ``aif_peak_r2s``, converted back with the mean
+    pre-arrival signal as S0); the others carry Gaussian noise on the concentration
+    (``tissue_cnr``, ``aif_cnr``: CT perfusion and the default). ``aif_partial_volume``
+    scales each measured AIF by a factor drawn from it (a partial-volume AIF): the maps the
+    curves identify are then CBF and CBV divided by that factor, as for SVD.
+    """
+
+    arrival_s: tuple[float, float] = (4.0, 20.0)
+    delay_short_s: tuple[float, float] = (0.0, 4.0)
+    delay_long_s: tuple[float, float] = (0.0, 25.0)
+    cbf: tuple[float, float] = (5.0, 130.0)
+    mtt_s: tuple[float, float] = (2.0, 16.0)
+    max_cbv: float = 15.0
+    tr_s: tuple[float, float] = (0.8, 2.5)
+    duration_s: tuple[float, float] = (45.0, MAX_DURATION_S)
+    frames: tuple[int, int] | None = None
+    tissue_cnr: tuple[float, float] = (4.0, 60.0)
+    aif_cnr: tuple[float, float] = (30.0, 300.0)
+    dsc_fraction: float = 0.0
+    te_s: tuple[float, float] = (0.020, 0.050)
+    snr: tuple[float, float] = (15.0, 200.0)
+    aif_peak_r2s: tuple[float, float] = (20.0, 90.0)
+    aif_voxels: tuple[int, int] = (4, 20)
+    aif_partial_volume: tuple[float, float] | None = None
+
+
+#: the shipped weights' draws (bolus.learn.pretrain): DSC and CT perfusion protocols of
+#: sampling interval 0.5–2.5 s and 40–150 frames, TE 20–50 ms, SNR 15–200, AIF peak ΔR2*
+#: 20–90 1/s, partial-volume AIF scaling 0.6–1, delays −2 … +10 s, CBF 2–120, MTT 1.5–20 s
+ACROSS_PROTOCOLS = DrawRanges(
+    arrival_s=(3.0, 25.0),
+    delay_short_s=(-2.0, 3.0),
+    delay_long_s=(-2.0, 10.0),
+    cbf=(2.0, 120.0),
+    mtt_s=(1.5, 20.0),
+    max_cbv=20.0,
+    tr_s=(0.5, 2.5),
+    frames=(40, 150),
+    tissue_cnr=(3.0, 60.0),
+    dsc_fraction=0.7,
+    aif_partial_volume=(0.6, 1.0),
+)
+
+
 @dataclass
 class VoxelCurves:
     """A batch of simulated acquisitions of one voxel each (n rows, frames padded to F)."""
@@ -65,6 +119,8 @@ class VoxelCurves:
     delay_s: np.ndarray  # (n,) δ, arrival delay of the local AIF
     dispersion_s: np.ndarray  # (n,) β
     tmax_s: np.ndarray  # (n,) δ + argmax(h_β ⊗ R)
+    ttp_s: np.ndarray  # (n,) time from the first frame to the noise-free tissue peak
+    aif_scale: np.ndarray  # (n,) measured / true AIF (partial volume; 1: none)
 
     def sample_on(self, times_s, rng: np.random.Generator):
         """Noisy tissue and AIF and the noise-free local AIF at shared times ``times_s``
@@ -107,14 +163,20 @@ def _shift(curves, delay_s, dt):
 
 
 def simulate_voxel_curves(
-    rng: np.random.Generator, n: int, constants, *, max_delay_s: float = 25.0
+    rng: np.random.Generator,
+    n: int,
+    constants,
+    *,
+    max_delay_s: float | None = 25.0,
+    ranges: DrawRanges = DrawRanges(),
 ) -> VoxelCurves:
-    """Draw ``n`` voxel acquisitions (see the module docstring); ``constants`` is a
-    :class:`bolus.config.PerfusionConstants`; ``max_delay_s`` bounds the long delays
-    (half the voxels 0–``max_delay_s``, the others 0–min(4 s, ``max_delay_s``))."""
+    """Draw ``n`` voxel acquisitions (see the module docstring and :class:`DrawRanges`);
+    ``constants`` is a :class:`bolus.config.PerfusionConstants`; ``max_delay_s`` is the
+    upper bound of the long delays (None: ``ranges.delay_long_s``')."""
+    r = ranges
     t = np.arange(int(MAX_DURATION_S / FINE_DT_S) + 1) * FINE_DT_S
     col = (n, 1)
-    arrival = rng.uniform(4.0, 20.0, n)
+    arrival = rng.uniform(*r.arrival_s, n)
     # global AIF: gamma-variate with recirculation and tail, or Parker
     alpha, beta = rng.uniform(2.0, 4.5, n), rng.uniform(0.8, 2.0, n)
     gamma = gamma_variate(t, arrival.reshape(col), alpha.reshape(col), beta.reshape(col), 1.0)
@@ -133,8 +195,11 @@ def simulate_voxel_curves(
     aif /= aif.max(axis=1, keepdims=True)
 
     short = rng.random(n) < 0.5
+    longest = r.delay_long_s[1] if max_delay_s is None else float(max_delay_s)
     delay = np.where(
-        short, rng.uniform(0, min(4.0, max_delay_s), n), rng.uniform(0, max_delay_s, n)
+        short,
+        rng.uniform(r.delay_short_s[0], min(r.delay_short_s[1], longest), n),
+        rng.uniform(r.delay_long_s[0], longest, n),
     )
     delay = np.minimum(delay, 55.0 - arrival)
     dispersion = np.where(rng.random(n) < 0.5, rng.uniform(0, 1.5, n), rng.uniform(0, 4.0, n))
@@ -142,8 +207,8 @@ def simulate_voxel_curves(
         _shift(aif, delay, FINE_DT_S), exponential_kernel(t, dispersion), FINE_DT_S
     )
 
-    cbf = _loguniform(rng, 5.0, 130.0, n)
-    mtt = rng.uniform(2.0, np.minimum(16.0, 60.0 * 15.0 / cbf), n)
+    cbf = _loguniform(rng, *r.cbf, n)
+    mtt = rng.uniform(r.mtt_s[0], np.minimum(r.mtt_s[1], 60.0 * r.max_cbv / cbf), n)
     shape = rng.uniform(1.0, 6.0, n)
     flow = cbf[:, None] / 6000.0 * constants.density_g_ml / constants.kh
     residue = residue_function(t + FINE_DT_S / 2, mtt, shape)
@@ -152,10 +217,12 @@ def simulate_voxel_curves(
     tmax = effective_residue_peak_time(window, mtt, shape, delay, dispersion)
 
     # acquisition: TR, duration, sampling, noise
-    tr = rng.uniform(0.8, 2.5, n)
-    duration = np.clip(
-        np.maximum(rng.uniform(45.0, MAX_DURATION_S, n), arrival + delay + 35.0), 0, t[-1]
-    )
+    tr = rng.uniform(*r.tr_s, n)
+    if r.frames is None:
+        duration = rng.uniform(*r.duration_s, n)
+    else:
+        duration = (np.round(_loguniform(rng, r.frames[0], r.frames[1] + 0.5, n)) - 1) * tr
+    duration = np.clip(np.maximum(duration, arrival + delay + 35.0), 0, t[-1])
     n_frames = np.floor(duration / tr).astype(int) + 1
     frames = n_frames.max()
     times = np.arange(frames)[None, :] * tr[:, None]
@@ -168,11 +235,25 @@ def simulate_voxel_curves(
     def sample(curves):
         return np.where(valid, curves[rows, i0] * (1 - w) + curves[rows, i0 + 1] * w, 0.0)
 
-    tissue_cnr = _loguniform(rng, 4.0, 60.0, n)
-    aif_cnr = _loguniform(rng, 30.0, 300.0, n)
+    tissue_cnr = _loguniform(rng, *r.tissue_cnr, n)
+    aif_cnr = _loguniform(rng, *r.aif_cnr, n)
     sigma_t = tissue.max(axis=1) / tissue_cnr
     noisy_tissue = sample(tissue) + valid * sigma_t[:, None] * rng.standard_normal((n, frames))
     noisy_aif = sample(aif) + valid * (1.0 / aif_cnr)[:, None] * rng.standard_normal((n, frames))
+    sigma = np.column_stack([sigma_t, 1.0 / aif_cnr])
+    if r.dsc_fraction > 0:
+        dsc = rng.random(n) < r.dsc_fraction
+        tissue_dsc, aif_dsc, sigma_dsc = _dsc_signal(
+            rng, sample(tissue), sample(aif), valid, times < arrival[:, None] - 1.0, r
+        )
+        noisy_tissue = np.where(dsc[:, None], tissue_dsc, noisy_tissue)
+        noisy_aif = np.where(dsc[:, None], aif_dsc, noisy_aif)
+        sigma = np.where(dsc[:, None], sigma_dsc, sigma)
+    scale = np.ones(n)
+    if r.aif_partial_volume is not None:
+        scale = rng.uniform(*r.aif_partial_volume, n)
+        noisy_aif = noisy_aif * scale[:, None]
+    ttp = t[np.argmax(tissue, axis=1)]
     return VoxelCurves(
         time_s=np.where(valid, times, np.nan),
         n_frames=n_frames,
@@ -182,7 +263,7 @@ def simulate_voxel_curves(
         fine_aif=aif,
         fine_local_aif=local,
         fine_tissue=tissue,
-        noise_sigma=np.column_stack([sigma_t, 1.0 / aif_cnr]),
+        noise_sigma=sigma,
         cbf=cbf,
         cbv=cbf * mtt / 60.0,
         mtt_s=mtt,
@@ -190,6 +271,39 @@ def simulate_voxel_curves(
         delay_s=delay,
         dispersion_s=dispersion,
         tmax_s=tmax,
+        ttp_s=ttp,
+        aif_scale=scale,
+    )
+
+
+def _dsc_signal(rng, tissue, aif, valid, baseline, r: DrawRanges):
+    """DSC acquisitions of noise-free (n, F) tissue and AIF concentrations (AIF peak 1):
+    S = exp(−TE·ΔR2*) with ΔR2* = peak·C, Rician noise σ = 1/SNR (the AIF the mean of
+    ``aif_voxels`` voxels), back to ΔR2*/peak with the mean ``baseline`` signal as S0.
+    Returns the noisy tissue and AIF (n, F) and their effective σ (n, 2), in AIF-peak units."""
+    n, frames = tissue.shape
+    te = rng.uniform(*r.te_s, n)[:, None]
+    peak = rng.uniform(*r.aif_peak_r2s, n)[:, None]
+    snr = _loguniform(rng, *r.snr, n)[:, None]
+    n_aif = rng.integers(r.aif_voxels[0], r.aif_voxels[1] + 1, n)[:, None]
+    baseline = baseline & valid
+    baseline[:, :2] = True  # at least two frames
+
+    def acquire(conc, sigma):
+        signal = np.exp(-te * peak * conc)
+        noisy = np.hypot(
+            signal + sigma * rng.standard_normal((n, frames)),
+            sigma * rng.standard_normal((n, frames)),
+        )
+        s0 = (noisy * baseline).sum(axis=1, keepdims=True) / baseline.sum(axis=1, keepdims=True)
+        out = -np.log(np.maximum(noisy, 1e-3) / s0) / (te * peak)
+        return np.where(valid, out, 0.0)
+
+    sigma_t, sigma_a = 1.0 / snr, 1.0 / (snr * np.sqrt(n_aif))
+    return (
+        acquire(tissue, sigma_t),
+        acquire(aif, sigma_a),
+        np.column_stack([(sigma_t / (te * peak))[:, 0], (sigma_a / (te * peak))[:, 0]]),
     )
 
 
@@ -199,7 +313,8 @@ def simulate_on_grid(
     grid_s,
     constants,
     *,
-    max_delay_s: float = 25.0,
+    max_delay_s: float | None = 25.0,
+    ranges: DrawRanges = DrawRanges(),
     curve_scale: float = 1.0,
     aif_scale: float = 1.0,
     chunk: int = 1024,
@@ -207,15 +322,18 @@ def simulate_on_grid(
     """``n`` voxels of :func:`simulate_voxel_curves` (each its own acquisition: TR, length,
     noise) as a model sees a subject: the noisy tissue curve and global AIF interpolated
     linearly onto ``grid_s`` (s from the first frame), holding the end values beyond the
-    acquisition, and divided by the area of the acquired global AIF, as
-    :func:`bolus.learn.datasets.model_inputs` does. Returns float32 ``curves`` (tissue ×
+    acquisition, and divided by the area of the acquired global AIF within the grid's span,
+    as :func:`bolus.learn.datasets.model_inputs` does. Returns float32 ``curves`` (tissue ×
     ``curve_scale``/area), ``aif`` and ``local_aif`` (noise-free, at the grid times; ×
-    ``aif_scale``/area), all (n, T), and ``bad`` (n,) the effective delay ``tmax_s`` (s)."""
+    ``aif_scale``/area), all (n, T), ``bad`` (n,) the effective delay ``tmax_s`` (s), and
+    the maps the curves identify, (n,) each: ``cbf``, ``cbv`` (divided by the AIF's
+    partial-volume scale, as SVD measures them), ``mtt``, ``tmax``, ``ttp``."""
     grid = np.asarray(grid_s, float) - float(np.asarray(grid_s, float)[0])
-    parts: dict[str, list] = {"curves": [], "aif": [], "local_aif": [], "bad": []}
+    names = ("curves", "aif", "local_aif", "bad", "cbf", "cbv", "mtt", "tmax", "ttp")
+    parts: dict[str, list] = {k: [] for k in names}
     for start in range(0, int(n), chunk):
         sim = simulate_voxel_curves(
-            rng, min(chunk, int(n) - start), constants, max_delay_s=max_delay_s
+            rng, min(chunk, int(n) - start), constants, max_delay_s=max_delay_s, ranges=ranges
         )
         m = sim.cbf.size
         rows = np.arange(m)[:, None]
@@ -228,17 +346,23 @@ def simulate_on_grid(
         def on_grid(curves, rows=rows, i0=i0, w=w):
             return curves[rows, i0] * (1 - w) + curves[rows, i0 + 1] * w
 
-        # trapezoid over the acquired frames (the arrays hold 0 beyond them)
-        area = tr[:, 0] * (
-            sim.aif.sum(axis=1) - 0.5 * (sim.aif[:, 0] + sim.aif[rows[:, 0], last[:, 0]])
-        )
-        area = area[:, None]
+        # trapezoid over the acquired frames within the grid's span (the arrays hold 0
+        # beyond the acquisition)
+        within = np.minimum(last[:, 0], np.floor(grid[-1] / tr[:, 0] + 1e-6).astype(int))
+        inside = np.arange(sim.aif.shape[1])[None, :] <= within[:, None]
+        ends = sim.aif[:, 0] + sim.aif[rows[:, 0], within]
+        area = (tr[:, 0] * ((sim.aif * inside).sum(axis=1) - 0.5 * ends))[:, None]
         local_pos = np.clip(grid / FINE_DT_S, 0, sim.fine_time_s.size - 1.001)
         j0 = np.floor(local_pos).astype(int)
         v = local_pos - j0
         local = sim.fine_local_aif[:, j0] * (1 - v) + sim.fine_local_aif[:, j0 + 1] * v
         parts["curves"].append(on_grid(sim.tissue) * curve_scale / area)
         parts["aif"].append(on_grid(sim.aif) * aif_scale / area)
-        parts["local_aif"].append(local * aif_scale / area)
+        parts["local_aif"].append(local * sim.aif_scale[:, None] * aif_scale / area)
         parts["bad"].append(sim.tmax_s)
+        parts["cbf"].append(sim.cbf / sim.aif_scale)
+        parts["cbv"].append(sim.cbv / sim.aif_scale)
+        parts["mtt"].append(sim.mtt_s)
+        parts["tmax"].append(sim.tmax_s)
+        parts["ttp"].append(sim.ttp_s)
     return {k: np.concatenate(v).astype(np.float32) for k, v in parts.items()}
