@@ -1,4 +1,4 @@
-from bolus.learn.tof import tof_training_data_stage
+from bolus.learn.stages import tof_training_data_stage
 from bolus.smk import logged
 
 s = snakemake  # noqa: F821 (injected by Snakemake)

@@ -112,7 +112,7 @@ def test_the_search_picks_the_rate_that_learns_and_training_uses_it(data_dir, tm
     record = torch.load(model_dir / "model.pt", weights_only=False)
     assert record["params"]["lr"] == pytest.approx(3e-3)
     checkpoint = torch.load(model_dir / "checkpoint.pt", weights_only=False)
-    assert checkpoint["optimiser"]["param_groups"][0]["lr"] == pytest.approx(3e-3)
+    assert checkpoint["optimisers"][0]["param_groups"][0]["lr"] == pytest.approx(3e-3)
 
 
 def test_a_finished_search_is_not_repeated_and_the_search_is_off_by_default(

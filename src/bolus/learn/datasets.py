@@ -281,7 +281,40 @@ def write_training_data(
 
 
 # ----------------------------------------------------------------------------- reading
-class _Layout:
+class Rows:
+    """The row/batch interface the training engine reads: ``rows(split)`` (the subclass's)
+    and ``batches``; indexing by array name."""
+
+    arrays: dict
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.arrays[name]
+
+    def rows(self, split: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def batches(self, split: str, batch_size: int, rng: np.random.Generator | None):
+        """Row indices of ``split`` in batches (shuffled by ``rng``; in order when None)."""
+        rows = self.rows(split)
+        if rng is not None:
+            rows = rng.permutation(rows)
+        for at in range(0, rows.size, batch_size):
+            yield np.sort(rows[at : at + batch_size])  # sorted: sequential memmap reads
+
+
+class ArrayData(Rows):
+    """Arrays in memory with the row/batch interface of the memory-mapped layouts (the
+    simulated pre-training curves); every 5th row is validation."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = arrays
+        self._val = np.arange(len(next(iter(arrays.values())))) % 5 == 0
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self._val if split == "val" else ~self._val)
+
+
+class _Layout(Rows):
     """Read-only memory maps of one layout; indexing copies only the rows asked for."""
 
     def __init__(self, data_dir, layout: str):
@@ -291,9 +324,6 @@ class _Layout:
         self.arrays = {p.stem: np.load(p, mmap_mode="r") for p in sorted(folder.glob("*.npy"))}
         self.times_s = np.asarray(self.meta["times_s"])
         self.maps = tuple(self.meta["maps"])
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.arrays[name]
 
     def rows(self, split: str) -> np.ndarray:
         """Rows of ``split``. Without ``val`` subjects (a small cohort), every 5th training
@@ -305,14 +335,6 @@ class _Layout:
             held = np.arange(train.size) % 5 == 0
             train, val = train[~held], train[held]
         return train if split == "train" else val
-
-    def batches(self, split: str, batch_size: int, rng: np.random.Generator | None):
-        """Row indices of ``split`` in batches (shuffled by ``rng``; in order when None)."""
-        rows = self.rows(split)
-        if rng is not None:
-            rows = rng.permutation(rows)
-        for at in range(0, rows.size, batch_size):
-            yield np.sort(rows[at : at + batch_size])  # sorted: sequential memmap reads
 
 
 class VoxelData(_Layout):
@@ -327,3 +349,28 @@ class SliceData(_Layout):
 
 def open_layout(data_dir, layout: str) -> _Layout:
     return {"voxels": VoxelData, "slices": SliceData}[layout](data_dir)
+
+
+def target_norm(data, maps, max_rows: int = 200_000) -> dict[str, tuple[float, float]]:
+    """(mean, sd) of every map over (a bounded sample of) the training rows; maps with no
+    finite target (the references lack them) are left out: the model does not learn them.
+    ModelSkipped when none is left."""
+    rows = data.rows("train")
+    if rows.size > max_rows:
+        rows = np.sort(np.random.default_rng(0).choice(rows, max_rows, replace=False))
+    targets = np.asarray(data["targets"][rows], np.float64)
+    if targets.ndim == 4:  # slices: (K, M, H, W) → (voxels, M)
+        targets = np.moveaxis(targets, 1, -1).reshape(-1, targets.shape[1])
+    norm = {}
+    for name in maps:
+        column = targets[:, data.maps.index(name)]
+        column = column[np.isfinite(column)]
+        if column.size:  # a map the references lack is not learned (its targets are NaN)
+            norm[name] = (float(column.mean()), float(max(column.std(), 1e-3)))
+    if not norm:
+        from bolus.io.errors import ModelSkipped
+
+        raise ModelSkipped(
+            f"the reference maps hold none of the maps it predicts ({', '.join(maps)})"
+        )
+    return norm

@@ -78,19 +78,22 @@ def _fold_loss(spec, data, held, ctx, params, lr, epochs, seed) -> float:
     """Held-out loss after ``epochs`` epochs of the last phase on one fold's training rows."""
     import torch
 
-    from bolus.learn.train import _validate, train_epoch
+    from bolus.learn.epoch import train_epoch, validate
 
     phase = spec.phases(params)[-1][0]
     source = FoldData(data, held)
     torch.manual_seed(seed)
     model = spec.build(ctx.times_s.size, params).to(ctx.device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    per_batch = int(params["batch_size" if spec.layout == "voxels" else "slices_per_batch"])
+    spec.prepare(model, source, ctx)
+    optimisers = spec.optimisers(model, {**params, "lr": lr})
+    per_batch = spec.batch_size(params)
     max_batches = params.get("max_batches_per_epoch")
     best = math.inf
     for epoch in range(epochs):
-        train_epoch(spec, model, optimiser, source, ctx, phase, per_batch, max_batches, seed, epoch)
-        val = _validate(spec, model, source, ctx, phase, per_batch, seed)
+        train_epoch(
+            spec, model, optimisers, source, ctx, phase, per_batch, max_batches, seed, epoch
+        )
+        val = validate(spec, model, source, ctx, phase, per_batch, seed)
         if math.isfinite(val):
             best = min(best, val)
     return best

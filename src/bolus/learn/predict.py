@@ -1,10 +1,12 @@
 """Apply a trained model to one subject: maps in the subject's native DSC grid.
 
-:func:`predict_subject` reads the subject's pipeline outputs (concentration series, AIF,
-brain mask, motion-corrected series for S0), normalises them onto the model's time grid
-exactly as training did (:func:`bolus.learn.datasets.model_inputs`), runs the model and
-writes ``sub-<label>_desc-<model>_<map>.nii.gz`` for the maps the model predicts, with the
-converted series' affine. Maps are float32, 0 outside the brain mask, CBF/CBV/Tmax ≥ 0.
+:func:`predict_subject` reads the subject's inputs as the model's spec says
+(:meth:`bolus.learn.specs.ModelSpec.subject_inputs`: the concentration series, AIF, brain
+mask and motion-corrected series for S0, normalised onto the model's time grid exactly as
+training did, :func:`bolus.learn.datasets.model_inputs`; pix2pix: the coregistered TOF-MRA),
+runs the model and writes ``sub-<label>_desc-<model>_<map>.nii.gz`` for the maps the model
+predicts, with the converted series' affine. Maps are float32, 0 outside the brain mask,
+CBF/CBV/Tmax ≥ 0.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ def load_trained(model_file, device="cpu", threads=None):
     """(spec, model, ctx) from a ``model.pt`` written by :func:`bolus.learn.train.train_model`."""
     import torch
 
-    from bolus.learn.specs import Context, get_spec
-    from bolus.learn.train import pick_device
+    from bolus.learn.specs import Context, get_spec, pick_device
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -33,8 +34,8 @@ def load_trained(model_file, device="cpu", threads=None):
         times_s=np.asarray(record["times_s"], float),
         norm={k: tuple(v) for k, v in record["norm"].items()},
         params=record["params"],
-        kh_over_rho=float(record["kh_over_rho"]),
-        tmax_threshold_s=float(record["tmax_threshold_s"]),
+        kh_over_rho=float(record.get("kh_over_rho", 0.0)),  # records of pix2pix before
+        tmax_threshold_s=float(record.get("tmax_threshold_s", 6.0)),  # the one engine lack them
         autocast=device.type == "cuda" and torch.cuda.is_bf16_supported(),
     )
     ctx.extra["maps"] = list(record.get("maps", spec.maps))
@@ -51,24 +52,26 @@ def load_trained(model_file, device="cpu", threads=None):
 
 def predict_maps(spec, model, ctx, subject) -> dict[str, np.ndarray]:
     """{map: (X, Y, Z) float32} for a :class:`bolus.learn.datasets.SubjectSeries`."""
-    from bolus.learn.datasets import model_inputs
-
-    curves, aif, s0 = model_inputs(subject, ctx.times_s + subject.times_s[0])
-    return spec.predict(model, (curves, aif, s0, subject.mask), ctx)
+    return spec.predict(model, spec.series_inputs(subject, ctx), ctx)
 
 
 def predict_subject(model_file, output_dir, participant_id: str, device="auto", threads=None):
     """Predict and write one subject's maps; returns the written paths."""
+    import logging
+    import time
+
     from bolus.io.nifti import save_like
-    from bolus.learn.datasets import load_subject
 
     spec, model, ctx = load_trained(model_file, device, threads)
-    subject = load_subject(output_dir, participant_id)
-    maps = predict_maps(spec, model, ctx, subject)
+    inputs, affine = spec.subject_inputs(output_dir, participant_id, ctx)
+    started = time.perf_counter()
+    maps = spec.predict(model, inputs, ctx)
+    logging.getLogger("bolus.learn").info("%s: %s prediction %.2f s on %s", participant_id,
+                                          spec.name, time.perf_counter() - started, ctx.device)  # fmt: skip
     out = paths.SubjectPaths(output_dir, participant_id)
     written = []
     for name in ctx.extra["maps"]:  # those it learned
         path = out.map(spec.name, name)
-        save_like(maps[name], subject.affine, path)
+        save_like(maps[name], affine, path)
         written.append(Path(path))
     return written

@@ -242,7 +242,8 @@ def pretrain(model: str, out_dir, *, device: str = "auto", threads=None, size=No
     same data); training resumes from its checkpoint (``out_dir/<model>/``) when stopped.
     ``size`` (voxels or subjects) and ``epochs`` override the recipe (a quick trial: the
     manifest records what was used)."""
-    from bolus.learn.train import pick_device, resolve_params, train_model
+    from bolus.learn.specs import pick_device
+    from bolus.learn.train import resolve_params, train_model
     from bolus.weights import manifest_file, sha256, weights_file
 
     if model not in RECIPES:

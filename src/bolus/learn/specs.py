@@ -24,8 +24,17 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from bolus.learn.datasets import AIF_SCALE, CURVE_SCALE, MAPS
+from bolus.learn.datasets import AIF_SCALE, CURVE_SCALE, MAPS, target_norm
 from bolus.models import MODELS
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA when present, else the CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device is cuda but no CUDA device is available")
+    return torch.device(name)
 
 
 @dataclass
@@ -99,6 +108,11 @@ def _autocast(ctx: Context):
 
 
 class ModelSpec:
+    """One model for the training engine (:func:`bolus.learn.train.train_model`) and for
+    prediction (:func:`bolus.learn.predict.predict_subject`). A torch model overrides
+    ``build``, ``batch``, ``loss`` and ``predict``; the hooks below have the defaults of a
+    supervised model with one optimiser."""
+
     name: str = ""
     framework = "torch"
 
@@ -119,6 +133,53 @@ class ModelSpec:
 
     def n_frames(self, params, n_timepoints: int) -> int:
         return n_timepoints
+
+    def open_data(self, data_dir):
+        """The training data (memory-mapped) of the model's layout."""
+        from bolus.learn.datasets import open_layout
+
+        return open_layout(data_dir, self.layout)
+
+    def batch_size(self, params) -> int:
+        """Training rows per batch: voxels, or slices."""
+        return int(params["batch_size" if self.layout == "voxels" else "slices_per_batch"])
+
+    def target_norm(self, data) -> dict[str, tuple[float, float]]:
+        """(mean, sd) of every map it learns over the training rows (the maps the
+        references hold; :func:`bolus.learn.datasets.target_norm`)."""
+        return target_norm(data, self.maps)
+
+    def prepare(self, model, data, ctx: Context) -> None:
+        """Fit what the network holds of the training data before the first epoch (and
+        again, identically, before a resume); nothing for most models."""
+
+    def optimisers(self, model, params) -> list:
+        return [torch.optim.Adam(model.parameters(), lr=float(params["lr"]))]
+
+    def step(self, model, optimisers, batch, ctx: Context, phase: str) -> dict[str, float]:
+        """One update on one batch; the losses (``loss`` is the training curve's)."""
+        (optimiser,) = optimisers
+        loss = self.loss(model, batch, ctx, phase)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimiser.step()
+        return {"loss": float(loss.detach())}
+
+    def series_inputs(self, subject, ctx: Context) -> tuple:
+        """What :meth:`predict` takes of a :class:`bolus.learn.datasets.SubjectSeries`: the
+        normalised curves, AIF and S0 on the model's time grid, and the brain mask."""
+        from bolus.learn.datasets import model_inputs
+
+        curves, aif, s0 = model_inputs(subject, ctx.times_s + subject.times_s[0])
+        return curves, aif, s0, subject.mask
+
+    def subject_inputs(self, output_dir, participant_id: str, ctx: Context):
+        """(what :meth:`predict` takes, the affine of the maps) of one subject's outputs."""
+        from bolus.learn.datasets import load_subject
+
+        subject = load_subject(output_dir, participant_id)
+        return self.series_inputs(subject, ctx), subject.affine
 
 
 # ----------------------------------------------------------------------------- voxel-wise
@@ -471,6 +532,86 @@ class STNetSpec(SliceSpec):
         return _clip_physical({m: out[..., i] for i, m in enumerate(self.maps)})
 
 
+# ----------------------------------------------------------------------------- volumes
+class Pix2PixSpec(ModelSpec):
+    """pix2pix (Kossen et al.): coregistered TOF-MRA volume → CBF, CBV, MTT, Tmax, TTP.
+
+    Through the same engine as every model, over the ``tof`` layout
+    (:class:`bolus.learn.tof.TOFData`, one subject volume per batch as in Kossen et al.):
+    two Adam optimisers (β1 0.5), one discriminator then one generator update per volume
+    (:func:`bolus.models.pix2pix.training_step`, BCE + ``l1_weight``·L1); the training curve
+    is the generator's L1, validation its L1 against the reference over the mask, in the
+    targets' [−1, 1] units. The target scales are fitted on the training subjects
+    (:func:`bolus.models.pix2pix.fit_scales`) and held by the network (buffer ``scales``),
+    so the engine's (mean, sd) are the identity. Prediction reads the subject's coregistered
+    TOF, not the DSC series."""
+
+    name = "pix2pix"
+
+    def build(self, n_timepoints, params):
+        from bolus.models.pix2pix import Pix2Pix3D
+
+        return Pix2Pix3D(int(params["base"]), int(params["depth"]), self.maps)
+
+    def open_data(self, data_dir):
+        from bolus.learn.tof import TOFData
+
+        return TOFData(data_dir)
+
+    def batch_size(self, params):
+        return 1
+
+    def target_norm(self, data):
+        return {m: (0.0, 1.0) for m in self.maps}
+
+    def prepare(self, model, data, ctx):
+        from bolus.models.pix2pix import fit_scales
+
+        rows = data.rows("train")
+        targets = [np.asarray(data["targets"][r]) for r in rows]
+        masks = [np.asarray(data["mask"][r]) for r in rows]
+        maps = [{m: t[i] for i, m in enumerate(self.maps)} for t in targets]
+        scales = fit_scales(maps, masks, self.maps)
+        model.scales.copy_(torch.from_numpy(scales))
+        ctx.extra["scales"] = scales
+
+    def optimisers(self, model, params):
+        from bolus.models.pix2pix import optimisers
+
+        return list(optimisers(model, float(params["lr"])))
+
+    def batch(self, data, rows, ctx, phase="train"):
+        (row,) = rows
+        example = data.example(int(row), ctx.extra["scales"], int(ctx.params["depth"]))
+        tof, targets, mask = (v[None].to(ctx.device) for v in example)
+        return {"tof": tof, "targets": targets, "mask": mask}
+
+    def step(self, model, optimisers, batch, ctx, phase):
+        from bolus.models.pix2pix import training_step
+
+        opt_g, opt_d = optimisers
+        parts = training_step(model, opt_g, opt_d, batch["tof"], batch["targets"],
+                              batch["mask"], float(ctx.params["l1_weight"]))  # fmt: skip
+        return {"loss": parts["l1"], "g_adversarial": parts["g_adversarial"], "d_loss": parts["d"]}
+
+    def loss(self, model, batch, ctx, phase="train"):
+        from bolus.models.pix2pix import _masked_l1
+
+        return _masked_l1(model.generator(batch["tof"]), batch["targets"], batch["mask"])
+
+    def subject_inputs(self, output_dir, participant_id, ctx):
+        from bolus.learn.tof import load_tof_subject
+
+        tof, mask, affine = load_tof_subject(output_dir, participant_id, normalise=False)
+        return (tof, mask), affine
+
+    @torch.no_grad()
+    def predict(self, model, inputs, ctx):
+        from bolus.models.pix2pix import predict_subject
+
+        return predict_subject(model, *inputs)
+
+
 SPECS: dict[str, type[ModelSpec]] = {
     s.name: s
     for s in (
@@ -480,6 +621,7 @@ SPECS: dict[str, type[ModelSpec]] = {
         TalebiSpec,
         TalebiTruncatedSpec,
         STNetSpec,
+        Pix2PixSpec,
     )
 }
 
@@ -488,29 +630,3 @@ def get_spec(name: str) -> ModelSpec:
     if name not in SPECS:
         raise ValueError(f"model {name!r} is not implemented (available: {', '.join(SPECS)})")
     return SPECS[name]()
-
-
-class Pix2PixSpec(ModelSpec):
-    """pix2pix (Kossen et al.): coregistered TOF-MRA volume → CBF, CBV, MTT, Tmax, TTP.
-
-    An adversarial model with two optimisers: :func:`bolus.learn.train.train_model` hands it
-    to its own loop (:func:`bolus.learn.tof.train_pix2pix`, same checkpoints, resume, early
-    stopping and curves as the others) over the ``tof`` layout
-    (:func:`bolus.learn.tof.write_tof_training_data`); prediction reads the subject's
-    coregistered TOF (:func:`bolus.learn.tof.predict_stage`), not the DSC series."""
-
-    name = "pix2pix"
-    framework = "gan"
-
-    def build(self, n_timepoints, params):
-        from bolus.learn.tof import build
-
-        return build(params)
-
-    def train(self, name, data_dir, model_dir, params, config, device):
-        from bolus.learn.tof import train_pix2pix
-
-        return train_pix2pix(name, self, data_dir, model_dir, params, config, device)
-
-
-SPECS[Pix2PixSpec.name] = Pix2PixSpec

@@ -98,6 +98,25 @@ def training_data_stage(
         return write_data_verdict(out_meta, "skipped", str(exc))
 
 
+def tof_training_data_stage(rows, output_dir, out_meta, *, registration: bool = False) -> Path:
+    """pix2pix's training data (:func:`bolus.learn.tof.write_tof_training_data`): rows whose
+    TOF or perfusion stage did not succeed are left out; when no train subject is left (no
+    TOF-MRA, no reference maps), ``meta.json`` says why and pix2pix is skipped."""
+    from bolus.io.errors import SubjectError
+    from bolus.learn.tof import write_tof_training_data
+
+    _verbose()
+    usable = usable_rows(usable_rows(rows, output_dir, "perfusion"), output_dir, "tof")
+    if not any(r.get("split") == "train" for r in usable):
+        return write_data_verdict(
+            out_meta, "skipped", "no `train` subject with a TOF-MRA completed the TOF stage"
+        )
+    try:
+        return write_tof_training_data(Path(out_meta).parent, output_dir, usable, registration)
+    except SubjectError as exc:  # e.g. a reference without all five maps
+        return write_data_verdict(out_meta, "skipped", f"pix2pix needs all five maps: {exc}")
+
+
 def train_stage(
     model: str,
     meta,
@@ -202,9 +221,7 @@ def predict_stage(model: str, model_verdict, output_dir, subject: str, *, device
     verdict = read_verdict(model_verdict)
     if verdict.get("status") != "ok":
         raise ModelSkipped(f"{model} was not trained: {verdict.get('reason', '')}")
+    from bolus.learn.predict import predict_subject
+
     model_file = paths.model_file(output_dir, model)
-    if model == "pix2pix":
-        from bolus.learn.tof import predict_subject as predict
-    else:
-        from bolus.learn.predict import predict_subject as predict
-    return predict(model_file, output_dir, subject, device=device, threads=threads)
+    return predict_subject(model_file, output_dir, subject, device=device, threads=threads)

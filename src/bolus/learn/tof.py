@@ -1,4 +1,4 @@
-"""pix2pix (Kossen et al.) in the workflow: TOF training data, adversarial training, prediction.
+"""pix2pix's (Kossen et al.) training data: the coregistered TOF-MRA volumes and references.
 
 Training data (``<output_dir>/models/data/tof/``, written once per cohort)
     one row per train/val subject that completed the TOF stage, every volume on its own DSC
@@ -9,42 +9,26 @@ Training data (``<output_dir>/models/data/tof/``, written once per cohort)
     map defined); ``split`` (S,) uint8 (0 train, 1 val); ``meta.json``: subjects, splits,
     shapes. Memory-mapped (``numpy.lib.format.open_memmap``), one subject in memory at a time.
 
-Training (:func:`train_pix2pix`, called by :func:`bolus.learn.train.train_model`)
-    two Adam optimisers (β1 0.5), generator and discriminator, one discriminator then one
-    generator update per subject volume (batch of one, as in Kossen et al.); loss
-    BCE + ``l1_weight``·L1 (:mod:`bolus.models.pix2pix`). Like every model: seeds from
-    ``seed`` re-set every epoch, ``checkpoint.pt`` (both networks, both optimisers, best
-    weights, history) written after every epoch and resumed from, early stopping when the
-    validation L1 (generator output against the reference in the normalised [−1, 1] units,
-    over the mask) has not improved for ``patience`` epochs, ``curves.tsv``/``curves.png``,
-    ``config.yaml`` and ``model.pt``. Validation subjects: the ``val`` split; without one,
-    every 5th training subject when there are five or more, else the training subjects
-    themselves (a small cohort: the curve then shows fit, not generalisation).
-
-BatchNorm uses the statistics of the volume at hand, in training and at prediction alike
-(Isola et al. 2017 apply batch norm with test-batch statistics; with batches of one volume,
-running averages over few subjects would be unreliable), so no running statistics are kept.
-
-Prediction (:func:`predict_stage`): the subject's coregistered TOF and brain mask → the five
-maps, ``sub-XX_desc-pix2pix_<map>.nii.gz`` in the native DSC grid (0 outside the brain mask).
+Training and prediction go through the engine of every model
+(:func:`bolus.learn.train.train_model`, :func:`bolus.learn.predict.predict_subject`) with
+:class:`bolus.learn.specs.Pix2PixSpec`. Validation subjects: the ``val`` split; without
+one, every 5th training subject when there are five or more, else the training subjects
+themselves (a small cohort: the curve then shows fit, not generalisation).
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import logging
-import time
 from pathlib import Path
 
 import numpy as np
 
 from bolus import paths
 from bolus.io.errors import SubjectError
+from bolus.learn.datasets import Rows
+from bolus.models import MODELS
 
-log = logging.getLogger("bolus.learn")
-
-MAPS = ("cbf", "cbv", "mtt", "tmax", "ttp")
+MAPS = MODELS["pix2pix"].maps
 SPLIT_CODES = {"train": 0, "val": 1}
 
 
@@ -138,26 +122,12 @@ def write_tof_training_data(
     return out
 
 
-def tof_training_data_stage(rows, output_dir, out_meta, *, registration: bool = False) -> Path:
-    """The workflow rule's call: rows whose TOF or perfusion stage did not succeed are left
-    out; when no train subject is left (no TOF-MRA, no reference maps), ``meta.json`` says
-    why and pix2pix is skipped."""
-    from bolus.learn.stages import usable_rows, write_data_verdict
+class TOFData(Rows):
+    """Read-only memory maps of the TOF layout, with the row/batch interface of the other
+    layouts: a row is a subject volume."""
 
-    logging.getLogger("bolus.learn").setLevel(logging.INFO)
-    usable = usable_rows(usable_rows(rows, output_dir, "perfusion"), output_dir, "tof")
-    if not any(r.get("split") == "train" for r in usable):
-        return write_data_verdict(
-            out_meta, "skipped", "no `train` subject with a TOF-MRA completed the TOF stage"
-        )
-    try:
-        return write_tof_training_data(Path(out_meta).parent, output_dir, usable, registration)
-    except SubjectError as exc:  # e.g. a reference without all five maps
-        return write_data_verdict(out_meta, "skipped", f"pix2pix needs all five maps: {exc}")
-
-
-class TOFData:
-    """Read-only memory maps of the TOF layout."""
+    times_s = np.zeros(0)  # no time axis: the model reads the TOF-MRA
+    maps = MAPS
 
     def __init__(self, data_dir):
         data_dir = Path(data_dir)
@@ -188,151 +158,3 @@ class TOFData:
         y, _ = pad_to_multiple(normalise_targets(maps, scales), multiple)
         m, _ = pad_to_multiple(np.asarray(self.arrays["mask"][row], np.float32)[None], multiple)
         return tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in (x, y, m))
-
-
-# ----------------------------------------------------------------------------- model
-def batch_statistics(model):
-    """BatchNorm on the statistics of the volume at hand, in training and evaluation alike
-    (no running statistics kept; see the module docstring)."""
-    from torch import nn
-
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.track_running_stats = False
-            module.running_mean = module.running_var = module.num_batches_tracked = None
-    return model
-
-
-def build(params):
-    from bolus.models.pix2pix import Pix2Pix3D
-
-    return batch_statistics(Pix2Pix3D(int(params["base"]), int(params["depth"]), MAPS))
-
-
-def _val_l1(model, data, rows, scales, depth, device) -> float:
-    import torch
-
-    from bolus.models.pix2pix import _masked_l1
-
-    model.eval()
-    total = 0.0
-    with torch.no_grad():
-        for row in rows:
-            x, y, m = (v[None].to(device) for v in data.example(int(row), scales, depth))
-            total += float(_masked_l1(model.generator(x), y, m))
-    return total / max(len(rows), 1)
-
-
-def train_pix2pix(name, spec, data_dir, model_dir, params, config, device) -> Path:
-    """Adversarial training with checkpoints, resume and early stopping (module docstring)."""
-    import torch
-
-    from bolus.learn.train import (
-        CHECKPOINT,
-        MODEL,
-        _save_atomic,
-        load_checkpoint,
-        run_fingerprint,
-        write_curves,
-    )
-    from bolus.models.pix2pix import fit_scales, optimisers, training_step
-
-    model_dir = Path(model_dir)
-    data = TOFData(data_dir)
-    seed, depth = int(params["seed"]), int(params["depth"])
-    torch.manual_seed(seed)
-    model = build(params).to(device)
-    opt_g, opt_d = optimisers(model, float(params["lr"]))
-    train_rows, val_rows = data.rows("train"), data.rows("val")
-    targets = np.asarray(data.arrays["targets"][train_rows])
-    masks = np.asarray(data.arrays["mask"][train_rows])
-    scales = fit_scales([{m: t[i] for i, m in enumerate(MAPS)} for t in targets], list(masks), MAPS)
-    del targets, masks
-    model.scales.copy_(torch.from_numpy(scales))
-    state = {"epoch": 0, "best": float("inf"), "stale": 0}
-    history: list[dict] = []
-    best = copy.deepcopy(model.state_dict())
-    checkpoint = model_dir / CHECKPOINT
-    fingerprint = run_fingerprint(data_dir, params)
-    saved = load_checkpoint(checkpoint, device, fingerprint)
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        opt_g.load_state_dict(saved["opt_g"])
-        opt_d.load_state_dict(saved["opt_d"])
-        best, state, history = saved["best"], saved["state"], saved["history"]
-        log.info("%s: resumed from %s at epoch %d", name, checkpoint, state["epoch"])
-    scales = model.scales.cpu().numpy()
-    l1_weight = float(params["l1_weight"])
-    epochs, patience = int(params["epochs"]), int(params["patience"])
-    log.info("%s: %d train, %d val volumes on %s", name, train_rows.size, val_rows.size, device)
-    while state["epoch"] < epochs and state["stale"] < patience:
-        epoch, started = state["epoch"], time.perf_counter()
-        torch.manual_seed(seed * 1000 + epoch)
-        sums: dict[str, float] = {}
-        for row in np.random.default_rng([seed, epoch]).permutation(train_rows):
-            x, y, m = (v[None].to(device) for v in data.example(int(row), scales, depth))
-            for k, v in training_step(model, opt_g, opt_d, x, y, m, l1_weight).items():
-                sums[k] = sums.get(k, 0.0) + v / train_rows.size
-        val = _val_l1(model, data, val_rows, scales, depth, device)
-        if val < state["best"]:
-            state["best"], state["stale"] = val, 0
-            best = copy.deepcopy(model.state_dict())
-        else:
-            state["stale"] += 1
-        history.append(
-            {"epoch": epoch + 1, "phase": "train", "train_loss": sums.get("l1", float("nan")),
-             "val_loss": val, "g_adversarial": sums.get("g_adversarial", float("nan")),
-             "d_loss": sums.get("d", float("nan")),
-             "seconds": round(time.perf_counter() - started, 3)}
-        )  # fmt: skip
-        log.info("%s epoch %d: L1 train %.4g val %.4g, D %.3g", name, epoch + 1,
-                 history[-1]["train_loss"], val, history[-1]["d_loss"])  # fmt: skip
-        state["epoch"] += 1
-        _save_atomic(
-            {"model": model.state_dict(), "opt_g": opt_g.state_dict(),
-             "opt_d": opt_d.state_dict(), "best": best, "state": state, "history": history,
-             "fingerprint": fingerprint},
-            checkpoint,
-        )  # fmt: skip
-        write_curves(history, model_dir, figure=False)
-    if history:
-        write_curves(history, model_dir)
-    record = {"name": name, "maps": list(MAPS), "params": params, "state": best,
-              "layout": "tof", "norm": {}, "times_s": [],
-              "scales": scales.tolist()}  # fmt: skip
-    out = model_dir / MODEL
-    _save_atomic(record, out)
-    return out
-
-
-def load_model(model_file, device="cpu"):
-    import torch
-
-    record = torch.load(model_file, map_location=device, weights_only=False)
-    model = build(record["params"])
-    model.load_state_dict(record["state"])
-    return model.to(device).eval()
-
-
-def predict_subject(model_file, output_dir, subject, device="auto", threads=None) -> list[Path]:
-    """Predict one subject's five maps from its coregistered TOF; returns the written paths."""
-    import torch
-
-    from bolus.io.nifti import save_like
-    from bolus.learn.train import pick_device
-    from bolus.models.pix2pix import predict_subject as predict
-
-    logging.getLogger("bolus.learn").setLevel(logging.INFO)
-    if threads:
-        torch.set_num_threads(int(threads))
-    device = pick_device(str(device))
-    model = load_model(model_file, device)
-    tof, mask, affine = load_tof_subject(output_dir, subject, normalise=False)
-    started = time.perf_counter()
-    maps = predict(model, tof, mask)
-    log.info("%s: pix2pix prediction %.2f s on %s", subject, time.perf_counter() - started, device)
-    written = []
-    for name, path in paths.SubjectPaths(output_dir, subject).maps("pix2pix").items():
-        save_like(maps[name], affine, path)
-        written.append(Path(path))
-    return written

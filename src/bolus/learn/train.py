@@ -1,4 +1,7 @@
-"""Training loop of every learned model: device, seeds, checkpoints, resume, early stopping.
+"""The training engine of every learned model: device, seeds, checkpoints, resume, early
+stopping — for pre-training (:mod:`bolus.learn.pretrain`), fine-tuning and cohort training
+alike. A model is a network (:mod:`bolus.models`) and a spec (:mod:`bolus.learn.specs`:
+how to batch, step, score and predict it); the engine holds no model of its own.
 
 :func:`train_model` is what the workflow's training rule (and ``bolus train``) calls. It
 
@@ -7,7 +10,7 @@
 * picks the device (``device: auto`` = CUDA when present, with bf16 autocast there);
 * seeds everything from ``seed``; each epoch re-seeds torch and its batch order from
   (seed, epoch), so a resumed run repeats exactly the epochs an uninterrupted one would;
-* writes ``checkpoint.pt`` (weights, optimiser, best weights, history, phase and epoch)
+* writes ``checkpoint.pt`` (weights, every optimiser, best weights, history, phase and epoch)
   atomically after every epoch and resumes from it when present — a preempted or killed
   job (a requeued Slurm job) restarts at the first epoch it had not finished;
 * stops a phase early when the validation loss has not improved for ``patience`` epochs
@@ -49,64 +52,6 @@ def resolve_params(config: dict | None, model: str) -> dict[str, Any]:
     params.update(config["model_params"].get(model, {}))
     params["seed"] = int(config["seed"])
     return params
-
-
-def pick_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("training.device is cuda but no CUDA device is available")
-    return torch.device(name)
-
-
-def target_norm(data, maps, max_rows: int = 200_000) -> dict[str, tuple[float, float]]:
-    """(mean, sd) of every map over (a bounded sample of) the training rows; maps with no
-    finite target (the references lack them) are left out: the model does not learn them.
-    ModelSkipped when none is left."""
-    rows = data.rows("train")
-    if rows.size > max_rows:
-        rows = np.sort(np.random.default_rng(0).choice(rows, max_rows, replace=False))
-    targets = np.asarray(data["targets"][rows], np.float64)
-    if targets.ndim == 4:  # slices: (K, M, H, W) → (voxels, M)
-        targets = np.moveaxis(targets, 1, -1).reshape(-1, targets.shape[1])
-    norm = {}
-    for name in maps:
-        column = targets[:, data.maps.index(name)]
-        column = column[np.isfinite(column)]
-        if column.size:  # a map the references lack is not learned (its targets are NaN)
-            norm[name] = (float(column.mean()), float(max(column.std(), 1e-3)))
-    if not norm:
-        from bolus.io.errors import ModelSkipped
-
-        raise ModelSkipped(
-            f"the reference maps hold none of the maps it predicts ({', '.join(maps)})"
-        )
-    return norm
-
-
-class ArrayData:
-    """Arrays in memory with the row/batch interface of the memory-mapped layouts
-    (the simulated pre-training curves); every 5th row is validation."""
-
-    def __init__(self, arrays: dict[str, np.ndarray]):
-        self.arrays = arrays
-        n = len(next(iter(arrays.values())))
-        self._val = np.arange(n) % 5 == 0
-
-    def __getitem__(self, name):
-        return self.arrays[name]
-
-    def rows(self, split: str) -> np.ndarray:
-        return np.flatnonzero(self._val if split == "val" else ~self._val)
-
-    def batches(self, split, batch_size, rng):
-        rows = self.rows(split)
-        if rng is not None:
-            rows = rng.permutation(rows)
-        for at in range(0, rows.size, batch_size):
-            yield np.sort(rows[at : at + batch_size])
 
 
 def run_fingerprint(data_dir, params: dict) -> str:
@@ -176,7 +121,7 @@ def _context(spec, data, params, config, device, init=None):
     from bolus.learn.specs import Context
 
     constants = PerfusionConstants.from_config(config)
-    trained = target_norm(data, spec.maps)
+    trained = spec.target_norm(data)
     untrained = {m: (0.0, 1.0) for m in spec.maps if m not in trained}  # NaN targets: no loss
     norm = {**trained, **untrained}
     if init is not None:
@@ -236,8 +181,8 @@ def train_model(
     (epochs, learning rate, …) are this config's, and a pre-training phase is not redone."""
     import torch
 
-    from bolus.learn.datasets import open_layout
-    from bolus.learn.specs import get_spec
+    from bolus.learn.epoch import epoch_means, train_epoch, validate
+    from bolus.learn.specs import get_spec, pick_device
 
     config = with_defaults(config)
     params = resolve_params(config, name)
@@ -260,9 +205,7 @@ def train_model(
     device = pick_device(str(params["device"]))
     seed = int(params["seed"])
     torch.manual_seed(seed)
-    if spec.framework == "gan":  # two optimisers (pix2pix): its own loop, same conventions
-        return spec.train(name, data_dir, model_dir, params, config, device)
-    data = open_layout(data_dir, spec.layout)
+    data = spec.open_data(data_dir)
     ctx = _context(spec, data, params, config, device, start)
     log.info("%s: %s on %s, %d time points", name, spec.layout, device, ctx.times_s.size)
     if spec.framework == "sklearn":
@@ -276,9 +219,10 @@ def train_model(
         )
 
     model = spec.build(ctx.times_s.size, params).to(device)
+    spec.prepare(model, data, ctx)
     if start is not None:
         model.load_state_dict(start["state"])
-    optimiser = torch.optim.Adam(model.parameters(), lr=float(params["lr"]))
+    optimisers = spec.optimisers(model, params)
     state = {"phase": 0, "epoch": 0, "epoch_in_phase": 0, "best": float("inf"), "stale": 0}
     history: list[dict] = []
     best_weights = copy.deepcopy(model.state_dict())
@@ -287,16 +231,25 @@ def train_model(
     saved = load_checkpoint(checkpoint, device, fingerprint)
     if saved is not None:
         model.load_state_dict(saved["model"])
-        optimiser.load_state_dict(saved["optimiser"])
+        for optimiser, saved_state in zip(optimisers, saved["optimisers"], strict=True):
+            optimiser.load_state_dict(saved_state)
         best_weights, state, history = saved["best"], saved["state"], saved["history"]
         log.info("%s: resumed from %s at epoch %d", name, checkpoint, state["epoch"])
     ctx.extra["resumed_at_epoch"] = state["epoch"]
+
+    def save_checkpoint():
+        _save_atomic(
+            {"model": model.state_dict(), "optimisers": [o.state_dict() for o in optimisers],
+             "best": best_weights, "state": state, "history": history,
+             "fingerprint": fingerprint},
+            checkpoint,
+        )  # fmt: skip
 
     phases = spec.phases(params)
     if start is not None:  # the shipped weights had their pre-training
         phases = [(phase, n) for phase, n in phases if phase != "pretrain"]
     patience = int(params["patience"])
-    per_batch = int(params["batch_size" if spec.layout == "voxels" else "slices_per_batch"])
+    per_batch = spec.batch_size(params)
     max_batches = params.get("max_batches_per_epoch")
     while state["phase"] < len(phases):
         phase, n_epochs = phases[state["phase"]]
@@ -304,43 +257,29 @@ def train_model(
         while state["epoch_in_phase"] < n_epochs and state["stale"] < patience:
             epoch, started = state["epoch"], time.perf_counter()
             losses = train_epoch(
-                spec, model, optimiser, source, ctx, phase, per_batch, max_batches, seed, epoch
+                spec, model, optimisers, source, ctx, phase, per_batch, max_batches, seed, epoch
             )
-            val = _validate(spec, model, source, ctx, phase, per_batch, seed)
+            val = validate(spec, model, source, ctx, phase, per_batch, seed)
             if val < state["best"]:
                 state["best"], state["stale"] = val, 0
                 best_weights = copy.deepcopy(model.state_dict())
             else:
                 state["stale"] += 1
+            means = epoch_means(losses)
             history.append(
-                {
-                    "epoch": epoch + 1,
-                    "phase": phase,
-                    "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                    "val_loss": val,
-                    "seconds": round(time.perf_counter() - started, 3),
-                }
-            )
+                {"epoch": epoch + 1, "phase": phase, "train_loss": means.pop("loss"),
+                 "val_loss": val, **means, "seconds": round(time.perf_counter() - started, 3)}
+            )  # fmt: skip
             log.info("%s %s epoch %d: train %.4g val %.4g", name, phase, epoch + 1,
                      history[-1]["train_loss"], val)  # fmt: skip
             state["epoch"] += 1
             state["epoch_in_phase"] += 1
-            _save_atomic(
-                {"model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                 "best": best_weights, "state": state, "history": history,
-                 "fingerprint": fingerprint},
-                checkpoint,
-            )  # fmt: skip
+            save_checkpoint()
             write_curves(history, model_dir, figure=False)  # the figure once, at the end
         # next phase (fine-tuning) starts from this phase's best weights
         model.load_state_dict(best_weights)
         state.update(phase=state["phase"] + 1, epoch_in_phase=0, best=float("inf"), stale=0)
-        _save_atomic(
-            {"model": model.state_dict(), "optimiser": optimiser.state_dict(),
-             "best": best_weights, "state": state, "history": history,
-             "fingerprint": fingerprint},
-            checkpoint,
-        )  # fmt: skip
+        save_checkpoint()
     if history:
         write_curves(history, model_dir)
     out = model_dir / MODEL
@@ -353,7 +292,7 @@ def _phase_data(phase, data, ctx, params, config):
         return data
     cached = ctx.extra.get("pretrain_data")
     if cached is None:
-        from bolus.learn.datasets import AIF_SCALE, CURVE_SCALE
+        from bolus.learn.datasets import AIF_SCALE, CURVE_SCALE, ArrayData
         from bolus.simulate.voxel_curves import simulate_on_grid
 
         sim = simulate_on_grid(
@@ -368,44 +307,6 @@ def _phase_data(phase, data, ctx, params, config):
         cached = ctx.extra["pretrain_data"] = ArrayData(sim)
         ctx.extra["pretrain"] = sim
     return cached
-
-
-def train_epoch(
-    spec, model, optimiser, source, ctx, phase, per_batch, max_batches, seed, epoch
-) -> list[float]:
-    """One epoch over the ``train`` rows (seeded by ``seed`` and ``epoch``, at most
-    ``max_batches`` batches, gradients clipped at norm 5); the batches' losses."""
-    import torch
-
-    torch.manual_seed(seed * 1000 + epoch)
-    ctx.extra["rng"] = np.random.default_rng([seed, epoch, 1])
-    model.train()
-    losses = []
-    for k, rows in enumerate(
-        source.batches("train", per_batch, np.random.default_rng([seed, epoch]))
-    ):
-        if max_batches and k >= int(max_batches):
-            break
-        loss = spec.loss(model, spec.batch(source, rows, ctx, phase), ctx, phase)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimiser.step()
-        losses.append(float(loss.detach()))
-    return losses
-
-
-def _validate(spec, model, source, ctx, phase, per_batch, seed) -> float:
-    import torch
-
-    model.eval()
-    ctx.extra["rng"] = np.random.default_rng([seed, 999])
-    total, n = 0.0, 0
-    with torch.no_grad():
-        for rows in source.batches("val", per_batch, None):
-            total += float(spec.loss(model, spec.batch(source, rows, ctx, phase), ctx, phase))
-            n += 1
-    return total / n if n else float("nan")
 
 
 def _fit_sklearn(name, spec, data, ctx, params, model_dir) -> Path:

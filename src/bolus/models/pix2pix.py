@@ -25,12 +25,16 @@ scaling does not matter. Targets: map m is scaled linearly from [0, hi_m] to [âˆ
 clipped, hi_m from the training targets (:func:`fit_scales`: 1.2 Ã— their 99th percentile in
 the brain); the scales are stored in the model (buffer ``scales``) and undone at prediction.
 Volumes are zero-padded to multiples of 2^depth and the prediction cropped back.
+
+BatchNorm uses the statistics of the volume at hand, in training and at prediction alike
+(Isola et al. 2017 apply batch norm with test-batch statistics; with batches of one volume,
+running averages over few subjects would be unreliable), so no running statistics are kept.
+
+Training: :class:`bolus.learn.specs.Pix2PixSpec` through the engine of every model
+(:func:`bolus.learn.train.train_model`), one :func:`training_step` per subject volume.
 """
 
 from __future__ import annotations
-
-import csv
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -113,6 +117,10 @@ class Pix2Pix3D(nn.Module):
         self.discriminator = PatchDiscriminator3D(1 + len(self.maps), base)
         self.register_buffer("scales", torch.ones(len(self.maps)))
         self.sizes = {"base": base, "depth": depth}
+        for module in self.modules():  # batch statistics only (module docstring)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.track_running_stats = False
+                module.running_mean = module.running_var = module.num_batches_tracked = None
 
     def forward(self, tof: torch.Tensor) -> torch.Tensor:
         return self.generator(tof)
@@ -220,69 +228,6 @@ def training_step(model, opt_g, opt_d, tof, target, mask, l1_weight: float = L1_
     opt_g.step()
     parts.update(d=float(d_loss.detach()), g_total=float(g_loss.detach()))
     return parts
-
-
-def fit(
-    out_dir,
-    tofs: list[np.ndarray],
-    targets: list[dict[str, np.ndarray]],
-    masks: list[np.ndarray],
-    *,
-    epochs: int,
-    base: int = 16,
-    depth: int = 3,
-    learning_rate: float = 2e-4,
-    seed: int = 0,
-    device: str = "cpu",
-) -> Path:
-    """Train on whole subjects (batch of one volume), checkpoint every epoch
-    (``<out_dir>/pix2pix.pt``) and resume from it; losses in ``pix2pix.tsv``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt, curve = out / "pix2pix.pt", out / "pix2pix.tsv"
-    model = build(base, depth, seed).to(device)
-    opt_g, opt_d = optimisers(model, learning_rate)
-    start = 0
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        start = int(state["epoch"])
-    else:
-        model.scales.copy_(torch.from_numpy(fit_scales(targets, masks)))
-        if curve.exists():
-            curve.unlink()
-    scales = model.scales.cpu().numpy()
-    data = [
-        subject_tensors(t, y, m, scales, depth)
-        for t, y, m in zip(tofs, targets, masks, strict=True)
-    ]
-    for epoch in range(start, int(epochs)):
-        order = np.random.default_rng([int(seed), epoch]).permutation(len(data))
-        sums: dict[str, float] = {}
-        for i in order:
-            x, y, m = (v[None].to(device) for v in data[i])
-            for k, v in training_step(model, opt_g, opt_d, x, y, m).items():
-                sums[k] = sums.get(k, 0.0) + v / len(data)
-        new = not curve.exists()
-        with open(curve, "a", newline="") as fh:
-            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-            if new:
-                w.writerow(["epoch", *sorted(sums)])
-            w.writerow([epoch + 1, *(f"{sums[k]:.6g}" for k in sorted(sums))])
-        state = {"model": model.state_dict(), "opt_g": opt_g.state_dict(),
-                 "opt_d": opt_d.state_dict(), "epoch": epoch + 1, "sizes": model.sizes}  # fmt: skip
-        torch.save(state, ckpt.with_suffix(".tmp"))
-        ckpt.with_suffix(".tmp").replace(ckpt)
-    return ckpt
-
-
-def load(path, device="cpu") -> Pix2Pix3D:
-    state = torch.load(path, map_location=device, weights_only=False)
-    model = Pix2Pix3D(**state["sizes"])
-    model.load_state_dict(state["model"])
-    return model.to(device).eval()
 
 
 # ----------------------------------------------------------------------------- inference

@@ -60,19 +60,18 @@ target is missing from the batch is skipped.
 
 Training
 --------
-:func:`pretrain` draws fresh simulated voxel curves every step
-(:func:`bolus.simulate.voxel_curves.simulate_voxel_curves`, seeded by (seed, step), so a
-resumed run sees the same data), checkpoints every ``checkpoint_every`` steps and resumes
-from the checkpoint; :func:`fine_tune` adapts a model to cohort voxels (curves, AIF, times,
-reference CBF/CBV/Tmax). :func:`predict_subject` maps a whole subject.
+In the workflow and ``bolus pretrain``, through the engine of every model
+(:func:`bolus.learn.train.train_model` with :class:`bolus.learn.specs.TransformerSpec`:
+pre-training on simulated curves, then fine-tuning on the cohort, with checkpoints and
+resume). :func:`training_step` and :func:`transformer_loss` are the loss of this module's
+own normalisation (:func:`prepare_curves`), for experiments on simulated batches
+(:func:`simulated_batch`); :func:`predict_subject` maps a whole subject with it.
 """
 
 from __future__ import annotations
 
-import csv
 import math
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -118,7 +117,6 @@ class LossWeights:
 
 
 PRETRAIN_WEIGHTS = LossWeights(residue=1.0)
-FINE_TUNE_WEIGHTS = LossWeights(local_aif=0.0, maps=1.0)
 
 
 def _sinusoidal(n: int, d: int) -> torch.Tensor:
@@ -477,145 +475,6 @@ def training_step(model, optimiser, batch, constants, weights=PRETRAIN_WEIGHTS):
     optimiser.step()
     parts["total"] = float(total.detach())
     return parts
-
-
-# ----------------------------------------------------------------------------- training
-CHECKPOINT = "transformer_pretrain.pt"
-CURVE = "transformer_pretrain.tsv"
-
-
-def _save_checkpoint(path: Path, model, optimiser, step: int, extra: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimiser": optimiser.state_dict(),
-            "step": step,
-            "config": asdict(model.config),
-            **extra,
-        },
-        tmp,
-    )
-    tmp.replace(path)  # atomic: a job killed while saving keeps the previous checkpoint
-
-
-def load(path, device="cpu") -> PerfusionTransformer:
-    """A model from a checkpoint written by :func:`pretrain` or :func:`fine_tune`."""
-    state = torch.load(path, map_location=device, weights_only=False)
-    model = PerfusionTransformer(TransformerConfig(**state["config"]))
-    model.load_state_dict(state["model"])
-    return model.to(device).eval()
-
-
-def pretrain(
-    out_dir,
-    *,
-    steps: int,
-    batch_size: int = 256,
-    learning_rate: float = 1e-3,
-    seed: int = 0,
-    device: str = "cpu",
-    checkpoint_every: int = 100,
-    config: TransformerConfig | None = None,
-    constants: PerfusionConstants | None = None,
-    weights: LossWeights = PRETRAIN_WEIGHTS,
-) -> Path:
-    """Pre-train on simulated voxel curves for ``steps`` steps; returns the checkpoint path.
-
-    Writes ``<out_dir>/transformer_pretrain.pt`` every ``checkpoint_every`` steps and at the
-    end, and appends the loss parts of every step to ``transformer_pretrain.tsv``. If the
-    checkpoint exists, training resumes from its step (batch k is drawn from (seed, k), so
-    an interrupted and resumed run trains on the same data as an uninterrupted one).
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    constants = constants or PerfusionConstants.from_config()
-    ckpt, curve = out / CHECKPOINT, out / CURVE
-    torch.manual_seed(int(seed))
-    model = PerfusionTransformer(config).to(device)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
-    total = max(int(steps), 1)
-    schedule = (  # warm-up over 10 % of the steps (at least 2), then cosine decay
-        torch.optim.lr_scheduler.OneCycleLR(
-            optimiser, max_lr=learning_rate, total_steps=total, pct_start=max(0.1, 2.5 / total)
-        )
-        if total >= 5
-        else torch.optim.lr_scheduler.LambdaLR(optimiser, lambda _: 1.0)
-    )
-    start = 0
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        schedule.load_state_dict(state["schedule"])
-        start = int(state["step"])
-    if start == 0 and curve.exists():
-        curve.unlink()
-    cfg = model.config
-    for step in range(start, int(steps)):
-        rng = np.random.default_rng([int(seed), step])
-        batch = {
-            k: v.to(device) for k, v in simulated_batch(rng, batch_size, cfg, constants).items()
-        }
-        parts = training_step(model, optimiser, batch, constants, weights)
-        schedule.step()
-        _append_curve(curve, step + 1, parts)
-        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-            _save_checkpoint(ckpt, model, optimiser, step + 1, {"schedule": schedule.state_dict()})
-    return ckpt
-
-
-def _append_curve(path: Path, step: int, parts: dict) -> None:
-    names = ("total", "bad", "local_aif", "reconstruction", "smoothness", "residue", "cbf", "cbv")
-    new = not path.exists()
-    with open(path, "a", newline="") as fh:
-        writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        if new:
-            writer.writerow(("step", *names))
-        writer.writerow((step, *(f"{parts[n]:.6g}" if n in parts else "" for n in names)))
-
-
-def fine_tune(
-    model: PerfusionTransformer,
-    tissue,
-    aif,
-    time_s,
-    *,
-    cbf=None,
-    cbv=None,
-    tmax=None,
-    steps: int,
-    batch_size: int = 256,
-    learning_rate: float = 2e-4,
-    seed: int = 0,
-    constants: PerfusionConstants | None = None,
-    weights: LossWeights = FINE_TUNE_WEIGHTS,
-) -> list[dict]:
-    """Fine-tune ``model`` in place on cohort voxels; returns the loss parts per step.
-
-    ``tissue`` (n, F) concentration curves, ``aif`` (n, F) their subjects' global AIFs (or
-    (F,) shared), ``time_s`` (F,) or (n, F); ``cbf``/``cbv``/``tmax`` (n,) reference maps
-    (NaN where unknown). Loss: reconstruction of the voxel's own curve + smoothness +
-    BAD against the reference Tmax + CBF/CBV against the reference (``weights.maps``).
-    """
-    constants = constants or PerfusionConstants.from_config()
-    cfg = model.config
-    x, a, valid, _ = prepare_curves(tissue, aif, time_s, cfg)
-    n = x.shape[0]
-    device = next(model.parameters()).device
-    data = {"tissue": torch.from_numpy(x), "valid": torch.from_numpy(valid)}
-    data["aif"] = torch.from_numpy(a if a.ndim == 2 else np.broadcast_to(a, x.shape).copy())
-    for name, values in (("cbf", cbf), ("cbv", cbv), ("bad_s", tmax)):
-        if values is not None:
-            data[name] = torch.as_tensor(np.asarray(values, dtype=np.float32))
-    optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
-    rng = np.random.default_rng(int(seed))
-    history = []
-    for _ in range(int(steps)):
-        rows = torch.from_numpy(rng.choice(n, size=min(batch_size, n), replace=False))
-        batch = {k: v[rows].to(device) for k, v in data.items()}
-        history.append(training_step(model, optimiser, batch, constants, weights))
-    return history
 
 
 # ----------------------------------------------------------------------------- inference
