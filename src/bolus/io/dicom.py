@@ -325,10 +325,17 @@ class _RawValue:
 
 
 class _QuickHeader:
-    """The top-level elements of a classic explicit-VR little-endian DICOM file, found by
-    scanning its bytes (values kept as bytes, sequences skipped): what the series pass reads
-    from every file of a large series at a fraction of a full parse. Anything unusual (other
-    transfer syntaxes, implicit-VR contents) raises :class:`_Unparsable`."""
+    """The top-level elements of a classic explicit-VR little-endian DICOM file up to group
+    0x0028 (image pixel description: everything the series pass reads of a classic file),
+    found by scanning its bytes (values kept as bytes, sequences skipped), and the offset of
+    its pixel data element: what the series pass reads from every file of a large series at
+    a fraction of a full parse. The groups after 0x0028 (vendors' private groups, often most
+    of the header) are not walked: the pixel data element is found from the file's end,
+    where its tag, VR and a length equal to the header's image size identify it. A file of
+    several frames is left to pydicom (enhanced storage). Anything unusual (other transfer
+    syntaxes, implicit-VR contents) raises :class:`_Unparsable`."""
+
+    LAST_GROUP = 0x0028
 
     file_meta = None
     _US = {"Rows": 0x00280010, "Columns": 0x00280011, "BitsAllocated": 0x00280100,
@@ -345,7 +352,25 @@ class _QuickHeader:
         syntax = self.values.get(0x00020010, b"").decode("latin-1").strip(" \0")
         if syntax != _EXPLICIT_LITTLE:
             raise _Unparsable(f"transfer syntax {syntax}")
-        self.offset = self._elements(data, position, len(data), top=True, meta_only=False)
+        self._elements(data, position, len(data), top=True, meta_only=False)
+        self.offset = self._pixel_offset(data)
+
+    def _pixel_offset(self, data: bytes) -> int:
+        """Where the pixel data element starts: its tag, an OB/OW VR and a length that is
+        the image size the header gives (or undefined), searched from the end."""
+        if _PIXEL_DATA in self.values:
+            return self.values.pop("_pixel_at")
+        size = _expected_pixel_bytes(self)
+        at = len(data)
+        while True:
+            at = data.rfind(b"\xe0\x7f\x10\x00", 132, at)
+            if at < 0:
+                raise _Unparsable("no pixel data element")
+            if data[at + 4 : at + 8] in (b"OB\0\0", b"OW\0\0") and at + 12 <= len(data):
+                (length,) = self._unpack("<I", data, at + 8)
+                if length in (size, _UNDEFINED):
+                    self.values[_PIXEL_DATA] = b""
+                    return at
 
     def _elements(self, data, position, end, *, top, meta_only=False, until_item_end=False):
         unpack = self._unpack
@@ -358,6 +383,9 @@ class _QuickHeader:
                 return position + 8
             if top and tag == _PIXEL_DATA:
                 self.values[tag] = b""
+                self.values["_pixel_at"] = position
+                return position
+            if top and not meta_only and group > self.LAST_GROUP:
                 return position
             vr = data[position + 4 : position + 6]
             if vr in _LONG_VRS:
@@ -376,7 +404,7 @@ class _QuickHeader:
                 if top:
                     self.values[tag] = data[start : start + length]
                 position = start + length
-        if until_item_end or top and not meta_only:
+        if until_item_end:
             raise _Unparsable("ended early")
         return position
 
@@ -474,7 +502,7 @@ def series_of_files(files, subject: str = "", where=None) -> list[SeriesInfo]:
                         ds = _QuickHeader(data)
                         offset = ds.offset
                         uid = (_strings(ds, "SeriesInstanceUID") or [""])[0]
-                        if uid not in series or "PerFrameFunctionalGroupsSequence" in ds:
+                        if uid not in series or int(ds.get("NumberOfFrames") or 1) > 1:
                             ds = None  # a new series or enhanced storage: read it in full
                     except (_Unparsable, IndexError, ValueError):
                         ds = None

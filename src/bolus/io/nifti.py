@@ -37,7 +37,19 @@ def load_volume(path: str | Path, dtype=np.float32) -> tuple[np.ndarray, np.ndar
     if dtype.kind != "f":
         raise ValueError(f"load_volume: dtype must be float32 or float64, not {dtype}")
     img = nib.load(str(path))
-    return img.get_fdata(dtype=dtype), np.asarray(img.affine, dtype=np.float64)
+    proxy = img.dataobj
+    if not hasattr(proxy, "get_unscaled"):  # an image held in memory
+        return img.get_fdata(dtype=dtype), np.asarray(img.affine, dtype=np.float64)
+    # the stored values, then slope and intercept in ``dtype``: nibabel's get_fdata scales
+    # through a float64 copy of the whole series (3.1 s against 0.5 s for a 96×96×63×75
+    # int16 series; the values agree to float32 rounding)
+    data = np.asarray(proxy.get_unscaled()).astype(dtype, copy=True)
+    slope, inter = proxy.slope, proxy.inter
+    if slope is not None and np.isfinite(slope) and slope != 1:
+        data *= dtype.type(slope)
+    if inter is not None and np.isfinite(inter) and inter != 0:
+        data += dtype.type(inter)
+    return data, np.asarray(img.affine, dtype=np.float64)
 
 
 def save_like(

@@ -83,8 +83,11 @@ def check_signal(data, times_s, subject: str, source, modality: str = "dsc") -> 
             f"only {n} time points; perfusion needs at least {MIN_TIMEPOINTS} "
             "(baseline and the whole first pass of the bolus)",
         )
-    finite = np.isfinite(data)
-    if not finite.all():
+    # (voxels, T) without a copy, in the series' own memory order (a NIfTI series is
+    # Fortran-ordered): every check below is per voxel or over all of them
+    flat = data.reshape(-1, n, order="F" if data.flags.f_contiguous else "C")
+    if not np.isfinite(flat).all():
+        finite = np.isfinite(data)
         bad_voxels = int((~finite).any(axis=-1).sum())
         raise SubjectError(
             subject,
@@ -93,9 +96,9 @@ def check_signal(data, times_s, subject: str, source, modality: str = "dsc") -> 
             "the series must hold finite signal everywhere",
         )
     if modality == "dsc":
-        if data.max() <= 0:
+        if flat.max() <= 0:
             raise SubjectError(subject, source, "no positive signal: the series is empty")
-        negative = int((data < 0).any(axis=-1).sum())
+        negative = int((flat < 0).any(axis=1).sum()) if flat.min() < 0 else 0
         if negative:
             raise SubjectError(
                 subject,
@@ -103,7 +106,6 @@ def check_signal(data, times_s, subject: str, source, modality: str = "dsc") -> 
                 f"negative signal in {negative} voxel(s): not a magnitude series "
                 "(DSC needs S > 0 for −ln(S/S0)/TE)",
             )
-    flat = data.reshape(-1, n)
     if not np.any(flat.max(axis=1) > flat.min(axis=1)):
         raise SubjectError(
             subject, source, "the signal is constant over time: no bolus passage to quantify"
