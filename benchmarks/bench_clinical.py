@@ -1,6 +1,11 @@
 """Clinical readouts of a small simulated cohort against the truth, and the report's size.
 
     python benchmarks/bench_clinical.py [--subjects 8] [--seed 42] [--cores 2] [--workdir DIR]
+        [--pathologies stroke,stroke,healthy,tumour]
+
+The 40-subject study cohort (benchmarks/models_study40.yaml: ``bolus simulate study40
+--subjects 40 --seed 2026``) is ``--subjects 40 --seed 2026 --pathologies
+healthy,stroke,tumour --no-motion``.
 
 Simulates ``--subjects`` subjects (pathologies stroke, stroke, healthy, tumour, …; the default
 64 × 64 × 12 grid), gives the tumour subjects a lesion mask from the truth labels, runs the
@@ -24,15 +29,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def simulate(work: Path, n: int, seed: int) -> Path:
+def simulate(
+    work: Path, n: int, seed: int, pathologies=("stroke", "stroke", "healthy", "tumour"),
+    motion: bool = True,
+) -> Path:  # fmt: skip
     import nibabel as nib
     import numpy as np
     import pandas as pd
 
     from bolus.simulate.cohort import simulate_cohort
 
-    participants = simulate_cohort(work / "cohort", n, seed=seed,
-                                   pathologies=("stroke", "stroke", "healthy", "tumour"))  # fmt: skip
+    participants = simulate_cohort(work / "cohort", n, seed=seed, pathologies=pathologies, jobs=2)
     table = pd.read_csv(participants, sep="\t", dtype=str)
     masks = []
     for pid, group in zip(table["participant_id"], table["group"], strict=True):
@@ -47,7 +54,8 @@ def simulate(work: Path, n: int, seed: int) -> Path:
     table["lesion_mask"] = masks
     table.to_csv(participants, sep="\t", index=False)
     config = work / "config.yaml"
-    config.write_text(f"participants: {participants}\noutput_dir: {work / 'results'}\nmodels: []\n")
+    config.write_text(f"participants: {participants}\noutput_dir: {work / 'results'}\nmodels: []\n"
+                      f"motion: {{enabled: {str(motion).lower()}}}\n")  # fmt: skip
     return config
 
 
@@ -104,13 +112,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--pathologies", default="stroke,stroke,healthy,tumour")
+    parser.add_argument("--no-motion", action="store_true",
+                        help="motion correction off (the study cohort's config: no motion)")  # fmt: skip
     args = parser.parse_args()
     import pandas as pd
 
     from bolus import paths
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-clinical-"))
-    config = simulate(work, args.subjects, args.seed)
+    config = simulate(work, args.subjects, args.seed, tuple(args.pathologies.split(",")),
+                      not args.no_motion)  # fmt: skip
     snakemake(work, config, "--profile", str(REPO / "profiles" / "local"), "--cores",
               str(args.cores))  # fmt: skip
     snakemake(work, config, "--report", str(work / "results" / "report.html"))

@@ -1,7 +1,8 @@
 """The shipped weights on cohorts they never saw, side by side with oSVD.
 
     python benchmarks/bench_pretrained.py [--work DIR] [--subjects 6] [--seed 777]
-        [--modality dsc|ctp] [--models mlp ...] [--keep]
+        [--modality dsc|ctp] [--models mlp ...]
+    python benchmarks/bench_pretrained.py --finetune [--subjects 16] [--epochs 5] ...
 
 Simulates a cohort the weights were not trained on (a new seed, and an acquisition away
 from the centre of their draws: TR 1.6 s, 50 frames, SNR 30, an arterial peak ΔR2* of
@@ -13,6 +14,11 @@ within the pipeline's brain mask):
 * CBF, CBV: median |estimate/truth − 1| and Pearson r (pooled voxels);
 * Tmax: mean absolute error (s);
 * Dice of Tmax > 6 s against the truth lesion, mean over the stroke subjects.
+
+With ``--finetune``: a cohort of the simulator's default acquisition with its own
+train/val/test split (no acquisition changes), trained on its train/val subjects twice at
+equal epochs, ``training.source: scratch`` then ``finetune`` (from the shipped weights, the
+same network sizes), scored on its test subjects.
 
 Prints one markdown table (figures, not a timed test).
 """
@@ -37,13 +43,17 @@ from bolus import paths  # noqa: E402
 ACQUISITION = {"n_timepoints": 50, "tr_s": 1.6, "snr": 30.0, "aif_peak_r2s": (55.0, 65.0)}
 
 
-def simulate(work: Path, n: int, seed: int, modality: str) -> Path:
+def simulate(work: Path, n: int, seed: int, modality: str, unseen: bool = True) -> Path:
+    """The cohort: with ``unseen``, every subject `test` and the acquisition above; else
+    the simulator's defaults and split."""
     from bolus.simulate.cohort import simulate_cohort
 
     participants = simulate_cohort(
         work / "cohort", n, seed, pathologies=("stroke", "healthy", "tumour"),
-        modality=modality, jobs=2, **ACQUISITION,
+        modality=modality, jobs=2, **(ACQUISITION if unseen else {}),
     )  # fmt: skip
+    if not unseen:
+        return participants
     rows = list(csv.DictReader(open(participants), delimiter="\t"))
     for row in rows:
         row["split"] = "test"
@@ -54,16 +64,21 @@ def simulate(work: Path, n: int, seed: int, modality: str) -> Path:
     return participants
 
 
-def run_workflow(work: Path, participants: Path, modality: str, models: list[str]) -> None:
+def run_workflow(
+    work: Path, participants: Path, modality: str, models: list[str], training=None,
+    model_params=None,
+) -> None:  # fmt: skip
     import yaml
 
     config = {
         "participants": str(participants),
         "output_dir": "results",
         "modality": modality,
+        "motion": {"enabled": False},  # the simulated cohorts have no motion
         "svd": {"methods": ["osvd"]},
         "models": models,
-        "training": {"source": "pretrained"},
+        "training": training or {"source": "pretrained"},
+        "model_params": model_params or {},
     }
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     exe = Path(sys.executable).with_name("snakemake")
@@ -76,10 +91,24 @@ def run_workflow(work: Path, participants: Path, modality: str, models: list[str
         sys.exit(proc.stderr[-3000:])
 
 
+def on_grid(path, truth) -> np.ndarray:
+    """The pipeline's map ``path`` on the truth image's voxel axes (dcm2niix flips the
+    simulator's rows; the world grid is the same)."""
+    import nibabel as nib
+    from nibabel.orientations import io_orientation, ornt_transform
+
+    image = nib.load(path)
+    moved = image.as_reoriented(ornt_transform(io_orientation(image.affine),
+                                               io_orientation(truth.affine)))  # fmt: skip
+    if not np.allclose(moved.affine, truth.affine, atol=1e-2):
+        sys.exit(f"{path}: not on the truth's grid")
+    return np.asarray(moved.dataobj, dtype=float)
+
+
 def scores(work: Path, participants: Path, methods: list[str]) -> list[dict]:
     import nibabel as nib
 
-    rows = list(csv.DictReader(open(participants), delimiter="\t"))
+    rows = [r for r in csv.DictReader(open(participants), delimiter="\t") if r["split"] == "test"]
     out = work / "results"
     table = []
     for method in methods:
@@ -90,17 +119,16 @@ def scores(work: Path, participants: Path, methods: list[str]) -> list[dict]:
             sp = paths.SubjectPaths(out, row["participant_id"])
             if not sp.brain_mask.exists():
                 continue
-            brain = (nib.load(truth_dir / "brain.nii.gz").get_fdata() > 0) & (
-                nib.load(sp.brain_mask).get_fdata() > 0
-            )
+            truth = nib.load(truth_dir / "brain.nii.gz")
+            brain = (truth.get_fdata() > 0) & (on_grid(sp.brain_mask, truth) > 0)
             if not sp.map(method, "cbf").exists():
                 continue
             for name, (est, tru) in pooled.items():
-                est.append(nib.load(sp.map(method, name)).get_fdata()[brain])
+                est.append(on_grid(sp.map(method, name), truth)[brain])
                 tru.append(nib.load(truth_dir / f"{name}.nii.gz").get_fdata()[brain])
             if row.get("group") == "stroke":
                 lesion = nib.load(truth_dir / "lesion.nii.gz").get_fdata()[brain] > 0
-                found = nib.load(sp.map(method, "tmax")).get_fdata()[brain] > 6.0
+                found = on_grid(sp.map(method, "tmax"), truth)[brain] > 6.0
                 denom = lesion.sum() + found.sum()
                 dice.append(2.0 * (lesion & found).sum() / denom if denom else 1.0)
         if not pooled["cbf"][0]:
@@ -119,25 +147,59 @@ def scores(work: Path, participants: Path, methods: list[str]) -> list[dict]:
     return table
 
 
+def finetune_against_scratch(work, participants, modality, models, epochs) -> list[dict]:
+    """Train ``models`` on the cohort from scratch, then fine-tuned from the shipped
+    weights, at ``epochs`` epochs each and the shipped networks' sizes; both scored."""
+    import torch
+
+    from bolus.weights import verified
+
+    sizes = {}
+    for model in models:
+        params = torch.load(verified(model), map_location="cpu", weights_only=False)["params"]
+        sizes[model] = {k: v for k, v in params.items() if k in ("hidden", "dropout")}
+    table = []
+    for source in ("scratch", "finetune"):
+        training = {"source": source, "epochs": epochs, "patience": epochs}
+        params = {m: {**sizes[m], "epochs": epochs} for m in models}
+        run_workflow(work, participants, modality, models, training, params)
+        for record in scores(work, participants, ["osvd"] + models):
+            if record["method"] != "osvd" or source == "scratch":
+                record["method"] += "" if record["method"] == "osvd" else f" ({source})"
+                table.append(record)
+    return table
+
+
 def main() -> None:
     from bolus.weights import shipped
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=None)
-    ap.add_argument("--subjects", type=int, default=6)
+    ap.add_argument("--subjects", type=int, default=None, help="default 6; 16 with --finetune")
     ap.add_argument("--seed", type=int, default=777)
     ap.add_argument("--modality", choices=("dsc", "ctp"), default="dsc")
     ap.add_argument("--models", nargs="*", default=None, help="default: every shipped model")
+    ap.add_argument("--finetune", action="store_true", help="fine-tuning against scratch")
+    ap.add_argument("--epochs", type=int, default=5, help="with --finetune")
+    ap.add_argument("--score-only", action="store_true", help="score the maps in --work")
     args = ap.parse_args()
     models = list(shipped()) if args.models is None else args.models
+    subjects = args.subjects or (16 if args.finetune else 6)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_pretrained_"))
     work.mkdir(parents=True, exist_ok=True)
     participants = work / "cohort" / "participants.tsv"
     if not participants.exists():
-        participants = simulate(work, args.subjects, args.seed, args.modality)
-    run_workflow(work, participants, args.modality, models)
-    table = scores(work, participants, ["osvd"] + models)
-    print(f"{args.modality}, seed {args.seed}, {args.subjects} subjects, {ACQUISITION}; {work}")
+        participants = simulate(work, subjects, args.seed, args.modality, not args.finetune)
+    if args.score_only:
+        table = scores(work, participants, ["osvd"] + models)
+    elif args.finetune:
+        table = finetune_against_scratch(work, participants, args.modality, models, args.epochs)
+        print(f"{args.modality}, seed {args.seed}, {subjects} subjects (test split scored), "
+              f"{args.epochs} epochs each; {work}")  # fmt: skip
+    else:
+        run_workflow(work, participants, args.modality, models)
+        table = scores(work, participants, ["osvd"] + models)
+        print(f"{args.modality}, seed {args.seed}, {subjects} subjects, {ACQUISITION}; {work}")
     cols = list(table[0])
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
