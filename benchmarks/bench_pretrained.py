@@ -164,9 +164,11 @@ def finetune_against_scratch(work, participants, modality, models, epochs) -> li
         params = {m: {**sizes[m], "epochs": epochs} for m in models}
         run_workflow(work, participants, modality, models, training, params)
         for record in scores(work, participants, ["osvd"] + models):
-            if record["method"] != "osvd" or source == "scratch":
-                record["method"] += "" if record["method"] == "osvd" else f" ({source})"
-                table.append(record)
+            if record["method"] == "osvd":
+                if source == "scratch":  # the same maps in both runs
+                    table.append(record)
+            else:
+                table.append({**record, "method": f"{record['method']} ({source})"})
     return table
 
 

@@ -87,17 +87,6 @@ def test_inputs_are_unit_free_and_variable_length_is_masked():
     np.testing.assert_allclose(a2, a, rtol=1e-5)
 
 
-def test_one_optimisation_step_reduces_the_loss():
-    model = T.build(seed=0)
-    batch = T.simulated_batch(np.random.default_rng(0), 64, model.config, CONSTANTS)
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)  # pretrain's warm-up start
-    before = T.training_step(model, optimiser, batch, CONSTANTS)["total"]
-    with torch.no_grad():
-        out = model(batch["tissue"], batch["aif"], batch["valid"])
-        after, _ = T.transformer_loss(out, batch, model.config, CONSTANTS)
-    assert float(after) < before
-
-
 def test_predict_subject_maps_every_masked_voxel():
     sim = simulate_voxel_curves(np.random.default_rng(5), 60, CONSTANTS)
     times = np.arange(50) * 1.5

@@ -223,3 +223,25 @@ def test_save_raw_keeps_stored_values_and_scaling(tmp_path):
         np.testing.assert_array_equal(image.affine, aff)
         assert image.header.get_xyzt_units() == ("mm", "sec")
         assert bytes(image.header["descrip"]).rstrip(b"\0") == b"TE=30;Time=1"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_load_volume_scales_stored_values_as_nibabel_does(tmp_path, dtype):
+    """load_volume applies slope and intercept to the stored values itself (nibabel's
+    get_fdata goes through a float64 copy of the whole series): the same values, to the
+    requested type's rounding, and the series' Fortran memory order kept."""
+    rng = np.random.default_rng(0)
+    stored = rng.integers(-2000, 30000, (9, 8, 5, 6)).astype(np.int16)
+    image = nib.Nifti1Image(stored, np.diag([2.0, 2.0, 3.0, 1.0]))
+    image.header.set_slope_inter(0.37, -12.5)
+    path = tmp_path / "scaled.nii.gz"
+    nib.save(image, path)
+    data, affine = load_volume(path, dtype)
+    expected = nib.load(path).get_fdata(dtype=dtype)
+    assert data.dtype == dtype and data.flags.f_contiguous
+    np.testing.assert_allclose(data, expected, rtol=np.finfo(dtype).eps * 4, atol=0)
+    np.testing.assert_allclose(data, stored * 0.37 - 12.5, rtol=1e-6)
+    np.testing.assert_array_equal(affine, np.diag([2.0, 2.0, 3.0, 1.0]))
+    unscaled = tmp_path / "plain.nii.gz"
+    nib.save(nib.Nifti1Image(stored, np.eye(4)), unscaled)
+    np.testing.assert_array_equal(load_volume(unscaled, dtype)[0], stored)

@@ -358,8 +358,8 @@ class _QuickHeader:
     def _pixel_offset(self, data: bytes) -> int:
         """Where the pixel data element starts: its tag, an OB/OW VR and a length that is
         the image size the header gives (or undefined), searched from the end."""
-        if _PIXEL_DATA in self.values:
-            return self.values.pop("_pixel_at")
+        if _PIXEL_DATA in self.values:  # the walk reached it (no group after 0x0028)
+            return self._pixel_at
         size = _expected_pixel_bytes(self)
         at = len(data)
         while True:
@@ -383,7 +383,7 @@ class _QuickHeader:
                 return position + 8
             if top and tag == _PIXEL_DATA:
                 self.values[tag] = b""
-                self.values["_pixel_at"] = position
+                self._pixel_at = position
                 return position
             if top and not meta_only and group > self.LAST_GROUP:
                 return position

@@ -297,11 +297,10 @@ class TransformerSpec(VoxelSpec):
         return [("pretrain", int(params["pretrain_epochs"])), ("finetune", int(params["epochs"]))]
 
     def reconstruct(self, local_aif, residue, dt) -> torch.Tensor:
-        """curve = dt · (local AIF ⊛ b), causal, by FFT: (batch, time)."""
-        n = local_aif.shape[-1]
-        size = 2 * n
-        spec = torch.fft.rfft(local_aif.float(), size) * torch.fft.rfft(residue.float(), size)
-        return torch.fft.irfft(spec, size)[..., :n] * dt
+        """curve = dt · (local AIF ⊛ b), causal (:func:`bolus.models.transformer.reconstruct`)."""
+        from bolus.models.transformer import reconstruct
+
+        return reconstruct(local_aif.float(), residue.float(), dt)
 
     def maps_from(self, out, ctx) -> dict[str, torch.Tensor]:
         b = out["residue"].float()

@@ -35,7 +35,7 @@ Normalisation (DSC ΔR2* and CT HU alike)
 Tissue and AIF are divided by the global AIF's peak: the ratio is independent of dose,
 relaxivity and units. The tissue curve is further divided by :data:`TISSUE_SCALE` so a
 grey-matter curve has a peak of about 1; the residue is produced in units of
-:data:`RESIDUE_SCALE` (1/s) and BAD in units of :data:`BAD_SCALE_S` inside the losses.
+:data:`RESIDUE_SCALE` (1/s) and BAD in units of :data:`BAD_SCALE_S`.
 
 Physics of the outputs
 ----------------------
@@ -49,23 +49,14 @@ BAD is trained against the *effective* arrival delay δ + argmax(h_β ⊗ R) of 
 AIF's delay δ without dispersion, and what Tmax means in this project (README, "Units and
 conventions").
 
-Loss (:func:`transformer_loss`)
--------------------------------
-MSE(BAD) + λ1·MSE(local AIF) + λ2·MSE(reconstructed curve) + λ3·‖d²r/dt²‖² as in the paper,
-plus two optional supervised terms used where the truth is known: λ_R·MSE(r) (pre-training
-on simulated curves, where the true residue is known; converges several times faster than
-the reconstruction alone) and λ_map·(MSE(CBF) + MSE(CBV)) (fine-tuning on cohort voxels
-with reference maps, where neither the local AIF nor the residue is known). A term whose
-target is missing from the batch is skipped.
-
 Training
 --------
 In the workflow and ``bolus pretrain``, through the engine of every model
-(:func:`bolus.learn.train.train_model` with :class:`bolus.learn.specs.TransformerSpec`:
-pre-training on simulated curves, then fine-tuning on the cohort, with checkpoints and
-resume). :func:`training_step` and :func:`transformer_loss` are the loss of this module's
-own normalisation (:func:`prepare_curves`), for experiments on simulated batches
-(:func:`simulated_batch`); :func:`predict_subject` maps a whole subject with it.
+(:func:`bolus.learn.train.train_model` with :class:`bolus.learn.specs.TransformerSpec`,
+whose docstring gives the loss: pre-training on simulated curves, then fine-tuning on the
+cohort, with checkpoints and resume; its curve reconstruction is :func:`reconstruct`).
+:func:`predict_subject` maps a whole subject with a network of this module's normalisation
+(:func:`prepare_curves`).
 """
 
 from __future__ import annotations
@@ -82,8 +73,6 @@ from bolus.config import PerfusionConstants
 TISSUE_SCALE = 0.05  # tissue / AIF peak of a grey-matter-like curve
 RESIDUE_SCALE = 0.01  # 1/s: (ρ/k_H)·F of grey matter ≈ 0.014 1/s
 BAD_SCALE_S = 10.0
-CBF_SCALE = 50.0  # ml/100 g/min, for the fine-tuning map terms
-CBV_SCALE = 4.0  # ml/100 g
 MIN_CBF_FOR_MTT = 1e-3
 
 
@@ -103,20 +92,6 @@ class TransformerConfig:
     d_feedforward: int = 128
     dropout: float = 0.0
     residue_scale: float = 0.01  # 1/s per unit of the residue head (RESIDUE_SCALE)
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """λ of :func:`transformer_loss` (BAD has weight 1)."""
-
-    local_aif: float = 1.0
-    reconstruction: float = 1.0
-    smoothness: float = 0.1
-    residue: float = 0.0
-    maps: float = 0.0
-
-
-PRETRAIN_WEIGHTS = LossWeights(residue=1.0)
 
 
 def _sinusoidal(n: int, d: int) -> torch.Tensor:
@@ -365,46 +340,6 @@ def prepare_curves(tissue, aif, time_s, config: TransformerConfig):
     )
 
 
-def simulated_batch(rng: np.random.Generator, batch_size: int, config, constants):
-    """One pre-training batch of simulated voxel curves as tensors (inputs and targets)."""
-    from bolus.simulate.voxel_curves import FINE_DT_S, simulate_voxel_curves
-
-    sim = simulate_voxel_curves(rng, batch_size, constants)
-    tissue, aif, valid, peak = prepare_curves(sim.tissue, sim.aif, sim.time_s, config)
-    grid = model_grid(config)
-    fine_index = np.clip(np.rint(grid / FINE_DT_S).astype(int), 0, sim.fine_time_s.size - 1)
-    local = sim.fine_local_aif[:, fine_index] / peak[:, None]
-    return {
-        "tissue": torch.from_numpy(tissue),
-        "aif": torch.from_numpy(aif),
-        "valid": torch.from_numpy(valid),
-        "local_aif": torch.from_numpy((local * valid).astype(np.float32)),
-        "residue": torch.from_numpy(sim.flow_residue(grid, constants).astype(np.float32)),
-        "bad_s": torch.from_numpy(sim.tmax_s.astype(np.float32)),
-        "cbf": torch.from_numpy(sim.cbf.astype(np.float32)),
-        "cbv": torch.from_numpy(sim.cbv.astype(np.float32)),
-    }
-
-
-def pretraining_arrays(
-    n: int, times_s, *, seed: int = 0, constants=None, curve_scale=100.0, aif_scale=10.0
-) -> dict[str, np.ndarray]:
-    """``n`` simulated voxels on one fixed time grid ``times_s`` (s from the first frame), in
-    the normalisation of :mod:`bolus.learn.datasets` (tissue ×``curve_scale``, AIFs
-    ×``aif_scale``, both divided by the global AIF's area): float32 ``curves``, ``aif``,
-    ``local_aif`` (n, T) and ``bad`` (n,) s (the effective delay, see the module docstring).
-    For a training loop that pre-trains on a cohort's own time grid; each voxel is its own
-    acquisition resampled onto the grid
-    (:func:`bolus.simulate.voxel_curves.simulate_on_grid`)."""
-    from bolus.simulate.voxel_curves import simulate_on_grid
-
-    constants = constants or PerfusionConstants.from_config()
-    rng = np.random.default_rng(int(seed))
-    return simulate_on_grid(
-        rng, int(n), times_s, constants, curve_scale=curve_scale, aif_scale=aif_scale
-    )
-
-
 # ----------------------------------------------------------------------------- physics
 def reconstruct(local_aif: torch.Tensor, residue: torch.Tensor, dt_s: float) -> torch.Tensor:
     """Δt·(a_loc ⊛ r) on the model grid, causal and linear (FFT of twice the length); in
@@ -423,58 +358,6 @@ def maps_from_outputs(out: dict, config: TransformerConfig, constants: Perfusion
     mtt = torch.where(cbf >= MIN_CBF_FOR_MTT, 60.0 * cbv / cbf.clamp_min(MIN_CBF_FOR_MTT), 0.0)
     tmax = config.dt_s * r.argmax(dim=-1).to(r.dtype) + out["bad_s"]
     return {"cbf": cbf, "cbv": cbv, "mtt": mtt, "tmax": tmax}
-
-
-def transformer_loss(out, batch, config, constants, weights: LossWeights = PRETRAIN_WEIGHTS):
-    """Total loss and its parts (floats) for a batch; see the module docstring."""
-    valid = batch["valid"].to(out["residue"].dtype)
-    n_valid = valid.sum().clamp_min(1.0)
-    parts = {}
-    terms = []
-    if "bad_s" in batch:
-        known = torch.isfinite(batch["bad_s"])
-        if known.any():
-            err = (out["bad_s"][known] - batch["bad_s"][known]) / BAD_SCALE_S
-            parts["bad"] = (err**2).mean()
-            terms.append(parts["bad"])
-    if weights.local_aif and "local_aif" in batch:
-        parts["local_aif"] = (
-            ((out["local_aif"] - batch["local_aif"]) ** 2) * valid
-        ).sum() / n_valid
-        terms.append(weights.local_aif * parts["local_aif"])
-    if weights.reconstruction:
-        fit = reconstruct(out["local_aif"], out["residue"], config.dt_s) / TISSUE_SCALE
-        parts["reconstruction"] = (((fit - batch["tissue"]) ** 2) * valid).sum() / n_valid
-        terms.append(weights.reconstruction * parts["reconstruction"])
-    if weights.smoothness:
-        curvature = torch.diff(out["residue"] / RESIDUE_SCALE, n=2, dim=-1)
-        parts["smoothness"] = (curvature**2).mean()
-        terms.append(weights.smoothness * parts["smoothness"])
-    if weights.residue and "residue" in batch:
-        parts["residue"] = (((out["residue"] - batch["residue"]) / RESIDUE_SCALE) ** 2).mean()
-        terms.append(weights.residue * parts["residue"])
-    if weights.maps and ("cbf" in batch or "cbv" in batch):
-        maps = maps_from_outputs(out, config, constants)
-        for name, scale in (("cbf", CBF_SCALE), ("cbv", CBV_SCALE)):
-            if name in batch and torch.isfinite(batch[name]).any():
-                known = torch.isfinite(batch[name])
-                parts[name] = (((maps[name] - batch[name]) / scale)[known] ** 2).mean()
-                terms.append(weights.maps * parts[name])
-    total = torch.stack(terms).sum()
-    return total, {k: float(v.detach()) for k, v in parts.items()}
-
-
-def training_step(model, optimiser, batch, constants, weights=PRETRAIN_WEIGHTS):
-    """One optimisation step on ``batch``; returns the loss parts (before the step)."""
-    model.train()
-    out = model(batch["tissue"], batch["aif"], batch["valid"])
-    total, parts = transformer_loss(out, batch, model.config, constants, weights)
-    optimiser.zero_grad(set_to_none=True)
-    total.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimiser.step()
-    parts["total"] = float(total.detach())
-    return parts
 
 
 # ----------------------------------------------------------------------------- inference
