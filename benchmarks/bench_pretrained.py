@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -52,6 +53,9 @@ def simulate(work: Path, n: int, seed: int, modality: str, unseen: bool = True) 
         work / "cohort", n, seed, pathologies=("stroke", "healthy", "tumour"),
         modality=modality, jobs=2, **(ACQUISITION if unseen else {}),
     )  # fmt: skip
+    made = {"modality": modality, "seed": seed, "subjects": n,
+            "acquisition": ACQUISITION if unseen else "the simulator's defaults"}  # fmt: skip
+    (work / "cohort.json").write_text(json.dumps(made))
     if not unseen:
         return participants
     rows = list(csv.DictReader(open(participants), delimiter="\t"))
@@ -196,12 +200,14 @@ def main() -> None:
         table = scores(work, participants, ["osvd"] + models)
     elif args.finetune:
         table = finetune_against_scratch(work, participants, args.modality, models, args.epochs)
-        print(f"{args.modality}, seed {args.seed}, {subjects} subjects (test split scored), "
-              f"{args.epochs} epochs each; {work}")  # fmt: skip
+        print(f"test split scored, {args.epochs} epochs each")
     else:
         run_workflow(work, participants, args.modality, models)
         table = scores(work, participants, ["osvd"] + models)
-        print(f"{args.modality}, seed {args.seed}, {subjects} subjects, {ACQUISITION}; {work}")
+    made = work / "cohort.json"  # how the cohort in --work was simulated (a rerun's may differ)
+    print(
+        f"{json.loads(made.read_text()) if made.exists() else 'cohort of unknown origin'}; {work}"
+    )
     cols = list(table[0])
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))

@@ -21,8 +21,8 @@ SHIPPED = sorted(weights.shipped())
 #: perfusion CNR down to 3, AIF peak 20–90 1/s). One noisy voxel bounds what any estimator
 #: does: at SNR 15 the tissue curve's peak is about 1.5 σ, so the flow (the residue's first
 #: value) is uncertain by tens of percent there; CBV (an area) is 2–3× better determined.
-#: The shipped mlp measured CBF 0.23, CBV 0.13 median |est/truth − 1|, r 0.89 and 0.96,
-#: Tmax and TTP median |error| 1.1 s and 0.8 s (bolus.learn.pretrain.held_out_scores):
+#: The shipped mlp measured CBF 0.23, CBV 0.13 median |est/truth − 1|, r 0.91 and 0.97,
+#: Tmax and TTP median |error| 1.06 s and 0.77 s (bolus.learn.pretrain.held_out_scores):
 #: the bounds leave 20–30 % for another torch build's arithmetic, not for a worse model.
 VOXEL_BOUNDS = {
     "cbf": {"median_abs_relative_error": 0.30, "r": 0.85},
@@ -67,6 +67,29 @@ def test_voxel_models_are_accurate_on_voxels_they_never_saw(model):
             value = scores[name][key]
             ok = value >= bound if key == "r" else value <= bound
             assert ok, (model, name, key, value, bound)
+
+
+@pytest.mark.parametrize("model", [m for m in SHIPPED if m in ("mlp", "transformer")])
+def test_noise_does_not_bias_the_flow_of_voxel_models_low(model):
+    """One noisy DSC protocol inside the draws (TR 1.6 s, 50 frames, TE 30 ms, SNR 30, an
+    arterial peak of 55–65 1/s, CBF 10–80): a voxel there leaves its flow uncertain by
+    tens of percent, and the shipped weights' loss (``relative_loss: log``) reads it at the
+    median of its plausible values, so the median ratio estimate/truth stays near 1. The
+    shipped mlp measured 0.92 (20,000 voxels, seed 99; CBV 0.94); trained with the
+    1/reference-weighted loss it read 0.73 (CBV 0.82; CBF 0.42 on the pipeline's cohort of
+    the same protocol). The bound, 0.85–1.15, leaves room for the prior's pull on a
+    narrower protocol than the draws, not for the weighted loss's under-read."""
+    from dataclasses import replace
+
+    from bolus.learn.pretrain import held_out_scores
+    from bolus.simulate.voxel_curves import ACROSS_PROTOCOLS
+
+    noisy = replace(ACROSS_PROTOCOLS, tr_s=(1.6, 1.6), frames=(50, 50), dsc_fraction=1.0,
+                    snr=(30.0, 30.0), te_s=(0.03, 0.03), aif_peak_r2s=(55.0, 65.0),
+                    aif_partial_volume=None, cbf=(10.0, 80.0))  # fmt: skip
+    scores = held_out_scores(weights.verified(model), n_voxels=20_000, seed=99, ranges=noisy)
+    for name in ("cbf", "cbv"):
+        assert 0.85 <= scores[name]["median_ratio"] <= 1.15, (model, name, scores[name])
 
 
 def test_a_tampered_file_is_refused(tmp_path):

@@ -49,7 +49,7 @@ RECIPES: dict[str, dict] = {
             "batch_size": 1024,
             "lr": 0.001,
             "patience": 6,
-            "relative_loss": True,
+            "relative_loss": "log",
         },
     },
     # pre-training on simulated curves with their local AIF and delay (its own phase), then
@@ -64,7 +64,7 @@ RECIPES: dict[str, dict] = {
             "batch_size": 256,
             "lr": 0.0005,
             "patience": 3,
-            "relative_loss": True,
+            "relative_loss": "log",
         },
     },
     "talebi": {
@@ -75,7 +75,7 @@ RECIPES: dict[str, dict] = {
             "slices_per_batch": 8,
             "lr": 0.001,
             "patience": 5,
-            "relative_loss": True,
+            "relative_loss": "log",
         },  # fmt: skip
     },
     "talebi_truncated": {
@@ -86,7 +86,7 @@ RECIPES: dict[str, dict] = {
             "slices_per_batch": 8,
             "lr": 0.001,
             "patience": 5,
-            "relative_loss": True,
+            "relative_loss": "log",
         },  # fmt: skip
     },
     "stnet": {
@@ -97,7 +97,7 @@ RECIPES: dict[str, dict] = {
             "slices_per_batch": 8,
             "lr": 0.001,
             "patience": 5,
-            "relative_loss": True,
+            "relative_loss": "log",
         },  # fmt: skip
     },
 }
@@ -350,8 +350,8 @@ def install(model: str, out_dir) -> Path:
 def held_out_scores(model_file, n_voxels: int = 20_000, seed: int = 99, ranges=None) -> dict:
     """A model's accuracy on voxels simulated with ``seed`` (not the training seed) from
     ``ranges`` (default :data:`~bolus.simulate.voxel_curves.ACROSS_PROTOCOLS`), on its own
-    time grid: per map, the median |estimate/truth − 1| (CBF, CBV, MTT), the Pearson r and
-    the median absolute error (s for Tmax, TTP)."""
+    time grid: per map, the median |estimate/truth − 1| and median estimate/truth (CBF,
+    CBV, MTT), the Pearson r and the median absolute error (s for Tmax, TTP)."""
     from bolus.learn.datasets import AIF_SCALE, CURVE_SCALE
     from bolus.learn.predict import load_trained
     from bolus.simulate.voxel_curves import ACROSS_PROTOCOLS, simulate_on_grid
@@ -374,5 +374,6 @@ def held_out_scores(model_file, n_voxels: int = 20_000, seed: int = 99, ranges=N
         }
         if name in ("cbf", "cbv", "mtt"):
             record["median_abs_relative_error"] = float(np.median(np.abs(est / truth - 1)))
+            record["median_ratio"] = float(np.median(est / truth))
         scores[name] = record
     return scores

@@ -74,23 +74,42 @@ RELATIVE_MAPS = ("cbf", "cbv", "mtt")
 def supervised_loss(pred: torch.Tensor, target: torch.Tensor, ctx, maps) -> torch.Tensor:
     """Smooth L1 of normalised maps (map axis 1: (n, M) or (B, M, H, W)), NaN targets left out.
 
-    With ``relative_loss`` (training parameter) the error of every map of
-    :data:`RELATIVE_MAPS` is weighted by mean/reference (reference floored at 10 % of the
-    training mean), i.e. it becomes (mean/sd)·|estimate − reference|/reference: the
-    training minimises the relative error the study reports (a low-flow voxel's error
-    counts as much as a high-flow one's, not less).
+    ``relative_loss`` (training parameter) makes the errors of :data:`RELATIVE_MAPS` relative
+    to the reference (reference floored at 10 % of the training mean; Tmax and TTP stay
+    absolute), scaled by mean/sd so that a voxel at the training mean keeps its absolute loss:
+
+    * ``true``: the error weighted by mean/reference, i.e. (mean/sd)·|estimate − reference|/
+      reference. Its minimiser for an uncertain voxel is the median of the plausible values
+      weighted by 1/value, below their median: on noisy curves it under-reads flow.
+    * ``log``: (mean/sd)·|log estimate − log reference| (an estimate below the floor continues
+      the logarithm's tangent there). Its minimiser is the median of the plausible values: a
+      factor too high costs what the same factor too low does, so noise does not bias the
+      ratio estimate/reference (what a study's median ratio reports).
     """
-    if not ctx.params.get("relative_loss"):
+    mode = ctx.params.get("relative_loss")
+    if not mode:
         return _masked_l1(pred, target)
+    ok = torch.isfinite(target)
+    if not ok.any():
+        return pred.sum() * 0.0
     mean, sd = ctx.scale(maps)
     shape = (1, -1) + (1,) * (target.dim() - 2)
     mean, sd = mean.view(shape), sd.view(shape)
     relative = torch.tensor([m in RELATIVE_MAPS for m in maps], device=target.device).view(shape)
-    truth = target * sd + mean
-    weight = torch.where(relative, mean / torch.clamp(truth, min=0.1 * mean), 1.0)
-    ok = torch.isfinite(target)
-    if not ok.any():
-        return pred.sum() * 0.0
+    floor = 0.1 * mean
+    truth = torch.clamp(target * sd + mean, min=floor)
+    if mode == "log":
+        estimate = pred * sd + mean
+        log_estimate = torch.where(
+            estimate >= floor,
+            torch.log(torch.maximum(estimate, floor)),
+            torch.log(floor) + (estimate - floor) / floor,
+        )
+        error = torch.where(
+            relative, (mean / sd) * (log_estimate - torch.log(truth)), pred - target
+        )
+        return F.smooth_l1_loss(error[ok], torch.zeros_like(error[ok]), beta=0.5)
+    weight = torch.where(relative, mean / truth, 1.0)
     error = F.smooth_l1_loss(pred[ok], target[ok], beta=0.5, reduction="none")
     return (error * weight.expand_as(target)[ok]).mean()
 
