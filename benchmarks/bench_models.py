@@ -1,7 +1,7 @@
 """Learned models: inference time per subject, and accuracy on a cohort's test subjects.
 
     python benchmarks/bench_models.py speed [--models stnet talebi ...] [--shape 128 128 20 60]
-                                            [--threads 2] [--device cpu]
+                                            [--threads 2] [--device cpu] [--shipped]
     python benchmarks/bench_models.py accuracy RESULTS PARTICIPANTS.tsv [--split test]
 
 ``speed``: every model, built with the schema's default sizes (random weights: inference
@@ -10,7 +10,9 @@ synthetic subject of the given shape whose brain mask is an ellipsoid filling ~4
 the grid (≈ 150k voxels at 128×128×20), as :func:`bolus.learn.specs` does in the workflow
 (normalisation included). Prints wall and process CPU seconds (summed over threads; the
 fairer figure on a busy machine) per model and the 1-minute load average. Targets on 2 CPU cores:
-stnet ≤ 30 s, talebi ≤ 10 s, transformer ≤ 60 s.
+stnet ≤ 30 s, talebi ≤ 10 s, transformer ≤ 60 s. With ``--shipped``: the shipped weights of
+the listed models instead (each subject resampled onto their own time grid, as in the
+workflow).
 
 ``accuracy``: for every subject of ``--split`` (default ``test``) of a finished run, every
 method's maps against the reference maps, over the voxels where the metrics rules compare
@@ -98,7 +100,16 @@ def speed(args) -> None:
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("| model | wall s | CPU s (all threads) | load avg (1 min) |\n|---|---|---|---|")
     for name in args.models:
-        spec, model, ctx = build_untrained(name, args.shape[3], args.device, args.threads)
+        if args.shipped:
+            from bolus.learn.predict import load_trained
+            from bolus.weights import shipped, verified
+
+            if name not in shipped():
+                continue
+            spec, model, ctx = load_trained(verified(name), args.device, args.threads)
+            name = f"{name} (shipped, {ctx.times_s.size}-frame grid)"
+        else:
+            spec, model, ctx = build_untrained(name, args.shape[3], args.device, args.threads)
         started, cpu = time.perf_counter(), time.process_time()
         maps = predict_maps(spec, model, ctx, subject)
         if args.device == "cuda":
@@ -214,6 +225,9 @@ def main(argv=None) -> None:
     s.add_argument("--shape", nargs=4, type=int, default=[128, 128, 20, 60])
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--device", default="cpu")
+    s.add_argument(
+        "--shipped", action="store_true", help="the shipped weights (their own time grid)"
+    )
     a = sub.add_parser("accuracy")
     a.add_argument("results")
     a.add_argument("participants")
