@@ -128,9 +128,10 @@ def scores(work: Path, participants: Path, methods: list[str]) -> list[dict]:
             if not sp.map(method, "cbf").exists():
                 continue
             for name, (est, tru) in pooled.items():
-                est.append(on_grid(sp.map(method, name), truth)[brain])
-                tru.append(nib.load(truth_dir / f"{name}.nii.gz").get_fdata()[brain])
-            if row.get("group") == "stroke":
+                if sp.map(method, name).exists():  # a model writes only the maps it learned
+                    est.append(on_grid(sp.map(method, name), truth)[brain])
+                    tru.append(nib.load(truth_dir / f"{name}.nii.gz").get_fdata()[brain])
+            if row.get("group") == "stroke" and sp.map(method, "tmax").exists():
                 lesion = nib.load(truth_dir / "lesion.nii.gz").get_fdata()[brain] > 0
                 found = on_grid(sp.map(method, "tmax"), truth)[brain] > 6.0
                 denom = lesion.sum() + found.sum()
@@ -144,8 +145,9 @@ def scores(work: Path, participants: Path, methods: list[str]) -> list[dict]:
             record[f"{name}_median_abs_ratio_err"] = float(np.median(np.abs(est[ok] / tru[ok] - 1)))
             record[f"{name}_median_ratio"] = float(np.median(est[ok] / tru[ok]))
             record[f"{name}_r"] = float(np.corrcoef(est, tru)[0, 1])
-        est, tru = (np.concatenate(a) for a in pooled["tmax"])
-        record["tmax_mae_s"] = float(np.mean(np.abs(est - tru)))
+        if pooled["tmax"][0]:
+            est, tru = (np.concatenate(a) for a in pooled["tmax"])
+            record["tmax_mae_s"] = float(np.mean(np.abs(est - tru)))
         record["dice_tmax6"] = float(np.mean(dice)) if dice else float("nan")
         table.append(record)
     return table
@@ -214,7 +216,9 @@ def main() -> None:
     for r in table:
         print(
             "| "
-            + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else r[c] for c in cols)
+            + " | ".join(
+                f"{r[c]:.3f}" if isinstance(r.get(c), float) else r.get(c, "–") for c in cols
+            )
             + " |"
         )
 

@@ -24,6 +24,7 @@ SHIPPED = sorted(weights.shipped())
 #: The shipped mlp measured CBF 0.23, CBV 0.13 median |est/truth − 1|, r 0.91 and 0.97,
 #: Tmax and TTP median |error| 1.06 s and 0.77 s (bolus.learn.pretrain.held_out_scores):
 #: the bounds leave 20–30 % for another torch build's arithmetic, not for a worse model.
+VOXEL_MODELS = ("mlp", "transformer")
 VOXEL_BOUNDS = {
     "cbf": {"median_abs_relative_error": 0.30, "r": 0.85},
     "cbv": {"median_abs_relative_error": 0.18, "r": 0.93},
@@ -44,6 +45,11 @@ def test_the_package_ships_weights_each_with_a_manifest():
     assert total < 20e6  # the package stays small
 
 
+def test_every_shipped_model_has_a_held_out_accuracy_test():
+    untested = [m for m in SHIPPED if m not in VOXEL_MODELS and m not in COHORT_BOUNDS]
+    assert not untested, f"shipped without a held-out accuracy bound: {untested}"
+
+
 @pytest.mark.parametrize("model", SHIPPED)
 def test_every_shipped_file_loads_and_predicts_its_maps(model):
     from bolus.learn.predict import load_trained
@@ -55,7 +61,7 @@ def test_every_shipped_file_loads_and_predicts_its_maps(model):
     assert ctx.times_s.size == grid["frames"] and np.allclose(np.diff(ctx.times_s), grid["step"])
 
 
-@pytest.mark.parametrize("model", [m for m in SHIPPED if m in ("mlp", "transformer")])
+@pytest.mark.parametrize("model", [m for m in SHIPPED if m in VOXEL_MODELS])
 def test_voxel_models_are_accurate_on_voxels_they_never_saw(model):
     from bolus.learn.pretrain import held_out_scores
 
@@ -69,7 +75,7 @@ def test_voxel_models_are_accurate_on_voxels_they_never_saw(model):
             assert ok, (model, name, key, value, bound)
 
 
-@pytest.mark.parametrize("model", [m for m in SHIPPED if m in ("mlp", "transformer")])
+@pytest.mark.parametrize("model", [m for m in SHIPPED if m in VOXEL_MODELS])
 def test_noise_does_not_bias_the_flow_of_voxel_models_low(model):
     """One noisy DSC protocol inside the draws (TR 1.6 s, 50 frames, TE 30 ms, SNR 30, an
     arterial peak of 55–65 1/s, CBF 10–80): a voxel there leaves its flow uncertain by
@@ -90,6 +96,42 @@ def test_noise_does_not_bias_the_flow_of_voxel_models_low(model):
     scores = held_out_scores(weights.verified(model), n_voxels=20_000, seed=99, ranges=noisy)
     for name in ("cbf", "cbv"):
         assert 0.85 <= scores[name]["median_ratio"] <= 1.15, (model, name, scores[name])
+
+
+#: held-out bounds on 3 phantoms (64×64×8) simulated with seed 99, each its own drawn
+#: protocol (here: DSC TR 0.65 s SNR 23, TR 2.45 s SNR 102 with a stroke, TR 1.70 s SNR 53
+#: with a stroke) and processed by the workflow's stages, as the slice models' recipe
+#: makes its data (bolus.learn.pretrain.held_out_cohort_scores). The voxel-wise mlp is the
+#: yardstick any model must reach: it measured CBF 0.25 median |est/truth − 1| (r 0.83),
+#: CBV 0.14 (r 0.86), Tmax median |error| 0.61 s (r 0.87). The bounds leave 20–30 % for
+#: another torch build's arithmetic; a model that sees a voxel's neighbours is held to its
+#: own measured figures with the same margin.
+COHORT_BOUNDS = {
+    "mlp": {
+        "cbf": {"median_abs_relative_error": 0.30, "r": 0.75},
+        "cbv": {"median_abs_relative_error": 0.18, "r": 0.80},
+        "tmax": {"median_abs_error": 0.8},
+    },
+    # talebi measured CBF 0.092 (r 0.960), CBV 0.051 (r 0.953): its U-Net reads each
+    # voxel with its neighbours, the noise a single curve cannot average away
+    "talebi": {
+        "cbf": {"median_abs_relative_error": 0.12, "r": 0.93},
+        "cbv": {"median_abs_relative_error": 0.07, "r": 0.92},
+    },
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [m for m in SHIPPED if m in COHORT_BOUNDS])
+def test_shipped_models_are_accurate_on_processed_phantoms_they_never_saw(model):
+    from bolus.learn.pretrain import held_out_cohort_scores
+
+    scores = held_out_cohort_scores(weights.verified(model), n_subjects=3, seed=99)
+    for name, bounds in COHORT_BOUNDS[model].items():
+        for key, bound in bounds.items():
+            value = scores[name][key]
+            ok = value >= bound if key == "r" else value <= bound
+            assert ok, (model, name, key, value, bound)
 
 
 def test_a_tampered_file_is_refused(tmp_path):

@@ -53,14 +53,18 @@ RECIPES: dict[str, dict] = {
         },
     },
     # pre-training on simulated curves with their local AIF and delay (its own phase), then
-    # the maps on the across-protocol voxels; ≈ 200 voxels/s on 2 threads: about an hour
+    # the maps on the across-protocol voxels. Tokens of 8 s (kernel 16, stride 8): 15 on
+    # the 120-frame grid, as many as the schema's 4-sample stride gives a 60-frame subject
+    # (stride 4 there: 30 tokens, inference ≈ 3× slower)
     "transformer": {
         "data": "voxels",
         "size": 100_000,
         "params": {
+            "patch": 16,
+            "stride": 8,
             "pretrain_curves": 50_000,
             "pretrain_epochs": 4,
-            "epochs": 6,
+            "epochs": 10,
             "batch_size": 256,
             "lr": 0.0005,
             "patience": 3,
@@ -363,11 +367,53 @@ def held_out_scores(model_file, n_voxels: int = 20_000, seed: int = 99, ranges=N
         ranges=ranges or ACROSS_PROTOCOLS, curve_scale=CURVE_SCALE, aif_scale=AIF_SCALE,
     )  # fmt: skip
     out = spec.voxel_outputs(model, sim["curves"], sim["aif"], ctx)
+    return _scores(
+        {name: out[:, i] for i, name in enumerate(spec.maps) if name in ctx.extra["maps"]}, sim
+    )
+
+
+def held_out_cohort_scores(model_file, n_subjects: int = 3, seed: int = 99, work_dir=None) -> dict:
+    """A model's accuracy on ``n_subjects`` phantoms simulated with ``seed`` (each its own
+    drawn protocol, :func:`draw_acquisition`) and processed by the workflow's stages, as the
+    slice models' recipe makes its data: the maps predicted from each subject's pipeline
+    outputs (:func:`bolus.learn.predict.predict_maps`) against its truth, over the brain
+    mask's voxels pooled over subjects; the keys of :func:`held_out_scores`. ``work_dir``
+    keeps the simulated subjects (a temporary folder otherwise)."""
+    import tempfile
+
+    from bolus.learn.datasets import load_subject, reference_targets
+    from bolus.learn.predict import load_trained, predict_maps
+
+    spec, model, ctx = load_trained(model_file, "cpu")
+    learned = [name for name in spec.maps if name in ctx.extra["maps"]]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(work_dir or tmp)
+        rng = np.random.default_rng([int(seed), 64])
+        est, truth = {m: [] for m in learned}, {m: [] for m in learned}
+        for number in range(1, int(n_subjects) + 1):
+            row = simulate_processed_subject(work, number, seed, rng)
+            if row is None:
+                continue
+            subject = load_subject(work, row["participant_id"])
+            maps = predict_maps(spec, model, ctx, subject)
+            ref = reference_targets(subject, row["reference_dir"])
+            for name in learned:
+                values = ref[..., paths.MAPS.index(name)]
+                inside = subject.mask & np.isfinite(values)
+                est[name].append(maps[name][inside])
+                truth[name].append(values[inside])
+    return _scores(
+        {m: np.concatenate(v) for m, v in est.items()},
+        {m: np.concatenate(v) for m, v in truth.items()},
+    )
+
+
+def _scores(estimates: dict, truths: dict) -> dict:
+    """Per map of ``estimates``: Pearson r and median |error| against ``truths``, and for
+    CBF, CBV, MTT the median |estimate/truth − 1| and median estimate/truth."""
     scores = {}
-    for i, name in enumerate(spec.maps):
-        if name not in ctx.extra["maps"]:
-            continue
-        est, truth = np.asarray(out[:, i], float), sim[name].astype(float)
+    for name, est in estimates.items():
+        est, truth = np.asarray(est, float), np.asarray(truths[name], float)
         record = {
             "r": float(np.corrcoef(est, truth)[0, 1]),
             "median_abs_error": float(np.median(np.abs(est - truth))),
