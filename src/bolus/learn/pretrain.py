@@ -224,6 +224,14 @@ def simulate_processed_subject(out_dir, number: int, seed: int, rng) -> dict | N
     return {"participant_id": pid, "reference_dir": str(truth), "acquisition": acq}
 
 
+def processed_subjects(work, n_subjects: int, seed: int):
+    """Yield (number, row or None) for subjects 1…``n_subjects`` of the phantom cohort of
+    ``seed``, simulated and processed into ``work`` (:func:`simulate_processed_subject`)."""
+    rng = np.random.default_rng([int(seed), 64])
+    for number in range(1, int(n_subjects) + 1):
+        yield number, simulate_processed_subject(work, number, seed, rng)
+
+
 def write_pretraining_cohort(data_dir, n_subjects: int, seed: int = SEED) -> Path:
     """A simulated cohort of ``n_subjects`` (each its own protocol, :func:`draw_acquisition`)
     processed by the workflow's stages, written as both training layouts on :data:`GRID_S`
@@ -233,10 +241,8 @@ def write_pretraining_cohort(data_dir, n_subjects: int, seed: int = SEED) -> Pat
 
     data_dir = Path(data_dir)
     work = data_dir / "cohort"
-    rng = np.random.default_rng([int(seed), 64])
     rows = []
-    for number in range(1, int(n_subjects) + 1):
-        row = simulate_processed_subject(work, number, seed, rng)
+    for number, row in processed_subjects(work, n_subjects, seed):
         if row is not None:
             row["split"] = "val" if number % VAL_EVERY == 0 else "train"
             rows.append(row)
@@ -261,6 +267,8 @@ def pretrain(model: str, out_dir, *, device: str = "auto", threads=None, size=No
     same data); training resumes from its checkpoint (``out_dir/<model>/``) when stopped.
     ``size`` (voxels or subjects) and ``epochs`` override the recipe (a quick trial: the
     manifest records what was used)."""
+    import torch
+
     from bolus.learn.specs import pick_device
     from bolus.learn.train import resolve_params, train_model
     from bolus.weights import manifest_file, sha256, weights_file
@@ -315,7 +323,7 @@ def pretrain(model: str, out_dir, *, device: str = "auto", threads=None, size=No
         "seed": int(seed),
         "trained": {
             "device": str(pick_device(device)),
-            "threads": threads,
+            "threads": int(threads) if threads else torch.get_num_threads(),
             "epochs": len(curves),
             "seconds": round(float(curves["seconds"].sum())),
             "best_epoch": int(best["epoch"]),
@@ -388,10 +396,8 @@ def held_out_cohort_scores(model_file, n_subjects: int = 3, seed: int = 99, work
     learned = [name for name in spec.maps if name in ctx.extra["maps"]]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(work_dir or tmp)
-        rng = np.random.default_rng([int(seed), 64])
         est, truth = {m: [] for m in learned}, {m: [] for m in learned}
-        for number in range(1, int(n_subjects) + 1):
-            row = simulate_processed_subject(work, number, seed, rng)
+        for _, row in processed_subjects(work, n_subjects, seed):
             if row is None:
                 continue
             subject = load_subject(work, row["participant_id"])
