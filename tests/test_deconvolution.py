@@ -19,6 +19,7 @@ from bolus.perfusion.deconvolution import (
     convolution_kernel,
     cuda_available,
     oscillation_index,
+    resample_curves,
     uniform_grid,
 )
 from bolus.perfusion.maps import perfusion_maps
@@ -358,3 +359,24 @@ def test_worker_threads_follow_the_jobs_thread_limit(monkeypatch):
     two = perfusion_maps(conc, TIMES_S, AIF, "osvd")
     for name in one:
         np.testing.assert_array_equal(one[name], two[name])
+
+
+def test_resample_curves_is_linear_interpolation_holding_the_ends():
+    """The one matrix product equals numpy's interpolation curve by curve (irregular frames,
+    grid points before, between and beyond them); float32 stays float32; a NaN frame spoils
+    only the grid points it brackets, not its whole curve."""
+    rng = np.random.default_rng(3)
+    times = np.cumsum(rng.uniform(0.4, 2.5, 25))
+    grid = np.linspace(times[0] - 3, times[-1] + 4, 70)
+    curves = rng.normal(size=(4, 6, 25)).astype(np.float32)
+    out = resample_curves(curves, times, grid)
+    assert out.dtype == np.float32 and out.shape == (4, 6, 70)
+    expected = np.apply_along_axis(lambda c: np.interp(grid, times, c), -1, curves)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    spoilt = curves.copy()
+    spoilt[1, 2, 10] = np.nan
+    out = resample_curves(spoilt, times, grid)
+    near = (grid > times[9]) & (grid < times[11])
+    assert np.isnan(out[1, 2, near]).all() and np.isfinite(out[1, 2, ~near]).all()
+    np.testing.assert_allclose(out[1, 2, ~near], expected[1, 2, ~near], rtol=1e-5, atol=1e-5)
+    assert np.isfinite(np.delete(out.reshape(24, 70), 8, axis=0)).all()

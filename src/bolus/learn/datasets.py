@@ -95,17 +95,17 @@ def load_subject(output_dir, participant_id: str) -> SubjectSeries:
 
 
 def resample_time(curves: np.ndarray, times_s, grid_s) -> np.ndarray:
-    """Linear interpolation of ``curves`` (..., T) from ``times_s`` onto ``grid_s`` (last axis),
-    holding the end values beyond the acquisition. Vectorised over all voxels."""
+    """``curves`` (..., T) from ``times_s`` onto ``grid_s`` as float32
+    (:func:`bolus.perfusion.deconvolution.resample_curves`: linear, the end values held
+    beyond the acquisition, one matrix product over all voxels)."""
+    from bolus.perfusion.deconvolution import resample_curves
+
     times = np.asarray(times_s, float)
     grid = np.asarray(grid_s, float)
+    curves = np.asarray(curves, np.float32)
     if times.shape == grid.shape and np.allclose(times, grid, atol=1e-3):
-        return np.asarray(curves, np.float32)
-    g = np.clip(grid, times[0], times[-1])
-    hi = np.clip(np.searchsorted(times, g, side="right"), 1, times.size - 1)
-    lo = hi - 1
-    w = ((g - times[lo]) / (times[hi] - times[lo])).astype(np.float32)
-    return (curves[..., lo] * (1 - w) + curves[..., hi] * w).astype(np.float32)
+        return curves
+    return resample_curves(curves, times, grid)
 
 
 def model_inputs(subject: SubjectSeries, grid_s) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -121,7 +121,8 @@ def model_inputs(subject: SubjectSeries, grid_s) -> tuple[np.ndarray, np.ndarray
         raise SubjectError(subject.participant_id, None, f"AIF area is {area}; cannot normalise")
     curves = resample_time(subject.conc, subject.times_s, grid_s) * np.float32(CURVE_SCALE / area)
     aif = resample_time(subject.aif, subject.times_s, grid_s) * np.float32(AIF_SCALE / area)
-    curves = np.nan_to_num(curves, nan=0.0, posinf=0.0, neginf=0.0)
+    if not np.isfinite(curves).all():
+        curves = np.nan_to_num(curves, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     s0 = (
         subject.s0 / max(float(np.median(subject.s0[subject.mask])), 1e-6)
         if subject.mask.any()

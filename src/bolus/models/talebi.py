@@ -113,15 +113,18 @@ class TalebiNet(nn.Module):
 def _temporal_nhwc(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """``seq(x)`` for the temporal encoder (conv, ReLU, max-pool 2, conv, ReLU, adaptive
     average pool) on (voxels, 2, time): the 1D convolutions as (1, k) 2D ones on the
-    channels-last (voxels, C, 1, time), the adaptive pool as the product with its
+    channels-last (voxels, C, 1, time), the max-pool on pairs of frames in that layout, the
+    adaptive pool as the product with its
     averaging matrix (PyTorch's bins: [⌊i·n/L⌋, ⌈(i + 1)·n/L⌉))."""
     conv1, conv2, length = seq[0], seq[3], seq[5].output_size
     x = x[:, :, None].contiguous(memory_format=torch.channels_last)
     for i, conv in enumerate((conv1, conv2)):
         weight = conv.weight[:, :, None].contiguous(memory_format=torch.channels_last)
         x = F.conv2d(x, weight, conv.bias, 1, (0, conv.padding[0])).relu_()
-        if i == 0:
-            x = F.max_pool2d(x, (1, 2))
+        if i == 0:  # max-pool 2: the larger of adjacent frames (an odd last frame dropped)
+            frames = x.permute(0, 2, 3, 1)[:, 0, : x.shape[-1] // 2 * 2]  # (voxels, time, C)
+            frames = frames.reshape(x.shape[0], -1, 2, x.shape[1])
+            x = torch.maximum(frames[:, :, 0], frames[:, :, 1]).permute(0, 2, 1)[:, :, None]
     n = x.shape[-1]
     average = x.new_zeros(n, length)
     for i in range(length):

@@ -159,19 +159,48 @@ def uniform_grid(times_s) -> np.ndarray:
     return times[0] + dt * np.arange(n)
 
 
-def resample_curves(curves, times_s, grid_s):
-    """Linear interpolation of (..., T) curves sampled at ``times_s`` onto ``grid_s``.
-
-    Vectorised over the leading axes: the bracketing frames and weights are computed once
-    for the grid and applied to every curve.
-    """
+def interpolation_matrix(times_s, grid_s, dtype=np.float64) -> np.ndarray:
+    """(T, G) weights of linear interpolation from ``times_s`` (T,) (increasing) onto
+    ``grid_s`` (G,), holding the end values beyond ``times_s``: ``curves @ matrix`` is the
+    interpolation of every (..., T) curve. Two weights per column, summing to 1."""
     times = np.asarray(times_s, dtype=float)
     grid = np.asarray(grid_s, dtype=float)
     right = np.clip(np.searchsorted(times, grid, side="right"), 1, times.size - 1)
     left = right - 1
     weight = np.clip((grid - times[left]) / (times[right] - times[left]), 0.0, 1.0)
+    matrix = np.zeros((times.size, grid.size), dtype)
+    columns = np.arange(grid.size)
+    np.add.at(matrix, (left, columns), 1.0 - weight)
+    np.add.at(matrix, (right, columns), weight)
+    return matrix
+
+
+def resample_curves(curves, times_s, grid_s):
+    """Linear interpolation of (..., T) curves sampled at ``times_s`` onto ``grid_s`` (last
+    axis), holding the end values beyond the acquisition; float32 curves stay float32.
+
+    One matrix product over all curves (:func:`interpolation_matrix`), several times faster
+    than gathering the bracketing frames. A non-finite value spoils only the grid points
+    it brackets, as in the gather: such curves take that path.
+    """
     curves = np.asarray(curves)
-    return curves[..., left] * (1.0 - weight) + curves[..., right] * weight
+    dtype = np.float32 if curves.dtype == np.float32 else np.float64
+    matrix = interpolation_matrix(times_s, grid_s, dtype)
+    flat = curves.reshape(-1, curves.shape[-1])
+    out = flat.astype(dtype, copy=False) @ matrix
+    bad = ~np.isfinite(flat).all(axis=1)
+    if bad.any():
+        times = np.asarray(times_s, dtype=float)
+        right = np.clip(
+            np.searchsorted(times, np.asarray(grid_s, float), side="right"), 1, times.size - 1
+        )
+        left = right - 1
+        rows = flat[bad].astype(dtype)
+        out[bad] = (
+            rows[:, left] * matrix[left, np.arange(left.size)]
+            + rows[:, right] * matrix[right, np.arange(left.size)]
+        )
+    return out.reshape(curves.shape[:-1] + (matrix.shape[1],))
 
 
 def convolution_kernel(aif, quadrature: str = "linear", length: int | None = None) -> np.ndarray:
