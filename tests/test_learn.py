@@ -320,6 +320,33 @@ def test_a_checkpoint_of_other_parameters_is_not_resumed(cohort, tmp_path):
     assert [h["epoch"] for h in history] == [1, 2]  # not the first run's 3 epochs, resumed
 
 
+def test_a_run_given_more_epochs_continues_its_checkpoint_as_the_longer_run(cohort, tmp_path):
+    """Raising ``epochs`` (a pre-training recipe extended, a cohort's longer run) continues
+    the finished checkpoint: seeded per epoch, the 2 + 2 epochs end with exactly the weights
+    of 4 straight, and in a two-phase model only the last phase is extended."""
+    from bolus.learn.train import CHECKPOINT, train_model
+
+    for model in ("mlp", "transformer"):
+        config = config_for(max_batches_per_epoch=1, patience=100)
+        config["model_params"].setdefault(model, {}).update(epochs=2, pretrain_epochs=1,
+                                                            pretrain_curves=64)  # fmt: skip
+        extended = tmp_path / f"{model}-extended"
+        train_model(model, cohort["data"], extended, config, threads=1)
+        config["model_params"][model]["epochs"] = 4
+        train_model(model, cohort["data"], extended, config, threads=1)
+        history = torch.load(extended / CHECKPOINT, weights_only=False)["history"]
+        phases = [h["phase"] for h in history]
+        assert [h["epoch"] for h in history] == list(range(1, len(phases) + 1))
+        assert phases.count("pretrain") == (1 if model == "transformer" else 0)
+        assert len(phases) - phases.count("pretrain") == 4
+        straight = tmp_path / f"{model}-straight"
+        train_model(model, cohort["data"], straight, config, threads=1)
+        reference = torch.load(straight / "model.pt", weights_only=False)["state"]
+        resumed = torch.load(extended / "model.pt", weights_only=False)["state"]
+        for key, value in reference.items():
+            torch.testing.assert_close(resumed[key], value)
+
+
 def test_training_writes_curves_config_and_model(cohort, tmp_path):
     from bolus.learn.train import train_model
 

@@ -55,12 +55,15 @@ def resolve_params(config: dict | None, model: str) -> dict[str, Any]:
 
 
 def run_fingerprint(data_dir, params: dict) -> str:
-    """What a checkpoint was trained on: the training data's meta.json and the parameters.
-    A checkpoint of another run (other data, other sizes) is not resumed."""
+    """What a checkpoint was trained on: the training data's meta.json and the parameters
+    but ``epochs`` (a run given more epochs continues its checkpoint:
+    :func:`_continues`). A checkpoint of another run (other data, other sizes) is not
+    resumed."""
     import hashlib
 
     meta = (Path(data_dir) / "meta.json").read_bytes()
-    text = yaml.safe_dump({k: v for k, v in params.items() if k != "threads"}, sort_keys=True)
+    kept = {k: v for k, v in params.items() if k not in ("threads", "epochs")}
+    text = yaml.safe_dump(kept, sort_keys=True)
     return hashlib.sha256(meta + text.encode()).hexdigest()
 
 
@@ -226,9 +229,15 @@ def train_model(
     state = {"phase": 0, "epoch": 0, "epoch_in_phase": 0, "best": float("inf"), "stale": 0}
     history: list[dict] = []
     best_weights = copy.deepcopy(model.state_dict())
+    phases = spec.phases(params)
+    if start is not None:  # the shipped weights had their pre-training
+        phases = [(phase, n) for phase, n in phases if phase != "pretrain"]
     checkpoint = model_dir / CHECKPOINT
     fingerprint = run_fingerprint(data_dir, params)
     saved = load_checkpoint(checkpoint, device, fingerprint)
+    if saved is not None and not _continues(saved, phases):
+        log.info("%s trained beyond this run's epochs: starting afresh", checkpoint)
+        saved = None
     if saved is not None:
         model.load_state_dict(saved["model"])
         for optimiser, saved_state in zip(optimisers, saved["optimisers"], strict=True):
@@ -241,13 +250,10 @@ def train_model(
         _save_atomic(
             {"model": model.state_dict(), "optimisers": [o.state_dict() for o in optimisers],
              "best": best_weights, "state": state, "history": history,
-             "fingerprint": fingerprint},
+             "fingerprint": fingerprint, "phases": phases},
             checkpoint,
         )  # fmt: skip
 
-    phases = spec.phases(params)
-    if start is not None:  # the shipped weights had their pre-training
-        phases = [(phase, n) for phase, n in phases if phase != "pretrain"]
     patience = int(params["patience"])
     per_batch = spec.batch_size(params)
     max_batches = params.get("max_batches_per_epoch")
@@ -276,6 +282,8 @@ def train_model(
             state["epoch_in_phase"] += 1
             save_checkpoint()
             write_curves(history, model_dir, figure=False)  # the figure once, at the end
+        if state["phase"] == len(phases) - 1:
+            break  # the checkpoint stays in the last phase: more epochs continue it
         # next phase (fine-tuning) starts from this phase's best weights
         model.load_state_dict(best_weights)
         state.update(phase=state["phase"] + 1, epoch_in_phase=0, best=float("inf"), stale=0)
@@ -285,6 +293,22 @@ def train_model(
     out = model_dir / MODEL
     _save_atomic(_model_record(name, spec, best_weights, ctx, params), out)
     return out
+
+
+def _continues(saved: dict, phases: list) -> bool:
+    """Whether a checkpoint's run is the start of one with ``phases`` [(phase, epochs)]: the
+    same phases, the same epochs in those it finished, no more in the one it was in. Seeded
+    per epoch, continuing it is the longer run."""
+    before = [tuple(p) for p in saved.get("phases", [])]
+    at, done = saved["state"]["phase"], saved["state"]["epoch_in_phase"]
+    now = [tuple(p) for p in phases]
+    return (
+        len(before) == len(now)
+        and at < len(now)
+        and before[:at] == now[:at]
+        and before[at][0] == now[at][0]
+        and done <= now[at][1]
+    )
 
 
 def _phase_data(phase, data, ctx, params, config):
