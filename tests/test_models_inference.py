@@ -63,12 +63,13 @@ def test_transformer_inference_equals_the_layers_forward(sizes, inputs):
         assert_same(new[key], ref[key])
 
 
-def test_stnet_slice_inference_equals_the_forward_on_every_voxel():
+@pytest.mark.parametrize(("frame_pool", "curve_channel"), [(1, False), (2, False), (1, True)])
+def test_stnet_slice_inference_equals_the_forward_on_every_voxel(frame_pool, curve_channel):
     torch.manual_seed(1)
-    model = STNet(30, 3, (8, 16, 32, 64), 32, (1, 3, 8, 25)).eval()
-    curves = torch.randn(1, 30, 17, 13)
+    model = STNet(31, 3, (8, 16, 32, 64), 32, (1, 3, 8, 25), frame_pool, curve_channel).eval()
+    curves = torch.randn(1, 31, 17, 13)  # odd: pooled by 2, the last frame is dropped
     s0 = torch.rand(1, 17, 13) * 2
-    aif = torch.rand(1, 30)
+    aif = torch.rand(1, 31)
     inside = torch.rand(17, 13) > 0.3
     ij = inside.nonzero()
     voxels = torch.cat([torch.zeros(len(ij), 1, dtype=torch.long), ij], 1)
@@ -109,3 +110,19 @@ def test_pretraining_curves_are_normalised_like_model_inputs():
     area = np.trapezoid(arrays["aif"], grid, axis=1)
     assert abs(np.median(area) / AIF_SCALE - 1) < 0.05
     assert (arrays["bad"] >= 0).all() and arrays["bad"].max() > 10.0
+
+
+def test_stnet_frame_pool_reads_the_curves_at_k_times_the_step():
+    """frame_pool 2 on 2·T frames is the unpooled network on the pair means (T frames)."""
+    torch.manual_seed(4)
+    pooled = STNet(40, 3, (4, 8, 8, 16), 8, (1, 3), frame_pool=2).eval()
+    plain = STNet(20, 3, (4, 8, 8, 16), 8, (1, 3)).eval()
+    plain.load_state_dict(pooled.state_dict())
+    curves, s0, aif = torch.randn(2, 40, 9, 8), torch.rand(2, 9, 8), torch.rand(2, 40)
+    voxels = torch.tensor([[0, 4, 4], [1, 0, 7], [1, 8, 2]])
+    with torch.no_grad():
+        got = pooled(curves, s0, aif, voxels)
+        expected = plain(
+            curves.unflatten(1, (20, 2)).mean(2), s0, aif.unflatten(1, (20, 2)).mean(2), voxels
+        )
+    assert_same(got, expected)

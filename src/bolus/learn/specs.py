@@ -476,6 +476,8 @@ class STNetSpec(SliceSpec):
             tuple(params["spatial_channels"]),
             int(params["width"]),
             tuple(params["dilations"]),
+            int(params["frame_pool"]),
+            bool(params["curve_channel"]),
         )
 
     def sample_voxels(self, mask, lesion, ctx, rng) -> np.ndarray:

@@ -12,7 +12,8 @@ how to batch, step, score and predict it); the engine holds no model of its own.
   (seed, epoch), so a resumed run repeats exactly the epochs an uninterrupted one would;
 * writes ``checkpoint.pt`` (weights, every optimiser, best weights, history, phase and epoch)
   atomically after every epoch and resumes from it when present — a preempted or killed
-  job (a requeued Slurm job) restarts at the first epoch it had not finished;
+  job (a requeued Slurm job) restarts at the first epoch it had not finished, and a run
+  given more ``epochs`` continues a finished one (the longer run, epoch for epoch);
 * stops a phase early when the validation loss has not improved for ``patience`` epochs
   (validation = the ``val`` subjects, else every 5th training row or slice);
 * with ``lr_search.enabled``, first picks the learning rate by k-fold cross-validation
