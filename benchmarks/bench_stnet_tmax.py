@@ -78,7 +78,8 @@ def run_stnet(work: Path, epochs: int, overrides: dict, threads: int) -> None:
 
 
 def voxels(folder: Path, n: int, seed: int, lesion_fraction: float | None):
-    """(inputs (n, 2, T): curve and the subject's AIF; Tmax; CBF) of ``n`` brain voxels."""
+    """(inputs (n, 2, T): curve and the subject's AIF; Tmax; CBF; slice) of ``n`` brain
+    voxels."""
     import torch
 
     from bolus.learn.datasets import MAPS, open_layout
@@ -104,24 +105,31 @@ def voxels(folder: Path, n: int, seed: int, lesion_fraction: float | None):
     )
     aifs = np.asarray(data["aifs"][:])[np.asarray(data["subject"][:])[k]]
     as_tensor = lambda x: torch.tensor(x, dtype=torch.float32)  # noqa: E731
-    return as_tensor(np.stack([curves, aifs], 1)), as_tensor(tmax[k, i, j]), as_tensor(cbf[k, i, j])
+    inputs = as_tensor(np.stack([curves, aifs], 1))
+    return inputs, as_tensor(tmax[k, i, j]), as_tensor(cbf[k, i, j]), torch.as_tensor(k)
 
 
-def run_head(work: Path, steps: int, threads: int) -> None:
+def run_head(work: Path, steps: int, threads: int, batch_slices: int | None) -> None:
     import torch
     from torch.nn import functional as F
 
     from bolus.models.stnet import TemporalHead
 
     torch.set_num_threads(threads)
-    x, tmax, cbf = voxels(work / "train", 40_000, 1, 0.3)
-    x_test, tmax_test, cbf_test = voxels(work / "test", 8_000, 2, None)
+    x, tmax, cbf, slices = voxels(work / "train", 40_000, 1, 0.3)
+    x_test, tmax_test, cbf_test, _ = voxels(work / "test", 8_000, 2, None)
+    generator = torch.Generator().manual_seed(1)
     torch.manual_seed(0)
     head = TemporalHead(2, 2, 24, (1, 3, 8, 25))
     optimiser = torch.optim.Adam(head.parameters(), 1e-3)
     (tm, ts), (cm, cs) = (tmax.mean(), tmax.std()), (cbf.mean(), cbf.std())
     for step in range(steps):
-        rows = torch.randint(0, len(x), (256,))
+        if batch_slices:  # as STNet's batches: voxels of a few slices only
+            chosen = slices.unique()[torch.randperm(len(slices.unique()), generator=generator)]
+            pool = torch.isin(slices, chosen[:batch_slices]).nonzero()[:, 0]
+            rows = pool[torch.randint(0, len(pool), (256,), generator=generator)]
+        else:
+            rows = torch.randint(0, len(x), (256,))
         out = head(x[rows])
         loss = F.smooth_l1_loss(out[:, 0], (tmax[rows] - tm) / ts, beta=0.5) + F.smooth_l1_loss(
             out[:, 1], (cbf[rows] - cm) / cs, beta=0.5
@@ -145,11 +153,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=7)
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-slices", type=int, default=None,
+                    help="head: each batch's voxels from this many random slices")  # fmt: skip
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
     cohorts(args.work)
     if args.mode == "head":
-        run_head(args.work, args.steps, args.threads)
+        run_head(args.work, args.steps, args.threads, args.batch_slices)
         return
     import yaml
 
