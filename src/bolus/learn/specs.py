@@ -477,7 +477,6 @@ class STNetSpec(SliceSpec):
             int(params["width"]),
             tuple(params["dilations"]),
             int(params["frame_pool"]),
-            bool(params["curve_channel"]),
         )
 
     def sample_voxels(self, mask, lesion, ctx, rng) -> np.ndarray:

@@ -130,24 +130,18 @@ class STNet(nn.Module):
         width: int = 32,
         dilations=(1, 3, 8, 25),
         frame_pool: int = 1,
-        curve_channel: bool = False,
     ):
         super().__init__()
         self.frame_pool = int(frame_pool)
-        self.curve_channel = bool(curve_channel)
         self.spatial = SpatialEncoder(spatial_channels)
-        extra = 3 if self.curve_channel else 2
-        self.head = TemporalHead(self.spatial.out_channels + extra, n_outputs, width, dilations)
+        self.head = TemporalHead(self.spatial.out_channels + 2, n_outputs, width, dilations)
 
-    def voxel_sequences(self, features, s0, aif, voxels, curves=None) -> torch.Tensor:
-        """(n, C + 2, time) head inputs of the chosen voxels from the slice features
-        (C + 3 with ``curve_channel``: the voxel's own curve after the features)."""
+    def voxel_sequences(self, features, s0, aif, voxels) -> torch.Tensor:
+        """(n, C + 2, time) head inputs of the chosen voxels from the slice features."""
         b, i, j = voxels[:, 0], voxels[:, 1], voxels[:, 2]
-        seq = [features[b, :, :, i, j]]  # (n, C, time)
-        if self.curve_channel:
-            seq.append(curves[b, :, i, j][:, None])
-        t = seq[0].shape[-1]
-        return torch.cat(seq + [s0[b, i, j][:, None, None].expand(-1, 1, t), aif[b][:, None]], 1)
+        seq = features[b, :, :, i, j]  # (n, C, time)
+        t = seq.shape[-1]
+        return torch.cat([seq, s0[b, i, j][:, None, None].expand(-1, 1, t), aif[b][:, None]], 1)
 
     def pooled(self, curves: torch.Tensor, aif: torch.Tensor):
         """(curves, aif) averaged over each ``frame_pool`` frames of their last axis but
@@ -162,7 +156,7 @@ class STNet(nn.Module):
     def forward(self, curves, s0, aif, voxels) -> torch.Tensor:
         curves, aif = self.pooled(curves, aif)
         features = self.spatial(curves)
-        return self.head(self.voxel_sequences(features, s0, aif, voxels, curves))
+        return self.head(self.voxel_sequences(features, s0, aif, voxels))
 
     @torch.inference_mode()
     def predict_slice(self, curves, s0, aif, inside, chunk: int = 1024) -> torch.Tensor:
@@ -180,16 +174,12 @@ class STNet(nn.Module):
         curves, aif = self.pooled(curves, aif)
         t, h, w = curves.shape
         inlet, c = self.head.inlet[0], self.spatial.out_channels
-        weight, bias = inlet.weight[:, :, 0], inlet.bias  # (width, C + 2 or 3), (width,)
+        weight, bias = inlet.weight[:, :, 0], inlet.bias  # (width, C + 2), (width,)
         x = F.pad(curves.reshape(t, 1, h, w), (SpatialEncoder.REACH,) * 4)
         x = x.contiguous(memory_format=torch.channels_last)
         for layer in self.spatial.net:
             x = _conv_nhwc(layer, x) if isinstance(layer, nn.Conv2d) else layer(x)
         x = F.conv2d(x, _nhwc(weight[:, :c, None, None]))  # (time, width, x, y), x·y·width
-        if self.curve_channel:  # the voxel's own curve column, over the whole slice
-            own = F.conv2d(curves.reshape(t, 1, h, w), weight[:, c : c + 1, None, None])
-            x = x + own.contiguous(memory_format=torch.channels_last)
-            c += 1
         width = x.shape[1]
         flat = inside.reshape(-1).nonzero()[:, 0]
         x = x.permute(0, 2, 3, 1).reshape(t, h * w, width).index_select(1, flat)  # (T, n, width)

@@ -114,8 +114,8 @@ def _temporal_nhwc(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """``seq(x)`` for the temporal encoder (conv, ReLU, max-pool 2, conv, ReLU, adaptive
     average pool) on (voxels, 2, time): the 1D convolutions as (1, k) 2D ones on the
     channels-last (voxels, C, 1, time), the max-pool on pairs of frames in that layout, the
-    adaptive pool as the product with its
-    averaging matrix (PyTorch's bins: [⌊i·n/L⌋, ⌈(i + 1)·n/L⌉))."""
+    adaptive pool as the product with its averaging matrix (PyTorch's bins:
+    [⌊i·n/L⌋, ⌈(i + 1)·n/L⌉))."""
     conv1, conv2, length = seq[0], seq[3], seq[5].output_size
     x = x[:, :, None].contiguous(memory_format=torch.channels_last)
     for i, conv in enumerate((conv1, conv2)):

@@ -159,19 +159,26 @@ def uniform_grid(times_s) -> np.ndarray:
     return times[0] + dt * np.arange(n)
 
 
-def interpolation_matrix(times_s, grid_s, dtype=np.float64) -> np.ndarray:
-    """(T, G) weights of linear interpolation from ``times_s`` (T,) (increasing) onto
-    ``grid_s`` (G,), holding the end values beyond ``times_s``: ``curves @ matrix`` is the
-    interpolation of every (..., T) curve. Two weights per column, summing to 1."""
+def _brackets(times_s, grid_s):
+    """(left, right, weight) of linear interpolation from ``times_s`` (increasing) onto
+    ``grid_s``: value = (1 − weight)·c[left] + weight·c[right], end values held."""
     times = np.asarray(times_s, dtype=float)
     grid = np.asarray(grid_s, dtype=float)
     right = np.clip(np.searchsorted(times, grid, side="right"), 1, times.size - 1)
     left = right - 1
     weight = np.clip((grid - times[left]) / (times[right] - times[left]), 0.0, 1.0)
-    matrix = np.zeros((times.size, grid.size), dtype)
-    columns = np.arange(grid.size)
-    np.add.at(matrix, (left, columns), 1.0 - weight)
-    np.add.at(matrix, (right, columns), weight)
+    return left, right, weight
+
+
+def interpolation_matrix(times_s, grid_s, dtype=np.float64) -> np.ndarray:
+    """(T, G) weights of linear interpolation from ``times_s`` (T,) (increasing) onto
+    ``grid_s`` (G,), holding the end values beyond ``times_s``: ``curves @ matrix`` is the
+    interpolation of every (..., T) curve. Two weights per column, summing to 1."""
+    left, right, weight = _brackets(times_s, grid_s)
+    matrix = np.zeros((np.size(times_s), weight.size), dtype)
+    columns = np.arange(weight.size)
+    matrix[left, columns] = 1.0 - weight
+    matrix[right, columns] = weight  # right = left + 1: no column entry written twice
     return matrix
 
 
@@ -180,27 +187,20 @@ def resample_curves(curves, times_s, grid_s):
     axis), holding the end values beyond the acquisition; float32 curves stay float32.
 
     One matrix product over all curves (:func:`interpolation_matrix`), several times faster
-    than gathering the bracketing frames. A non-finite value spoils only the grid points
-    it brackets, as in the gather: such curves take that path.
+    than gathering the bracketing frames. A non-finite value would spread through the
+    product to its whole curve: such curves take the gather, where it spoils only the grid
+    points it brackets.
     """
     curves = np.asarray(curves)
     dtype = np.float32 if curves.dtype == np.float32 else np.float64
-    matrix = interpolation_matrix(times_s, grid_s, dtype)
     flat = curves.reshape(-1, curves.shape[-1])
-    out = flat.astype(dtype, copy=False) @ matrix
+    out = flat.astype(dtype, copy=False) @ interpolation_matrix(times_s, grid_s, dtype)
     bad = ~np.isfinite(flat).all(axis=1)
     if bad.any():
-        times = np.asarray(times_s, dtype=float)
-        right = np.clip(
-            np.searchsorted(times, np.asarray(grid_s, float), side="right"), 1, times.size - 1
-        )
-        left = right - 1
+        left, right, weight = _brackets(times_s, grid_s)
         rows = flat[bad].astype(dtype)
-        out[bad] = (
-            rows[:, left] * matrix[left, np.arange(left.size)]
-            + rows[:, right] * matrix[right, np.arange(left.size)]
-        )
-    return out.reshape(curves.shape[:-1] + (matrix.shape[1],))
+        out[bad] = rows[:, left] * (1.0 - weight) + rows[:, right] * weight
+    return out.reshape(curves.shape[:-1] + (out.shape[1],))
 
 
 def convolution_kernel(aif, quadrature: str = "linear", length: int | None = None) -> np.ndarray:
