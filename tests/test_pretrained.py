@@ -194,6 +194,13 @@ def test_pretrain_writes_a_verified_file_and_finetuning_starts_from_it(tmp_path)
     }
     assert torch.load(scratch, weights_only=False)["params"]["hidden"] != record["params"]["hidden"]
     assert first["tuned"] < first["scratch"], first
+    # the recipe extended by an epoch, run on 2 threads, continues the file's run: the
+    # manifest describes both calls
+    assert manifest["trained"]["device"] == "cpu" and manifest["trained"]["threads"] == 1
+    assert main(["pretrain", "mlp", "--out", str(out), "--size", "3000", "--epochs", "2",
+                 "--threads", "2"]) == 0  # fmt: skip
+    trained = json.loads(weights.manifest_file("mlp", out).read_text())["trained"]
+    assert trained["epochs"] == 2 and trained["threads"] == [1, 2], trained
 
 
 def test_the_recipe_cohort_and_the_held_out_phantoms_are_one_sequence(tmp_path):

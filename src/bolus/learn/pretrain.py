@@ -270,9 +270,6 @@ def pretrain(model: str, out_dir, *, device: str = "auto", threads=None, size=No
     same data); training resumes from its checkpoint (``out_dir/<model>/``) when stopped.
     ``size`` (voxels or subjects) and ``epochs`` override the recipe (a quick trial: the
     manifest records what was used)."""
-    import torch
-
-    from bolus.learn.specs import pick_device
     from bolus.learn.train import resolve_params, train_model
     from bolus.weights import manifest_file, sha256, weights_file
 
@@ -324,9 +321,9 @@ def pretrain(model: str, out_dir, *, device: str = "auto", threads=None, size=No
         "recipe": recipe,
         "params": resolve_params(config, model),
         "seed": int(seed),
-        "trained": {
-            "device": str(pick_device(device)),
-            "threads": int(threads) if threads else torch.get_num_threads(),
+        "trained": {  # of every epoch, resumed runs included (curves.tsv)
+            "device": _one_or_all(curves["device"]),
+            "threads": _one_or_all(curves["threads"].astype(int)),
             "epochs": len(curves),
             "seconds": round(float(curves["seconds"].sum())),
             "best_epoch": int(best["epoch"]),
@@ -337,6 +334,12 @@ def pretrain(model: str, out_dir, *, device: str = "auto", threads=None, size=No
     manifest_file(model, out).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     log.info("%s: wrote %s (%d bytes)", model, target, manifest["bytes"])
     return target
+
+
+def _one_or_all(column):
+    """The value of every row, or the distinct values in order of first use."""
+    values = list(dict.fromkeys(column.tolist()))
+    return values[0] if len(values) == 1 else values
 
 
 def _training_keys() -> set[str]:

@@ -275,7 +275,8 @@ def train_model(
             means = epoch_means(losses)
             history.append(
                 {"epoch": epoch + 1, "phase": phase, "train_loss": means.pop("loss"),
-                 "val_loss": val, **means, "seconds": round(time.perf_counter() - started, 3)}
+                 "val_loss": val, **means, "seconds": round(time.perf_counter() - started, 3),
+                 "device": device.type, "threads": torch.get_num_threads()}
             )  # fmt: skip
             log.info("%s %s epoch %d: train %.4g val %.4g", name, phase, epoch + 1,
                      history[-1]["train_loss"], val)  # fmt: skip
@@ -361,7 +362,8 @@ def _fit_sklearn(name, spec, data, ctx, params, model_dir) -> Path:
     val = float(np.mean(np.abs(estimator.predict(xv) - yv))) if len(xv) else float("nan")
     train = float(np.mean(np.abs(estimator.predict(x[:50_000]) - y[:50_000])))
     history = [{"epoch": 1, "phase": "fit", "train_loss": train, "val_loss": val,
-                "seconds": round(time.perf_counter() - started, 3)}]  # fmt: skip
+                "seconds": round(time.perf_counter() - started, 3), "device": "cpu",
+                "threads": int(params.get("threads", 1))}]  # fmt: skip
     write_curves(history, model_dir)
     out = model_dir / MODEL
     record = _model_record(name, spec, None, ctx, params)
