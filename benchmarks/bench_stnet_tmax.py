@@ -1,6 +1,7 @@
 """Why stnet's Tmax comes out flat: STNet against its temporal head alone, on the same data.
 
     python benchmarks/bench_stnet_tmax.py stnet [--work DIR] [--epochs 7] [--set KEY=VALUE ...]
+        [--no-s0]
     python benchmarks/bench_stnet_tmax.py head [--work DIR] [--steps 1200]
 
 Both modes first simulate (once, kept in ``--work``) a 12-subject training cohort and a
@@ -8,13 +9,16 @@ Both modes first simulate (once, kept in ``--work``) a 12-subject training cohor
 seeds 7 and 8: the slice layout of the shipped models' recipe, on their 1 s × 120 grid).
 
 ``stnet`` trains STNet through the engine (2 slices a step, ``--set`` overrides
-``model_params.stnet``, e.g. ``--set physics_weight=0``) and prints, for every map, the
+``model_params.stnet``, e.g. ``--set physics_weight=0``; ``--no-s0`` gives its head zeros
+for S0) and prints, for every map, the
 Pearson r, median |relative error| and the sd of estimate and truth over the test subjects'
 brain voxels. ``head`` trains the temporal head alone on the cohort's voxel curves and their
 subject's AIF (batches of 256 voxels across subjects, 30 % lesion voxels) and prints Tmax and
-CBF on the test voxels every 300 steps. Measured (closing note of 2026-12-05): the head alone
-reaches Tmax r 0.64 in 300 steps; STNet after ≈ 300 steps learns CBF (r 0.77) but not Tmax
-(r 0.21, sd 0.18 s against 2.7 s). Figures, not a timed test; about 12 min a run on 2 cores.
+CBF on the test voxels every 300 steps. Measured (README, "stnet"): the head alone reaches
+Tmax r 0.64 in 300 steps (0.45 with ``--batch-slices 2``, 0.70 at 1,200); STNet learns CBF
+(r 0.77 after ≈ 300 steps, 0.85 after 28 epochs) but not Tmax (r 0.21 and 0.26, sd 0.18 and
+0.16 s against 2.7 s; ``--no-s0``: r 0.24). Figures, not a timed test; about 6 min a run
+of 7 epochs on 2 cores.
 """
 
 from __future__ import annotations
@@ -38,7 +42,20 @@ def cohorts(work: Path) -> None:
             write_pretraining_cohort(work / name, n, seed=seed)
 
 
-def run_stnet(work: Path, epochs: int, overrides: dict, threads: int) -> None:
+def zero_s0() -> None:
+    """Ablation: STNet's head given zeros for S0, in training and in the slice inference."""
+    from bolus.models import stnet
+
+    forward, predict = stnet.STNet.forward, stnet.STNet.predict_slice
+    stnet.STNet.forward = lambda self, curves, s0, aif, voxels: forward(
+        self, curves, s0 * 0.0, aif, voxels
+    )
+    stnet.STNet.predict_slice = lambda self, curves, s0, aif, inside, chunk=1024: predict(
+        self, curves, s0 * 0.0, aif, inside, chunk
+    )
+
+
+def run_stnet(work: Path, epochs: int, overrides: dict, threads: int, no_s0=False) -> None:
     import torch
 
     from bolus.learn.datasets import MAPS, open_layout
@@ -49,6 +66,9 @@ def run_stnet(work: Path, epochs: int, overrides: dict, threads: int) -> None:
     config = {"seed": 1, "model_params": {"stnet": params},
               "training": {"device": "cpu", "patience": 100, "lr": 1e-3, "relative_loss": True}}  # fmt: skip
     tag = "stnet-" + "-".join(f"{k}{v}" for k, v in sorted(params.items()))
+    if no_s0:
+        tag += "-no_s0"
+        zero_s0()
     started = time.perf_counter()
     model_file = train_model("stnet", work / "train", work / tag, config, threads=threads)
     print(f"trained in {time.perf_counter() - started:.0f} s ({work / tag})")
@@ -156,6 +176,7 @@ def main() -> None:
     ap.add_argument("--batch-slices", type=int, default=None,
                     help="head: each batch's voxels from this many random slices")  # fmt: skip
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--no-s0", action="store_true", help="stnet: S0 given as zeros (ablation)")
     args = ap.parse_args()
     cohorts(args.work)
     if args.mode == "head":
@@ -164,7 +185,7 @@ def main() -> None:
     import yaml
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    run_stnet(args.work, args.epochs, overrides, args.threads)
+    run_stnet(args.work, args.epochs, overrides, args.threads, args.no_s0)
 
 
 if __name__ == "__main__":
