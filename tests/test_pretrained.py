@@ -203,6 +203,18 @@ def test_pretrain_writes_a_verified_file_and_finetuning_starts_from_it(tmp_path)
     assert trained["epochs"] == 2 and trained["threads"] == [1, 2], trained
 
 
+def test_the_manifest_reads_the_calls_of_a_run_resumed_from_an_older_checkpoint():
+    """Epochs of a checkpoint written before device and threads were recorded have none:
+    the manifest lists what the recorded epochs say, and None when no epoch says."""
+    import pandas as pd
+
+    from bolus.learn.pretrain import _one_or_all
+
+    resumed = pd.DataFrame([{"epoch": 1}, {"epoch": 2, "device": "cpu", "threads": 2}])
+    assert _one_or_all(resumed, "device") == "cpu" and _one_or_all(resumed, "threads") == 2
+    assert _one_or_all(pd.DataFrame([{"epoch": 1}]), "threads") is None
+
+
 def test_the_recipe_cohort_and_the_held_out_phantoms_are_one_sequence(tmp_path):
     """The slice models' recipe data (write_pretraining_cohort) and the held-out phantoms
     (held_out_cohort_scores) draw subject k's protocol from the same sequence: seed 99's

@@ -322,8 +322,8 @@ def pretrain(model: str, out_dir, *, device: str = "auto", threads=None, size=No
         "params": resolve_params(config, model),
         "seed": int(seed),
         "trained": {  # of every epoch, resumed runs included (curves.tsv)
-            "device": _one_or_all(curves["device"]),
-            "threads": _one_or_all(curves["threads"].astype(int)),
+            "device": _one_or_all(curves, "device"),
+            "threads": _one_or_all(curves, "threads"),
             "epochs": len(curves),
             "seconds": round(float(curves["seconds"].sum())),
             "best_epoch": int(best["epoch"]),
@@ -336,10 +336,12 @@ def pretrain(model: str, out_dir, *, device: str = "auto", threads=None, size=No
     return target
 
 
-def _one_or_all(column):
-    """The value of every row, or the distinct values in order of first use."""
-    values = list(dict.fromkeys(column.tolist()))
-    return values[0] if len(values) == 1 else values
+def _one_or_all(curves, name: str):
+    """``curves[name]`` of every epoch that recorded it (epochs of a checkpoint from before
+    the record have none): one value, the distinct values in order of first use, or None."""
+    column = curves[name].dropna() if name in curves else curves.iloc[:0, 0]
+    values = list(dict.fromkeys(int(v) if name == "threads" else v for v in column.tolist()))
+    return values[0] if len(values) == 1 else (values or None)
 
 
 def _training_keys() -> set[str]:

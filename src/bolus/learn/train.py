@@ -363,7 +363,7 @@ def _fit_sklearn(name, spec, data, ctx, params, model_dir) -> Path:
     train = float(np.mean(np.abs(estimator.predict(x[:50_000]) - y[:50_000])))
     history = [{"epoch": 1, "phase": "fit", "train_loss": train, "val_loss": val,
                 "seconds": round(time.perf_counter() - started, 3), "device": "cpu",
-                "threads": int(params.get("threads", 1))}]  # fmt: skip
+                "threads": int(estimator.n_jobs or 1)}]  # fmt: skip
     write_curves(history, model_dir)
     out = model_dir / MODEL
     record = _model_record(name, spec, None, ctx, params)
