@@ -15,10 +15,11 @@ Pearson r, median |relative error| and the sd of estimate and truth over the tes
 brain voxels. ``head`` trains the temporal head alone on the cohort's voxel curves and their
 subject's AIF (batches of 256 voxels across subjects, 30 % lesion voxels) and prints Tmax and
 CBF on the test voxels every 300 steps. Measured (README, "stnet"): the head alone reaches
-Tmax r 0.64 in 300 steps (0.45 with ``--batch-slices 2``, 0.70 at 1,200); STNet learns CBF
-(r 0.77 after ≈ 300 steps, 0.85 after 28 epochs) but not Tmax (r 0.21 and 0.26, sd 0.18 and
-0.16 s against 2.7 s; ``--no-s0``: r 0.24). Figures, not a timed test; about 6 min a run
-of 7 epochs on 2 cores.
+Tmax r 0.64 in 300 steps (0.45 with ``--batch-slices 2``, 0.70 at 1,200). STNet before its
+timing head learned CBF (r 0.77 after ≈ 300 steps, 0.85 after 28 epochs) but not Tmax (r
+0.21 and 0.26, sd 0.18 and 0.16 s against 2.7 s; ``--no-s0``: r 0.24); with it, Tmax r 0.54
+(sd 0.31 s) after 7 epochs and 0.77 (sd 0.78 s) after 28, CBF r 0.76 and 0.86. Figures,
+not a timed test; 6–10 min a run of 7 epochs on 2 cores.
 """
 
 from __future__ import annotations

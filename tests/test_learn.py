@@ -153,6 +153,16 @@ def test_network_shapes():
     voxels = torch.tensor([[0, 1, 2], [1, 12, 10], [1, 0, 0]])
     out = stnet(torch.zeros(2, N_T, 13, 11), torch.zeros(2, 13, 11), torch.zeros(2, N_T), voxels)
     assert out.shape == (3, 3)
+    # the timing head's column is its own: a voxel's Tmax sees neither its neighbours nor S0
+    timed = STNet(N_T, 3, (4, 8, 8, 16), 8, timing=2).eval()
+    curves, s0, aif = torch.randn(2, N_T, 13, 11), torch.rand(2, 13, 11), torch.rand(2, N_T)
+    with torch.no_grad():
+        a = timed(curves, s0, aif, voxels)
+        nudged = curves.clone()
+        nudged[1, :, 11, 10] += 5.0  # the neighbour of voxel (1, 12, 10)
+        b = timed(nudged, s0 * 3, aif, voxels)
+    assert a.shape == (3, 3) and torch.equal(a[:, 2], b[:, 2])
+    assert not torch.allclose(a[1, :2], b[1, :2])  # the shared head's CBF, CBV do
     tr = PerfusionTransformer(N_T, d_model=16, heads=16, layers=1, feedforward=32)
     out = tr(torch.randn(5, N_T), torch.randn(5, N_T))
     assert out["residue"].shape == (5, N_T) and out["local_aif"].shape == (5, N_T)

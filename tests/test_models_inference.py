@@ -63,10 +63,11 @@ def test_transformer_inference_equals_the_layers_forward(sizes, inputs):
         assert_same(new[key], ref[key])
 
 
-@pytest.mark.parametrize("frame_pool", [1, 2])
-def test_stnet_slice_inference_equals_the_forward_on_every_voxel(frame_pool):
+@pytest.mark.parametrize("frame_pool, timing", [(1, None), (2, None), (1, 2), (2, 1), (1, 0)])
+def test_stnet_slice_inference_equals_the_forward_on_every_voxel(frame_pool, timing):
+    """Also with the timing head giving output column ``timing`` (first, middle, last)."""
     torch.manual_seed(1)
-    model = STNet(31, 3, (8, 16, 32, 64), 32, (1, 3, 8, 25), frame_pool).eval()
+    model = STNet(31, 3, (8, 16, 32, 64), 32, (1, 3, 8, 25), frame_pool, timing).eval()
     curves = torch.randn(1, 31, 17, 13)  # odd: pooled by 2, the last frame is dropped
     s0 = torch.rand(1, 17, 13) * 2
     aif = torch.rand(1, 31)

@@ -477,6 +477,7 @@ class STNetSpec(SliceSpec):
             int(params["width"]),
             tuple(params["dilations"]),
             int(params["frame_pool"]),
+            self.maps.index("tmax") if "tmax" in self.maps else None,
         )
 
     def sample_voxels(self, mask, lesion, ctx, rng) -> np.ndarray:
