@@ -163,6 +163,8 @@ def test_network_shapes():
         b = timed(nudged, s0 * 3, aif, voxels)
     assert a.shape == (3, 3) and torch.equal(a[:, 2], b[:, 2])
     assert not torch.allclose(a[1, :2], b[1, :2])  # the shared head's CBF, CBV do
+    with pytest.raises(ValueError, match="timing output 3"):
+        STNet(N_T, 3, timing=3)
     tr = PerfusionTransformer(N_T, d_model=16, heads=16, layers=1, feedforward=32)
     out = tr(torch.randn(5, N_T), torch.randn(5, N_T))
     assert out["residue"].shape == (5, N_T) and out["local_aif"].shape == (5, N_T)

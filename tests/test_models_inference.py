@@ -79,6 +79,16 @@ def test_stnet_slice_inference_equals_the_forward_on_every_voxel(frame_pool, tim
     new = model.predict_slice(curves[0], s0[0], aif[0], inside, chunk=50)  # several chunks
     assert new.shape == ref.shape == (int(inside.sum()), 3)
     assert_same(new, ref)
+    # a mask inside the slice: the encoder runs on its box and the voxels reaching it
+    inner = inside.clone()
+    inner[:5], inner[12:], inner[:, :4], inner[:, 10:] = False, False, False, False
+    ij = inner.nonzero()
+    voxels = torch.cat([torch.zeros(len(ij), 1, dtype=torch.long), ij], 1)
+    with torch.no_grad():
+        ref = model(curves, s0, aif, voxels)
+    assert_same(model.predict_slice(curves[0], s0[0], aif[0], inner), ref)
+    none = model.predict_slice(curves[0], s0[0], aif[0], torch.zeros_like(inside))
+    assert none.shape == (0, 3)
 
 
 def test_talebi_channels_last_inference_equals_the_forward():

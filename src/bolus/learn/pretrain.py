@@ -341,8 +341,8 @@ def pretrain(model: str, out_dir, *, device: str = "auto", threads=None, size=No
 def _one_or_all(curves, name: str):
     """``curves[name]`` of every epoch that recorded it (epochs of a checkpoint from before
     the record have none): one value, the distinct values in order of first use, or None."""
-    column = curves[name].dropna() if name in curves else curves.iloc[:0, 0]
-    values = list(dict.fromkeys(int(v) if name == "threads" else v for v in column.tolist()))
+    column = curves[name].dropna().tolist() if name in curves else []
+    values = list(dict.fromkeys(int(v) if name == "threads" else v for v in column))
     return values[0] if len(values) == 1 else (values or None)
 
 

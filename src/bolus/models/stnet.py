@@ -25,7 +25,7 @@ temporal head of the same form whose only inputs are the voxel's own (pooled) cu
 AIF. Fed through the shared head, Tmax stays near-constant (r 0.21–0.26 against the truth,
 sd 0.16–0.18 s against 2.7 s, up to 28 epochs) while CBF and CBV learn: the 64 spatial
 channels and S0 carry the flow and volume and bury the one input the delay needs, the
-curve's timing against the AIF's. With its own head Tmax reaches r 0.53 in ≈ 300 steps and
+curve's timing against the AIF's. With its own head Tmax reaches r 0.54 in ≈ 300 steps and
 0.77 after 28 epochs, CBF unchanged (``benchmarks/bench_stnet_tmax.py``, README "stnet").
 """
 
@@ -194,8 +194,8 @@ class STNet(nn.Module):
         those of ``inside`` (tested), reordered so nothing is computed twice or gathered
         wide, and in the channels-last layout, where the CPU convolutions are about twice
         as fast: the head's inlet (a 1×1 convolution of the 66 channels) is split into its
-        64 feature columns, applied with the spatial encoder over the whole slice (32
-        channels to gather per voxel instead of 66), and its S0 and AIF columns, added per
+        64 feature columns, applied with the spatial encoder (``width`` channels to gather
+        per voxel instead of 66), and its S0 and AIF columns, added per
         voxel and per time point; the head's 1D convolutions run as (1, k) 2D ones on
         ``chunk`` voxels at a time. The encoder runs only over the box around ``inside``
         (with the voxels that reach it). The timing head's inlet (curve and AIF columns) is
