@@ -138,6 +138,39 @@ def test_resample_time_holds_the_ends_and_interpolates_linearly():
     np.testing.assert_allclose(out, [[1.0, 5.0, 6.0]])
 
 
+def test_the_transformer_reads_a_held_end_as_beyond_the_acquisition():
+    """acquired() marks the grid samples a short acquisition's held end fills (resample_time,
+    as model_inputs and the simulated training curves hold it) and nothing else; the engine's
+    transformer outputs then do not depend on the tissue curve there."""
+    from bolus.learn.specs import Context, TransformerSpec
+    from bolus.models.transformer import acquired
+
+    grid = np.arange(120.0)
+    rng = np.random.default_rng(3)
+    for tr, frames in [(1.6, 50), (1.0, 60), (2.5, 40), (1.0, 150), (0.7, 200)]:
+        times = np.arange(frames) * tr
+        held = datasets.resample_time(rng.normal(size=(4, frames)), times, grid)
+        # every grid time up to the last frame, and the first grid sample after it (the
+        # acquisition's last value, interpolated within its final half-open interval)
+        expected = min(int(np.floor(times[-1] + 1e-9)) + 1 + (times[-1] % 1 > 1e-9), 120)
+        assert acquired(torch.from_numpy(held)).sum(1).tolist() == [expected] * 4, tr
+
+    spec = TransformerSpec()
+    torch.manual_seed(0)
+    model = spec.build(120, {"d_model": 16, "heads": 4, "layers": 1, "feedforward": 32,
+                             "patch": 16, "stride": 8}).eval()  # fmt: skip
+    times = np.arange(50) * 1.6  # 78.4 s of acquisition: grid samples 0–79
+    aif = datasets.resample_time(np.exp(-(((times - 20) / 6) ** 2)), times, grid)[None]
+    curves = datasets.resample_time(rng.random((5, 50)) + 0.5, times, grid)
+    ctx = Context(torch.device("cpu"), grid, {}, {}, 1.0, 6.0)
+    before = spec.voxel_outputs(model, curves, np.repeat(aif, 5, 0), ctx)
+    curves[:, 80:] = rng.random((5, 40))  # anything beyond the acquisition
+    after = spec.voxel_outputs(model, curves, np.repeat(aif, 5, 0), ctx)
+    np.testing.assert_array_equal(before, after)
+    curves[:, 40] += 1.0  # within it, the maps move
+    assert not np.allclose(spec.voxel_outputs(model, curves, np.repeat(aif, 5, 0), ctx), after)
+
+
 # ----------------------------------------------------------------------------- networks
 def test_network_shapes():
     from bolus.models.baselines import VoxelMLP

@@ -308,7 +308,7 @@ def pretrain(model: str, out_dir, *, device: str = "auto", threads=None, size=No
     import pandas as pd
 
     curves = pd.read_csv(out / model / "curves.tsv", sep="\t")  # every epoch, resumed or not
-    best = curves.loc[curves["val_loss"].idxmin()]
+    best = _best_epoch(curves)
     manifest = {
         "model": model,
         "file": target.name,
@@ -329,13 +329,21 @@ def pretrain(model: str, out_dir, *, device: str = "auto", threads=None, size=No
             "epochs": len(curves),
             "seconds": round(float(curves["seconds"].sum())),
             "best_epoch": int(best["epoch"]),
-            "best_val_loss": float(best["val_loss"]),
+            "best_val_loss": float(best["val_loss"]),  # of the last phase (its own loss)
         },  # fmt: skip
         "command": f"bolus pretrain {model} --out DIR --seed {seed}",
     }
     manifest_file(model, out).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     log.info("%s: wrote %s (%d bytes)", model, target, manifest["bytes"])
     return target
+
+
+def _best_epoch(curves):
+    """The row of ``curves`` (curves.tsv) whose weights the run kept: the last phase's
+    lowest validation loss. A pre-training phase's loss is another quantity (transformer:
+    the simulation's known local AIF and delay), not comparable with the maps' loss."""
+    final = curves[curves["phase"] == curves["phase"].iloc[-1]] if "phase" in curves else curves
+    return final.loc[final["val_loss"].idxmin()]
 
 
 def _one_or_all(curves, name: str):

@@ -291,7 +291,9 @@ class TransformerSpec(VoxelSpec):
     """Zeng et al. 2025: pre-training on simulated curves, then fine-tuning on the cohort.
 
     Pre-training loss: MSE(BAD/10 s) + λ1·MSE(local AIF) + λ2·MSE(reconstructed curve) +
-    λ3·mean((d²b/dt²)²), all targets known from the simulation. Fine-tuning on the cohort,
+    λ3·mean((d²b/dt²)²), all targets known from the simulation; the curve is compared over
+    the acquisition only (:func:`bolus.models.transformer.acquired`: not the held end of a
+    short one, which the network also sees as invalid). Fine-tuning on the cohort,
     where neither the local AIF nor the delay is known: MSE(BAD vs reference Tmax, /10 s) +
     MSE of the normalised CBF and CBV derived from b(t) + λ2·reconstruction + λ3·smoothness.
     """
@@ -340,13 +342,17 @@ class TransformerSpec(VoxelSpec):
         return batch
 
     def loss(self, model, batch, ctx, phase="finetune"):
+        from bolus.models.transformer import acquired
+
         p = ctx.params
+        valid = acquired(batch["aif"])  # the acquisition's span: the held end is not data
         with _autocast(ctx):
-            out = model(batch["curves"], batch["aif"])
+            out = model(batch["curves"], batch["aif"], valid)
         residue = out["residue"].float()
         smooth = (residue[:, 2:] - 2 * residue[:, 1:-1] + residue[:, :-2]).pow(2).mean()
         local = out["local_aif"].float() if phase == "pretrain" else batch["aif"]
-        recon = F.mse_loss(self.reconstruct(local, residue, ctx.dt), batch["curves"])
+        error = (self.reconstruct(local, residue, ctx.dt) - batch["curves"]).pow(2)
+        recon = (error * valid).sum() / valid.sum().clamp_min(1)
         if phase == "pretrain":
             return (
                 F.mse_loss(out["bad"].float() / 10.0, batch["bad"] / 10.0)
@@ -362,8 +368,11 @@ class TransformerSpec(VoxelSpec):
 
     @torch.inference_mode()
     def voxel_outputs(self, model, curves, aif, ctx):
+        from bolus.models.transformer import acquired
+
+        aif = _to(aif, ctx.device)
         with _autocast(ctx):
-            out = model(_to(curves, ctx.device), _to(aif, ctx.device))
+            out = model(_to(curves, ctx.device), aif, acquired(aif))
         maps = self.maps_from(out, ctx)
         return torch.stack([maps[m] for m in self.maps], dim=-1).cpu().numpy()
 

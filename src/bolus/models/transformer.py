@@ -27,7 +27,10 @@ Every acquisition is resampled (linear interpolation) onto a fixed grid of ``n_s
 padded with zeros and a mask (``valid``), given to the network as a second input channel
 of the conv projection (so padded tokens are known as such; attention runs unmasked over
 the fixed number of tokens, which keeps it on PyTorch's fused path) and ignored by the
-losses; frames after 96 s are dropped (every bolus of interest
+losses. The training engine's curves hold their end value instead (the layout every model
+shares); :func:`acquired` reads the held end back as invalid, so the network sees the same
+zeros and mask, and a curve still raised when a short acquisition stops is not read as a
+residue that never decays. Frames after 96 s are dropped (every bolus of interest
 has passed by then; the simulator's longest delays reach 55 s + the first pass).
 
 Normalisation (DSC ΔR2* and CT HU alike)
@@ -218,6 +221,20 @@ class PerfusionTransformer(nn.Module):
         pooled = (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         bad = nn.functional.softplus(self.bad_head(pooled)[:, 0]) * BAD_SCALE_S  # δ ≥ 0
         return {"residue": residue, "local_aif": local, "bad_s": bad, "bad": bad}
+
+
+def acquired(aif: torch.Tensor) -> torch.Tensor:
+    """Validity (bool, the shape of ``aif`` (..., L)) of a model-grid AIF whose end is held
+    beyond the acquisition (:func:`bolus.learn.datasets.model_inputs`, and the simulated
+    curves of the training data): False on the grid samples after the first of the curve's
+    trailing run of values equal to its last. Holding copies the last frame's value, so the
+    run is exact; a measured AIF's noise makes two equal acquired samples rare, and at worst
+    its last few samples count as held. The tissue curves share the AIF's times."""
+    same = (aif == aif[..., -1:]).to(torch.int8)
+    run = same.flip(-1).cummin(-1).values.flip(-1).bool()  # the trailing run of equal values
+    held = torch.zeros_like(run)
+    held[..., 1:] = run[..., 1:] & run[..., :-1]
+    return ~held
 
 
 def _rows_equal(x: torch.Tensor) -> bool:
