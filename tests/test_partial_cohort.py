@@ -121,13 +121,16 @@ def test_a_cohort_without_train_subjects_still_gets_its_study(clinical_export):
 
 
 def test_with_no_train_subject_the_shipped_weights_give_maps_without_training(clinical_export):
+    """Every shipped model (mlp, talebi, talebi_truncated, stnet, transformer) gives every
+    subject its maps from the package's weights: no training data, no training job."""
     from bolus.weights import shipped, verified
 
     work, participants, _ = clinical_export  # every subject `test` since the test above
-    assert "mlp" in shipped()
+    models = sorted(shipped())
+    assert "mlp" in models
     config = yaml.safe_load((work / "config.yaml").read_text())
     config["training"]["source"] = "auto"
-    config["models"] = ["mlp"]
+    config["models"] = models
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     proc = run(work)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -135,12 +138,13 @@ def test_with_no_train_subject_the_shipped_weights_give_maps_without_training(cl
     assert "pretrained_model" in jobs
     assert "train_model" not in jobs and "training_data" not in jobs
     results = work / "results"
-    verdict = json.loads(paths.model_verdict(results, "mlp").read_text())
-    assert verdict["status"] == "ok" and verdict["maps"] == list(shipped()["mlp"]["maps"])
-    # the study keeps the weights it used, byte for byte the shipped file
-    assert paths.model_file(results, "mlp").read_bytes() == verified("mlp").read_bytes()
-    for subject in ("sub-01", "sub-02", "sub-03"):
-        maps = paths.SubjectPaths(results, subject).maps("mlp")
-        assert all(maps[m].exists() for m in verdict["maps"])
     study = pd.read_csv(paths.study_table(results), sep="\t")
-    assert "mlp" in set(study["method"])
+    for model in models:
+        verdict = json.loads(paths.model_verdict(results, model).read_text())
+        assert verdict["status"] == "ok" and verdict["maps"] == list(shipped()[model]["maps"])
+        # the study keeps the weights it used, byte for byte the shipped file
+        assert paths.model_file(results, model).read_bytes() == verified(model).read_bytes()
+        for subject in ("sub-01", "sub-02", "sub-03"):
+            maps = paths.SubjectPaths(results, subject).maps(model)
+            assert all(maps[m].exists() for m in verdict["maps"]), (model, subject)
+        assert model in set(study["method"])
