@@ -1,7 +1,7 @@
 """The shipped weights on cohorts they never saw, side by side with oSVD.
 
     python benchmarks/bench_pretrained.py [--work DIR] [--subjects 6] [--seed 777]
-        [--modality dsc|ctp] [--models mlp ...]
+        [--modality dsc|ctp] [--models mlp ...] [--arrival LOW HIGH]
     python benchmarks/bench_pretrained.py --finetune [--subjects 16] [--epochs 5] ...
 
 Simulates a cohort the weights were not trained on (a new seed, and an acquisition away
@@ -44,17 +44,21 @@ from bolus import paths  # noqa: E402
 ACQUISITION = {"n_timepoints": 50, "tr_s": 1.6, "snr": 30.0, "aif_peak_r2s": (55.0, 65.0)}
 
 
-def simulate(work: Path, n: int, seed: int, modality: str, unseen: bool = True) -> Path:
-    """The cohort: with ``unseen``, every subject `test` and the acquisition above; else
-    the simulator's defaults and split."""
+def simulate(
+    work: Path, n: int, seed: int, modality: str, unseen: bool = True, arrival=None
+) -> Path:
+    """The cohort: with ``unseen``, every subject `test` and the acquisition above (with
+    ``arrival``, the bolus's arterial arrival drawn from that range, s); else the
+    simulator's defaults and split."""
     from bolus.simulate.cohort import simulate_cohort
 
+    acquisition = {**ACQUISITION, **({"aif_arrival_s": tuple(arrival)} if arrival else {})}
     participants = simulate_cohort(
         work / "cohort", n, seed, pathologies=("stroke", "healthy", "tumour"),
-        modality=modality, jobs=2, **(ACQUISITION if unseen else {}),
+        modality=modality, jobs=2, **(acquisition if unseen else {}),
     )  # fmt: skip
     made = {"modality": modality, "seed": seed, "subjects": n,
-            "acquisition": ACQUISITION if unseen else "the simulator's defaults"}  # fmt: skip
+            "acquisition": acquisition if unseen else "the simulator's defaults"}  # fmt: skip
     (work / "cohort.json").write_text(json.dumps(made))
     if not unseen:
         return participants
@@ -190,6 +194,10 @@ def main() -> None:
     ap.add_argument("--finetune", action="store_true", help="fine-tuning against scratch")
     ap.add_argument("--epochs", type=int, default=5, help="with --finetune")
     ap.add_argument("--score-only", action="store_true", help="score the maps in --work")
+    ap.add_argument(
+        "--arrival", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+        help="range of the bolus's arterial arrival (s; the simulator's: 12 16)",
+    )  # fmt: skip
     args = ap.parse_args()
     models = list(shipped()) if args.models is None else args.models
     subjects = args.subjects or (16 if args.finetune else 6)
@@ -197,7 +205,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     participants = work / "cohort" / "participants.tsv"
     if not participants.exists():
-        participants = simulate(work, subjects, args.seed, args.modality, not args.finetune)
+        participants = simulate(
+            work, subjects, args.seed, args.modality, not args.finetune, args.arrival
+        )
     if args.score_only:
         table = scores(work, participants, ["osvd"] + models)
     elif args.finetune:

@@ -272,6 +272,11 @@ def test_optimisation_steps_reduce_the_loss(cohort, name):
     data = datasets.open_layout(cohort["data"], spec.layout)
     torch.manual_seed(0)
     ctx = _context(spec, data, params, config, torch.device("cpu"))
+    # the slice models keep the training subjects' bolus timing (AIF peak times, s)
+    peaks = ctx.extra.get("aif_peak_s")
+    assert (peaks is not None) == (spec.layout == "slices")
+    if peaks is not None:
+        assert 0 < peaks[0] <= peaks[1] < ctx.times_s[-1]
     phase = spec.phases(params)[-1][0]
     model = spec.build(ctx.times_s.size, params)
     rows = data.rows("train")[: 256 if spec.layout == "voxels" else 2]

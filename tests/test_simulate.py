@@ -213,6 +213,26 @@ def test_ttp_follows_the_arterial_peak_and_is_later_in_the_penumbra(stroke):
     assert np.median(ttp[labels == ph.PENUMBRA]) > np.median(ttp[labels == ph.GM]) + 4
 
 
+def test_a_later_bolus_shifts_the_curves_not_the_truth():
+    """``aif_arrival_s`` moves the arterial arrival (a longer baseline): the AIF and the
+    tissue peaks move with it, the truth maps relative to the AIF (CBF, CBV, MTT, Tmax)
+    stay, TTP moves by the arrival's shift. The default range draws as before."""
+    small = {**SMALL, "n_timepoints": 60}  # 88.5 s: the late bolus passes within it
+    early = simulate_subject(5, 1, "stroke", snr=np.inf, **small)
+    late = simulate_subject(5, 1, "stroke", snr=np.inf, aif_arrival_s=(24.0, 24.0), **small)
+    assert 12.0 <= early.parameters["arrival_s"] <= 16.0
+    assert late.parameters["arrival_s"] == 24.0
+    shift = 24.0 - early.parameters["arrival_s"]
+    for name in ("cbf", "cbv", "mtt", "tmax"):
+        np.testing.assert_allclose(late.truth[name], early.truth[name], rtol=1e-6, err_msg=name)
+    brain = early.phantom.brain
+    np.testing.assert_allclose(
+        late.truth["ttp"][brain], early.truth["ttp"][brain] + shift, atol=0.11
+    )  # atol: the fine grid's step
+    peak = lambda sim: sim.time_s[np.argmax(sim.aif_mM)]  # noqa: E731
+    assert abs(peak(late) - peak(early) - shift) <= early.tr_s
+
+
 # ----------------------------------------------------------------------------- motion
 def test_motion_is_a_smooth_drift_about_the_mean_pre_bolus_position():
     """The truth maps are in the head's mean position over the volumes before the arterial

@@ -16,7 +16,12 @@ Normalisation (the same at training and prediction, :func:`model_inputs`)
 * the AIF is divided by its area and multiplied by 10 (a curve of peak ≈ 1); the area is
   that of the acquired AIF within the model's time grid, so a longer acquisition (a
   recirculation tail beyond the grid) does not change the scale;
-* S0 (mean baseline signal) is divided by its median in the brain mask.
+* S0 (mean baseline signal) is divided by its median in the brain mask;
+* the slice models (``aligns_bolus``) read a subject whose AIF peaks outside the peak
+  times of the subjects they were trained on (their record's ``aif_peak_s``) shifted
+  along its own time axis to the range's nearer end (:func:`bolus_offset`): their temporal
+  filters learned one cohort's bolus timing, and a later injection would otherwise read
+  as another curve. The training data are not shifted (they define the range).
 
 Layouts (under ``<output_dir>/models/data/``)
 ---------------------------------------------
@@ -129,6 +134,32 @@ def model_inputs(subject: SubjectSeries, grid_s) -> tuple[np.ndarray, np.ndarray
         else subject.s0
     )
     return curves, aif.astype(np.float32), np.nan_to_num(s0).astype(np.float32)
+
+
+def aif_peak_s(aif, times_s) -> np.ndarray:
+    """Time (s) of each AIF's maximum after its first sample (``aif`` (..., T) at
+    ``times_s`` (T,)): when the bolus passes, whatever the acquisition's start."""
+    times = np.asarray(times_s, float)
+    return times[np.argmax(np.nan_to_num(np.asarray(aif, float), nan=-np.inf), axis=-1)] - times[0]
+
+
+def bolus_peak_range(data) -> list[float]:
+    """[earliest, latest] AIF peak time (s, :func:`aif_peak_s`) of the subjects whose rows
+    a model trains and validates on: the bolus timing its weights have seen."""
+    rows = np.concatenate([data.rows("train"), data.rows("val")])
+    subjects = np.unique(np.asarray(data["subject"][rows]))
+    peaks = aif_peak_s(np.asarray(data["aifs"][subjects]), data.times_s)
+    return [float(peaks.min()), float(peaks.max())]
+
+
+def bolus_offset(subject: SubjectSeries, peak_range) -> float:
+    """Seconds to read ``subject`` later (> 0) or earlier (< 0) than its first frame so
+    that its AIF peaks within ``peak_range`` (the weights' :func:`bolus_peak_range`; 0 when
+    it already does). A model whose filters learned one bolus timing (a cohort's injection
+    protocol) then reads a later or earlier bolus where it learned to; the maps relative to
+    the AIF (CBF, CBV, MTT, Tmax) do not depend on when the bolus came."""
+    peak = float(aif_peak_s(subject.aif, subject.times_s))
+    return peak - float(np.clip(peak, *peak_range))
 
 
 def reference_targets(subject: SubjectSeries, reference_dir, register_onto=None) -> np.ndarray:

@@ -39,6 +39,7 @@ def load_trained(model_file, device="cpu", threads=None):
         autocast=device.type == "cuda" and torch.cuda.is_bf16_supported(),
     )
     ctx.extra["maps"] = list(record.get("maps", spec.maps))
+    ctx.extra["aif_peak_s"] = record.get("aif_peak_s")  # None: read as acquired
     if spec.framework == "sklearn":
         model = record["estimator"]
         if threads:

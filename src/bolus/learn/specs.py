@@ -134,6 +134,11 @@ class ModelSpec:
 
     name: str = ""
     framework = "torch"
+    #: read a subject whose bolus peaks outside the training subjects' AIF peak times
+    #: shifted into them (:func:`bolus.learn.datasets.bolus_offset`): for networks whose
+    #: temporal filters see one cohort's timing (the slice models, trained on phantoms of
+    #: one injection protocol); such a model predicts no absolute time (TTP)
+    aligns_bolus = False
 
     @property
     def maps(self) -> tuple[str, ...]:
@@ -188,9 +193,11 @@ class ModelSpec:
     def series_inputs(self, subject, ctx: Context) -> tuple:
         """What :meth:`predict` takes of a :class:`bolus.learn.datasets.SubjectSeries`: the
         normalised curves, AIF and S0 on the model's time grid, and the brain mask."""
-        from bolus.learn.datasets import model_inputs
+        from bolus.learn.datasets import bolus_offset, model_inputs
 
-        curves, aif, s0 = model_inputs(subject, ctx.times_s + subject.times_s[0])
+        peaks = ctx.extra.get("aif_peak_s") if self.aligns_bolus else None
+        offset = bolus_offset(subject, peaks) if peaks else 0.0
+        curves, aif, s0 = model_inputs(subject, ctx.times_s + subject.times_s[0] + offset)
         return curves, aif, s0, subject.mask
 
     def subject_inputs(self, output_dir, participant_id: str, ctx: Context):
@@ -392,6 +399,8 @@ def _box(mask2d: np.ndarray, margin: int) -> tuple[slice, slice]:
 
 
 class SliceSpec(ModelSpec):
+    aligns_bolus = True
+
     def slice_batch(self, data, rows, ctx, frames=None, box=(slice(None), slice(None))) -> dict:
         """Tensors of the slices ``rows``, cropped in-plane to ``box``; targets normalised,
         NaN outside the mask."""

@@ -148,6 +148,12 @@ def _context(spec, data, params, config, device, init=None):
     ctx.extra["maps"] = [m for m in spec.maps if m in trained]
     if init is not None:
         ctx.extra["maps"] = [m for m in spec.maps if m in trained or m in init["maps"]]
+    if spec.aligns_bolus:  # the bolus timing the weights see (fine-tuned: both cohorts')
+        from bolus.learn.datasets import bolus_peak_range
+
+        lo, hi = bolus_peak_range(data)
+        before = (init or {}).get("aif_peak_s") or [lo, hi]
+        ctx.extra["aif_peak_s"] = [min(lo, before[0]), max(hi, before[1])]
     elif untrained:
         log.warning("%s: the reference maps lack %s: not learned", spec.name, ", ".join(untrained))
     return ctx
@@ -163,6 +169,7 @@ def _model_record(name, spec, model_state, ctx, params) -> dict:
         "times_s": ctx.times_s.tolist(),
         "kh_over_rho": ctx.kh_over_rho,
         "tmax_threshold_s": ctx.tmax_threshold_s,
+        "aif_peak_s": ctx.extra.get("aif_peak_s"),  # the slice models' bolus timing
     }
 
 

@@ -559,11 +559,13 @@ def simulate_dsc(
     tumour_leakage_per_s: float = 0.0,
     artery_blood_fraction: tuple[float, float] | None = None,
     aif_peak_r2s: tuple[float, float] = AIF_PEAK_DELTA_R2S,
+    aif_arrival_s: tuple[float, float] = (12.0, 16.0),
 ) -> DSCSimulation:
     """Simulate the DSC series of ``phantom`` and its truth maps (see the module docstring).
 
     ``aif_peak_r2s``: the range (1/s) the arterial peak ΔR2* is drawn from (a lower one: a
-    smaller dose or a longer injection).
+    smaller dose or a longer injection); ``aif_arrival_s`` the range of the bolus's arterial
+    arrival after the first frame (s; a later injection, or a longer baseline).
 
     ``tumour_leakage_per_s`` (k2, 1/s; 0: none) and ``artery_blood_fraction`` ((low, high);
     None: pure arterial blood) are the optional contrast leakage and partial-volume arteries
@@ -579,7 +581,7 @@ def simulate_dsc(
     sample = _sampler(time_s, n_fine)
 
     params = {
-        "arrival_s": rng.uniform(12.0, 16.0),
+        "arrival_s": rng.uniform(*aif_arrival_s),
         "alpha": rng.uniform(2.5, 3.5),
         "beta_s": rng.uniform(1.2, 1.8),
         "recirculation_fraction": rng.uniform(0.08, 0.15),
