@@ -148,14 +148,14 @@ def _context(spec, data, params, config, device, init=None):
     ctx.extra["maps"] = [m for m in spec.maps if m in trained]
     if init is not None:
         ctx.extra["maps"] = [m for m in spec.maps if m in trained or m in init["maps"]]
+    elif untrained:
+        log.warning("%s: the reference maps lack %s: not learned", spec.name, ", ".join(untrained))
     if spec.aligns_bolus:  # the bolus timing the weights see (fine-tuned: both cohorts')
         from bolus.learn.datasets import bolus_peak_range
 
         lo, hi = bolus_peak_range(data)
         before = (init or {}).get("aif_peak_s") or [lo, hi]
         ctx.extra["aif_peak_s"] = [min(lo, before[0]), max(hi, before[1])]
-    elif untrained:
-        log.warning("%s: the reference maps lack %s: not learned", spec.name, ", ".join(untrained))
     return ctx
 
 
