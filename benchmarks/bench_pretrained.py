@@ -183,6 +183,7 @@ def finetune_against_scratch(work, participants, modality, models, epochs) -> li
 
 
 def main() -> None:
+    from bolus.simulate.phantom import AIF_ARRIVAL_S
     from bolus.weights import shipped
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -194,9 +195,10 @@ def main() -> None:
     ap.add_argument("--finetune", action="store_true", help="fine-tuning against scratch")
     ap.add_argument("--epochs", type=int, default=5, help="with --finetune")
     ap.add_argument("--score-only", action="store_true", help="score the maps in --work")
+    low, high = AIF_ARRIVAL_S
     ap.add_argument(
         "--arrival", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
-        help="range of the bolus's arterial arrival (s; the simulator's: 12 16)",
+        help=f"range of the bolus's arterial arrival (s; the simulator's: {low:g} {high:g})",
     )  # fmt: skip
     args = ap.parse_args()
     models = list(shipped()) if args.models is None else args.models

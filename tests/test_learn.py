@@ -261,6 +261,27 @@ def test_transformer_maps_have_physical_units():
     np.testing.assert_allclose(curve.numpy(), expected, atol=2e-3 * expected.max())
 
 
+def test_fine_tuned_slice_weights_keep_the_bolus_timing_of_both_cohorts(cohort):
+    """A slice model's record keeps the AIF peak range of its training subjects; fine-tuned,
+    the union of the initial weights' range and the cohort's (it has learned both), and the
+    cohort's alone from initial weights that recorded none."""
+    from bolus.learn.specs import get_spec
+    from bolus.learn.train import _context, resolve_params
+
+    config = config_for()
+    params = resolve_params(config, "talebi")
+    spec = get_spec("talebi")
+    data = datasets.open_layout(cohort["data"], "slices")
+    own = _context(spec, data, params, config, torch.device("cpu")).extra["aif_peak_s"]
+    init = {"times_s": list(data.times_s), "norm": {"cbf": (30.0, 10.0), "cbv": (3.0, 1.0)},
+            "maps": ["cbf", "cbv"]}  # fmt: skip
+    before = _context(spec, data, params, config, torch.device("cpu"), init)
+    assert before.extra["aif_peak_s"] == own
+    init["aif_peak_s"] = [own[0] + 5.0, own[1] + 30.0]
+    tuned = _context(spec, data, params, config, torch.device("cpu"), init)
+    assert tuned.extra["aif_peak_s"] == [own[0], own[1] + 30.0]
+
+
 @pytest.mark.parametrize("name", ["mlp", "talebi", "talebi_truncated", "stnet", "transformer"])
 def test_optimisation_steps_reduce_the_loss(cohort, name):
     from bolus.learn.specs import get_spec

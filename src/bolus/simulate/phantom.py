@@ -132,6 +132,7 @@ PATHOLOGIES = ("healthy", "stroke", "tumour")
 FINE_DT_S = 0.1  # simulation grid (s)
 BLOOD_RELAXIVITY = 10.0  # r: ΔR2* per concentration (1/s per mM)
 AIF_PEAK_DELTA_R2S = (70.0, 90.0)  # range of the arterial peak ΔR2* (1/s)
+AIF_ARRIVAL_S = (12.0, 16.0)  # range of the bolus's arterial arrival after the first frame (s)
 VOF_AREA_RATIO = 1.15  # area of the venous curve / area of the AIF
 LESION_TMAX_S = 6.0
 S0 = {BACKGROUND: 0.0, SCALP: 1000.0, SKULL: 80.0, CSF: 2400.0, GM: 1500.0, WM: 1150.0,
@@ -559,7 +560,7 @@ def simulate_dsc(
     tumour_leakage_per_s: float = 0.0,
     artery_blood_fraction: tuple[float, float] | None = None,
     aif_peak_r2s: tuple[float, float] = AIF_PEAK_DELTA_R2S,
-    aif_arrival_s: tuple[float, float] = (12.0, 16.0),
+    aif_arrival_s: tuple[float, float] = AIF_ARRIVAL_S,
 ) -> DSCSimulation:
     """Simulate the DSC series of ``phantom`` and its truth maps (see the module docstring).
 
