@@ -63,11 +63,15 @@ def test_transformer_inference_equals_the_layers_forward(sizes, inputs):
         assert_same(new[key], ref[key])
 
 
-@pytest.mark.parametrize("frame_pool, timing", [(1, None), (2, None), (1, 2), (2, 1), (1, 0)])
-def test_stnet_slice_inference_equals_the_forward_on_every_voxel(frame_pool, timing):
-    """Also with the timing head giving output column ``timing`` (first, middle, last)."""
+@pytest.mark.parametrize(
+    "frame_pool, timing, reach",
+    [(1, None, 0), (2, None, 0), (1, 2, 0), (2, 1, 0), (1, 0, 0), (1, 2, 1), (2, 1, 2)],
+)
+def test_stnet_slice_inference_equals_the_forward_on_every_voxel(frame_pool, timing, reach):
+    """Also with the timing head giving output column ``timing`` (first, middle, last),
+    reading its voxel's curve or (``reach``) the mean over its in-mask neighbours."""
     torch.manual_seed(1)
-    model = STNet(31, 3, (8, 16, 32, 64), 32, (1, 3, 8, 25), frame_pool, timing).eval()
+    model = STNet(31, 3, (8, 16, 32, 64), 32, (1, 3, 8, 25), frame_pool, timing, reach).eval()
     curves = torch.randn(1, 31, 17, 13)  # odd: pooled by 2, the last frame is dropped
     s0 = torch.rand(1, 17, 13) * 2
     aif = torch.rand(1, 31)
@@ -75,7 +79,7 @@ def test_stnet_slice_inference_equals_the_forward_on_every_voxel(frame_pool, tim
     ij = inside.nonzero()
     voxels = torch.cat([torch.zeros(len(ij), 1, dtype=torch.long), ij], 1)
     with torch.no_grad():
-        ref = model(curves, s0, aif, voxels)
+        ref = model(curves, s0, aif, voxels, inside[None])
     new = model.predict_slice(curves[0], s0[0], aif[0], inside, chunk=50)  # several chunks
     assert new.shape == ref.shape == (int(inside.sum()), 3)
     assert_same(new, ref)
@@ -85,7 +89,7 @@ def test_stnet_slice_inference_equals_the_forward_on_every_voxel(frame_pool, tim
     ij = inner.nonzero()
     voxels = torch.cat([torch.zeros(len(ij), 1, dtype=torch.long), ij], 1)
     with torch.no_grad():
-        ref = model(curves, s0, aif, voxels)
+        ref = model(curves, s0, aif, voxels, inner[None])
     assert_same(model.predict_slice(curves[0], s0[0], aif[0], inner), ref)
     none = model.predict_slice(curves[0], s0[0], aif[0], torch.zeros_like(inside))
     assert none.shape == (0, 3)
@@ -137,3 +141,20 @@ def test_stnet_frame_pool_reads_the_curves_at_k_times_the_step():
             curves.unflatten(1, (20, 2)).mean(2), s0, aif.unflatten(1, (20, 2)).mean(2), voxels
         )
     assert_same(got, expected)
+
+
+def test_stnet_timing_reach_reads_the_mean_curve_of_the_brain_neighbours():
+    """timing_reach 1: each voxel's timing curve is the mean over the voxels of its 3×3
+    neighbourhood that are inside the mask (fewer at the mask's edge and the image's), and
+    no voxel outside the mask counts; timing_reach 0 is the voxel's own curve."""
+    net = STNet(6, 3, (4, 8, 8, 16), 8, (1, 3), timing=2, timing_reach=1)
+    curves, inside = torch.randn(2, 6, 5, 7), torch.rand(2, 5, 7) > 0.4
+    got = net.timing_curves(curves, inside).numpy()
+    c, m = curves.numpy(), inside.numpy()
+    for b, i, j in np.argwhere(m):
+        near = [(x, y) for x in range(i - 1, i + 2) for y in range(j - 1, j + 2)
+                if 0 <= x < 5 and 0 <= y < 7 and m[b, x, y]]  # fmt: skip
+        expected = np.mean([c[b, :, x, y] for x, y in near], axis=0)
+        np.testing.assert_allclose(got[b, :, i, j], expected, rtol=1e-5, atol=1e-6)
+    net.timing_reach = 0
+    assert net.timing_curves(curves, inside) is curves

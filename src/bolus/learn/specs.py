@@ -496,6 +496,7 @@ class STNetSpec(SliceSpec):
             tuple(params["dilations"]),
             int(params["frame_pool"]),
             self.maps.index("tmax") if "tmax" in self.maps else None,
+            int(params.get("timing_reach", 0)),  # records from before it read their own voxel
         )
 
     def sample_voxels(self, mask, lesion, ctx, rng) -> np.ndarray:
@@ -536,7 +537,7 @@ class STNetSpec(SliceSpec):
         if v.shape[0] == 0:
             return sum(p.sum() for p in model.parameters()) * 0.0
         with _autocast(ctx):
-            pred = model(batch["curves"], batch["s0"], batch["aif"], v).float()
+            pred = model(batch["curves"], batch["s0"], batch["aif"], v, batch["mask"]).float()
         b, i, j = v[:, 0], v[:, 1], v[:, 2]
         target = batch["targets"][b, :, i, j]  # (n, maps)
         supervised = supervised_loss(pred, target, ctx, self.maps)
