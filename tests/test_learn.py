@@ -282,6 +282,30 @@ def test_fine_tuned_slice_weights_keep_the_bolus_timing_of_both_cohorts(cohort):
     assert tuned.extra["aif_peak_s"] == [own[0], own[1] + 30.0]
 
 
+def test_stnet_learns_tmax_on_the_brain_neighbours_inference_reads(cohort):
+    """Training gives the timing head the slices' brain mask, as inference does (the mean
+    curve of a voxel's in-brain neighbours, the schema's ``timing_reach`` 1): else it would
+    learn on means that count the zeros beyond the brain."""
+    from bolus.learn.specs import get_spec
+    from bolus.learn.train import _context, resolve_params
+
+    config = config_for()
+    params = resolve_params(config, "stnet")
+    assert params["timing_reach"] == 1
+    spec = get_spec("stnet")
+    data = datasets.open_layout(cohort["data"], spec.layout)
+    ctx = _context(spec, data, params, config, torch.device("cpu"))
+    model = spec.build(ctx.times_s.size, params)
+    assert model.timing_reach == 1
+    seen, timing_curves = [], model.timing_curves
+    model.timing_curves = lambda curves, inside: (
+        seen.append(inside) or timing_curves(curves, inside)
+    )
+    batch = spec.batch(data, data.rows("train")[:2], ctx)
+    spec.loss(model, batch, ctx)
+    assert len(seen) == 1 and torch.equal(seen[0], batch["mask"])
+
+
 @pytest.mark.parametrize("name", ["mlp", "talebi", "talebi_truncated", "stnet", "transformer"])
 def test_optimisation_steps_reduce_the_loss(cohort, name):
     from bolus.learn.specs import get_spec

@@ -158,3 +158,5 @@ def test_stnet_timing_reach_reads_the_mean_curve_of_the_brain_neighbours():
         np.testing.assert_allclose(got[b, :, i, j], expected, rtol=1e-5, atol=1e-6)
     net.timing_reach = 0
     assert net.timing_curves(curves, inside) is curves
+    with pytest.raises(ValueError, match="timing_reach"):
+        STNet(6, 3, timing=2, timing_reach=-1)

@@ -95,8 +95,8 @@ RECIPES: dict[str, dict] = {
     },
     # ST-Net reads the 1 s × 120 grid as 2 s × 60 (frame_pool 2): its two encoders cost per
     # frame, and at 120 frames it predicts a subject about 2.3× slower. 10 epochs of 4-slice
-    # steps (1,600 steps) take 33 min on 2 CPU threads: Tmax's timing head learns with the
-    # step count (README, "stnet")
+    # steps (1,600 steps): Tmax's timing head learns with the step count (README, "stnet":
+    # the recipe's time and learning curve)
     "stnet": {
         "data": "cohort",
         "size": 80,

@@ -156,6 +156,8 @@ class STNet(nn.Module):
         super().__init__()
         self.frame_pool = int(frame_pool)
         self.timing_reach = int(timing_reach)
+        if self.timing_reach < 0:
+            raise ValueError(f"timing_reach must be 0 or more voxels, not {timing_reach}")
         self.timing_index = None if timing is None else int(timing)
         if self.timing_index is not None and not 0 <= self.timing_index < n_outputs:
             raise ValueError(f"timing output {timing} is not one of {n_outputs} outputs")
@@ -193,8 +195,9 @@ class STNet(nn.Module):
         if r == 0:
             return curves
         k = 2 * r + 1
-        weight = curves.new_ones(curves.shape[:-3] + curves.shape[-2:])
-        if inside is not None:
+        if inside is None:  # every voxel (the image's edge still bounds the neighbourhood)
+            weight = curves.new_ones(curves.shape[:-3] + curves.shape[-2:])
+        else:
             weight = inside.to(curves.dtype)
         total = F.avg_pool2d(curves * weight[..., None, :, :], k, 1, r)
         count = F.avg_pool2d(weight[..., None, :, :], k, 1, r)
