@@ -1,7 +1,7 @@
 """The shipped weights on cohorts they never saw, side by side with oSVD.
 
     python benchmarks/bench_pretrained.py [--work DIR] [--subjects 6] [--seed 777]
-        [--modality dsc|ctp] [--models mlp ...] [--arrival LOW HIGH]
+        [--modality dsc|ctp] [--models mlp ...] [--arrival LOW HIGH] [--snr 30]
     python benchmarks/bench_pretrained.py --finetune [--subjects 16] [--epochs 5] ...
 
 Simulates a cohort the weights were not trained on (a new seed, and an acquisition away
@@ -45,14 +45,16 @@ ACQUISITION = {"n_timepoints": 50, "tr_s": 1.6, "snr": 30.0, "aif_peak_r2s": (55
 
 
 def simulate(
-    work: Path, n: int, seed: int, modality: str, unseen: bool = True, arrival=None
+    work: Path, n: int, seed: int, modality: str, unseen: bool = True, arrival=None, snr=None
 ) -> Path:
     """The cohort: with ``unseen``, every subject `test` and the acquisition above (with
-    ``arrival``, the bolus's arterial arrival drawn from that range, s); else the
-    simulator's defaults and split."""
+    ``arrival``, the bolus's arterial arrival drawn from that range, s; with ``snr``, that
+    SNR instead); else the simulator's defaults and split."""
     from bolus.simulate.cohort import simulate_cohort
 
     acquisition = {**ACQUISITION, **({"aif_arrival_s": tuple(arrival)} if arrival else {})}
+    if snr is not None:
+        acquisition["snr"] = float(snr)
     participants = simulate_cohort(
         work / "cohort", n, seed, pathologies=("stroke", "healthy", "tumour"),
         modality=modality, jobs=2, **(acquisition if unseen else {}),
@@ -200,6 +202,9 @@ def main() -> None:
         "--arrival", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
         help=f"range of the bolus's arterial arrival (s; the simulator's: {low:g} {high:g})",
     )  # fmt: skip
+    ap.add_argument(
+        "--snr", type=float, default=None, help=f"the cohort's SNR (default {ACQUISITION['snr']:g})"
+    )
     args = ap.parse_args()
     models = list(shipped()) if args.models is None else args.models
     subjects = args.subjects or (16 if args.finetune else 6)
@@ -208,7 +213,7 @@ def main() -> None:
     participants = work / "cohort" / "participants.tsv"
     if not participants.exists():
         participants = simulate(
-            work, subjects, args.seed, args.modality, not args.finetune, args.arrival
+            work, subjects, args.seed, args.modality, not args.finetune, args.arrival, args.snr
         )
     if args.score_only:
         table = scores(work, participants, ["osvd"] + models)
