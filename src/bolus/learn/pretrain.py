@@ -94,15 +94,15 @@ RECIPES: dict[str, dict] = {
         },  # fmt: skip
     },
     # ST-Net reads the 1 s × 120 grid as 2 s × 60 (frame_pool 2): its two encoders cost per
-    # frame, and at 120 frames it predicts a subject about 2.3× slower. 10 epochs of 4-slice
-    # steps (1,600 steps): Tmax's timing head learns with the step count (README, "stnet":
+    # frame, and at 120 frames it predicts a subject about 2.3× slower. 16 epochs of 4-slice
+    # steps (2,560 steps): Tmax's timing head learns with the step count (README, "stnet":
     # the recipe's time and learning curve)
     "stnet": {
         "data": "cohort",
         "size": 80,
         "params": {
             "frame_pool": 2,
-            "epochs": 10,
+            "epochs": 16,
             "slices_per_batch": 4,
             "lr": 0.001,
             "patience": 5,
