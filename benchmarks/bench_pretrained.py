@@ -20,6 +20,10 @@ train/val/test split (no acquisition changes), trained on its train/val subjects
 equal epochs, ``training.source: scratch`` then ``finetune`` (from the shipped weights, the
 same network sizes), scored on its test subjects.
 
+A ``--work`` folder keeps its cohort (``cohort.json`` records how it was simulated) and
+its pipeline outputs, so a rerun maps only what changed (a new weights file); options
+that ask for another cohort than the one there stop the run.
+
 Prints one markdown table (figures, not a timed test).
 """
 
@@ -44,24 +48,30 @@ from bolus import paths  # noqa: E402
 ACQUISITION = {"n_timepoints": 50, "tr_s": 1.6, "snr": 30.0, "aif_peak_r2s": (55.0, 65.0)}
 
 
-def simulate(
-    work: Path, n: int, seed: int, modality: str, unseen: bool = True, arrival=None, snr=None
-) -> Path:
-    """The cohort: with ``unseen``, every subject `test` and the acquisition above (with
-    ``arrival``, the bolus's arterial arrival drawn from that range, s; with ``snr``, that
-    SNR instead); else the simulator's defaults and split."""
-    from bolus.simulate.cohort import simulate_cohort
-
+def cohort_record(n: int, seed: int, modality: str, unseen: bool, arrival=None, snr=None):
+    """How the cohort is simulated (``cohort.json``): with ``unseen``, the acquisition above
+    (with ``arrival``, the bolus's arterial arrival drawn from that range, s; with ``snr``,
+    that SNR); else the simulator's defaults."""
     acquisition = {**ACQUISITION, **({"aif_arrival_s": tuple(arrival)} if arrival else {})}
     if snr is not None:
         acquisition["snr"] = float(snr)
-    participants = simulate_cohort(
-        work / "cohort", n, seed, pathologies=("stroke", "healthy", "tumour"),
-        modality=modality, jobs=2, **(acquisition if unseen else {}),
-    )  # fmt: skip
-    made = {"modality": modality, "seed": seed, "subjects": n,
+    return {"modality": modality, "seed": seed, "subjects": n,
             "acquisition": acquisition if unseen else "the simulator's defaults"}  # fmt: skip
-    (work / "cohort.json").write_text(json.dumps(made))
+
+
+def simulate(work: Path, record: dict) -> Path:
+    """The cohort of ``record`` (:func:`cohort_record`): with its acquisition, every subject
+    `test`; with the simulator's defaults, its split."""
+    from bolus.simulate.cohort import simulate_cohort
+
+    acquisition = record["acquisition"]
+    unseen = isinstance(acquisition, dict)
+    participants = simulate_cohort(
+        work / "cohort", record["subjects"], record["seed"],
+        pathologies=("stroke", "healthy", "tumour"), modality=record["modality"], jobs=2,
+        **(acquisition if unseen else {}),
+    )  # fmt: skip
+    (work / "cohort.json").write_text(json.dumps(record))
     if not unseen:
         return participants
     rows = list(csv.DictReader(open(participants), delimiter="\t"))
@@ -206,15 +216,27 @@ def main() -> None:
         "--snr", type=float, default=None, help=f"the cohort's SNR (default {ACQUISITION['snr']:g})"
     )
     args = ap.parse_args()
+    if args.finetune and (args.arrival or args.snr is not None):
+        ap.error("--arrival and --snr set the unseen cohort's acquisition; --finetune's "
+                 "cohort has the simulator's defaults")  # fmt: skip
     models = list(shipped()) if args.models is None else args.models
     subjects = args.subjects or (16 if args.finetune else 6)
+    record = cohort_record(
+        subjects, args.seed, args.modality, not args.finetune, args.arrival, args.snr
+    )
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_pretrained_"))
     work.mkdir(parents=True, exist_ok=True)
     participants = work / "cohort" / "participants.tsv"
+    made = work / "cohort.json"  # how the cohort in --work was simulated
     if not participants.exists():
-        participants = simulate(
-            work, subjects, args.seed, args.modality, not args.finetune, args.arrival, args.snr
-        )
+        participants = simulate(work, record)
+    elif (
+        not args.score_only
+        and made.exists()
+        and json.loads(made.read_text()) != json.loads(json.dumps(record))
+    ):
+        sys.exit(f"{work}: its cohort was simulated as {made.read_text()}, not as these "
+                 f"options ask ({json.dumps(record)}): use another --work, or --score-only")  # fmt: skip
     if args.score_only:
         table = scores(work, participants, ["osvd"] + models)
     elif args.finetune:
@@ -223,7 +245,6 @@ def main() -> None:
     else:
         run_workflow(work, participants, args.modality, models)
         table = scores(work, participants, ["osvd"] + models)
-    made = work / "cohort.json"  # how the cohort in --work was simulated (a rerun's may differ)
     print(
         f"{json.loads(made.read_text()) if made.exists() else 'cohort of unknown origin'}; {work}"
     )
