@@ -2,7 +2,8 @@
 
     python benchmarks/bench_pretrained.py [--work DIR] [--subjects 6] [--seed 777]
         [--modality dsc|ctp] [--models mlp ...] [--arrival LOW HIGH] [--snr 30]
-    python benchmarks/bench_pretrained.py --finetune [--subjects 16] [--epochs 5] ...
+    python benchmarks/bench_pretrained.py --finetune [--subjects 16] [--epochs 5] [--unseen]
+        [--relative-loss false|true|log] ...
 
 Simulates a cohort the weights were not trained on (a new seed, and an acquisition away
 from the centre of their draws: TR 1.6 s, 50 frames, SNR 30, an arterial peak ΔR2* of
@@ -18,7 +19,11 @@ within the pipeline's brain mask):
 With ``--finetune``: a cohort of the simulator's default acquisition with its own
 train/val/test split (no acquisition changes), trained on its train/val subjects twice at
 equal epochs, ``training.source: scratch`` then ``finetune`` (from the shipped weights, the
-same network sizes), scored on its test subjects.
+same network sizes), scored on its test subjects beside the shipped weights as they are
+(``pretrained``). ``--unseen`` gives that cohort the acquisition above instead (still its
+own split): what a group with reference maps of its own protocol gains by fine-tuning.
+``--relative-loss`` trains both with that loss (default: the cohort config's, ``false``;
+the shipped weights learned with ``log``).
 
 A ``--work`` folder keeps its cohort (``cohort.json`` records how it was simulated) and
 its pipeline outputs, so a rerun maps only what changed (a new weights file); options
@@ -48,20 +53,31 @@ from bolus import paths  # noqa: E402
 ACQUISITION = {"n_timepoints": 50, "tr_s": 1.6, "snr": 30.0, "aif_peak_r2s": (55.0, 65.0)}
 
 
-def cohort_record(n: int, seed: int, modality: str, unseen: bool, arrival=None, snr=None):
+def cohort_record(
+    n: int, seed: int, modality: str, unseen: bool, arrival=None, snr=None, all_test=None
+):
     """How the cohort is simulated (``cohort.json``): with ``unseen``, the acquisition above
     (with ``arrival``, the bolus's arterial arrival drawn from that range, s; with ``snr``,
-    that SNR); else the simulator's defaults."""
+    that SNR); else the simulator's defaults. Every subject is `test` (``all_test``, default
+    ``unseen``) or the simulator's split."""
     acquisition = {**ACQUISITION, **({"aif_arrival_s": tuple(arrival)} if arrival else {})}
     if snr is not None:
         acquisition["snr"] = float(snr)
-    return {"modality": modality, "seed": seed, "subjects": n,
-            "acquisition": acquisition if unseen else "the simulator's defaults"}  # fmt: skip
+    record = {"modality": modality, "seed": seed, "subjects": n,
+              "acquisition": acquisition if unseen else "the simulator's defaults"}  # fmt: skip
+    if all_test is not None and all_test != unseen:
+        record["split"] = "every subject test" if all_test else "the simulator's"
+    return record
+
+
+def all_test(record: dict) -> bool:
+    """Whether the cohort of ``record`` has every subject `test` (:func:`cohort_record`)."""
+    split = record.get("split")
+    return isinstance(record["acquisition"], dict) if split is None else split.startswith("every")
 
 
 def simulate(work: Path, record: dict) -> Path:
-    """The cohort of ``record`` (:func:`cohort_record`): with its acquisition, every subject
-    `test`; with the simulator's defaults, its split."""
+    """The cohort of ``record`` (:func:`cohort_record`), its subjects split as it says."""
     from bolus.simulate.cohort import simulate_cohort
 
     acquisition = record["acquisition"]
@@ -72,7 +88,7 @@ def simulate(work: Path, record: dict) -> Path:
         **(acquisition if unseen else {}),
     )  # fmt: skip
     (work / "cohort.json").write_text(json.dumps(record))
-    if not unseen:
+    if not all_test(record):
         return participants
     rows = list(csv.DictReader(open(participants), delimiter="\t"))
     for row in rows:
@@ -169,9 +185,13 @@ def scores(work: Path, participants: Path, methods: list[str]) -> list[dict]:
     return table
 
 
-def finetune_against_scratch(work, participants, modality, models, epochs) -> list[dict]:
-    """Train ``models`` on the cohort from scratch, then fine-tuned from the shipped
-    weights, at ``epochs`` epochs each and the shipped networks' sizes; both scored."""
+def finetune_against_scratch(
+    work, participants, modality, models, epochs, relative_loss=None
+) -> list[dict]:
+    """The shipped ``models`` as they are (``pretrained``), then trained on the cohort from
+    scratch and fine-tuned from the shipped weights at ``epochs`` epochs each, the shipped
+    networks' sizes and the loss ``relative_loss`` (None: the config's default); each
+    scored."""
     import torch
 
     from bolus.weights import verified
@@ -181,13 +201,14 @@ def finetune_against_scratch(work, participants, modality, models, epochs) -> li
         params = torch.load(verified(model), map_location="cpu", weights_only=False)["params"]
         sizes[model] = {k: v for k, v in params.items() if k in ("hidden", "dropout")}
     table = []
-    for source in ("scratch", "finetune"):
-        training = {"source": source, "epochs": epochs, "patience": epochs}
+    loss = {} if relative_loss is None else {"relative_loss": relative_loss}
+    for source in ("pretrained", "scratch", "finetune"):
+        training = {"source": source, "epochs": epochs, "patience": epochs, **loss}
         params = {m: {**sizes[m], "epochs": epochs} for m in models}
         run_workflow(work, participants, modality, models, training, params)
         for record in scores(work, participants, ["osvd"] + models):
             if record["method"] == "osvd":
-                if source == "scratch":  # the same maps in both runs
+                if source == "pretrained":  # the same maps in every run
                     table.append(record)
             else:
                 table.append({**record, "method": f"{record['method']} ({source})"})
@@ -206,6 +227,14 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=None, help="default: every shipped model")
     ap.add_argument("--finetune", action="store_true", help="fine-tuning against scratch")
     ap.add_argument("--epochs", type=int, default=5, help="with --finetune")
+    ap.add_argument(
+        "--unseen", action="store_true",
+        help="with --finetune: the cohort has the unseen acquisition (its own split)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--relative-loss", choices=("false", "true", "log"), default=None,
+        help="with --finetune: the training loss (default: the config's, false)",
+    )  # fmt: skip
     ap.add_argument("--score-only", action="store_true", help="score the maps in --work")
     low, high = AIF_ARRIVAL_S
     ap.add_argument(
@@ -216,13 +245,17 @@ def main() -> None:
         "--snr", type=float, default=None, help=f"the cohort's SNR (default {ACQUISITION['snr']:g})"
     )
     args = ap.parse_args()
-    if args.finetune and (args.arrival or args.snr is not None):
-        ap.error("--arrival and --snr set the unseen cohort's acquisition; --finetune's "
-                 "cohort has the simulator's defaults")  # fmt: skip
+    if args.finetune and not args.unseen and (args.arrival or args.snr is not None):
+        ap.error("--arrival and --snr set the unseen acquisition; --finetune's cohort has "
+                 "the simulator's defaults unless --unseen")  # fmt: skip
+    if not args.finetune and (args.unseen or args.relative_loss):
+        ap.error("--unseen and --relative-loss are --finetune options (the cohort without "
+                 "--finetune is always the unseen acquisition's, every subject test)")  # fmt: skip
     models = list(shipped()) if args.models is None else args.models
     subjects = args.subjects or (16 if args.finetune else 6)
+    unseen = args.unseen or not args.finetune
     record = cohort_record(
-        subjects, args.seed, args.modality, not args.finetune, args.arrival, args.snr
+        subjects, args.seed, args.modality, unseen, args.arrival, args.snr, not args.finetune
     )
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_pretrained_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -240,7 +273,10 @@ def main() -> None:
     if args.score_only:
         table = scores(work, participants, ["osvd"] + models)
     elif args.finetune:
-        table = finetune_against_scratch(work, participants, args.modality, models, args.epochs)
+        loss = {"false": False, "true": True}.get(args.relative_loss, args.relative_loss)
+        table = finetune_against_scratch(
+            work, participants, args.modality, models, args.epochs, loss
+        )
         print(f"test split scored, {args.epochs} epochs each")
     else:
         run_workflow(work, participants, args.modality, models)
