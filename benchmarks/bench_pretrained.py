@@ -54,26 +54,18 @@ ACQUISITION = {"n_timepoints": 50, "tr_s": 1.6, "snr": 30.0, "aif_peak_r2s": (55
 
 
 def cohort_record(
-    n: int, seed: int, modality: str, unseen: bool, arrival=None, snr=None, all_test=None
+    n: int, seed: int, modality: str, unseen: bool, all_test: bool, arrival=None, snr=None
 ):
     """How the cohort is simulated (``cohort.json``): with ``unseen``, the acquisition above
     (with ``arrival``, the bolus's arterial arrival drawn from that range, s; with ``snr``,
-    that SNR); else the simulator's defaults. Every subject is `test` (``all_test``, default
-    ``unseen``) or the simulator's split."""
+    that SNR), else the simulator's defaults; with ``all_test`` every subject `test`, else
+    the simulator's split."""
     acquisition = {**ACQUISITION, **({"aif_arrival_s": tuple(arrival)} if arrival else {})}
     if snr is not None:
         acquisition["snr"] = float(snr)
-    record = {"modality": modality, "seed": seed, "subjects": n,
-              "acquisition": acquisition if unseen else "the simulator's defaults"}  # fmt: skip
-    if all_test is not None and all_test != unseen:
-        record["split"] = "every subject test" if all_test else "the simulator's"
-    return record
-
-
-def all_test(record: dict) -> bool:
-    """Whether the cohort of ``record`` has every subject `test` (:func:`cohort_record`)."""
-    split = record.get("split")
-    return isinstance(record["acquisition"], dict) if split is None else split.startswith("every")
+    return {"modality": modality, "seed": seed, "subjects": n,
+            "acquisition": acquisition if unseen else "the simulator's defaults",
+            "all_test": all_test}  # fmt: skip
 
 
 def simulate(work: Path, record: dict) -> Path:
@@ -88,7 +80,7 @@ def simulate(work: Path, record: dict) -> Path:
         **(acquisition if unseen else {}),
     )  # fmt: skip
     (work / "cohort.json").write_text(json.dumps(record))
-    if not all_test(record):
+    if not record["all_test"]:
         return participants
     rows = list(csv.DictReader(open(participants), delimiter="\t"))
     for row in rows:
@@ -255,7 +247,7 @@ def main() -> None:
     subjects = args.subjects or (16 if args.finetune else 6)
     unseen = args.unseen or not args.finetune
     record = cohort_record(
-        subjects, args.seed, args.modality, unseen, args.arrival, args.snr, not args.finetune
+        subjects, args.seed, args.modality, unseen, not args.finetune, args.arrival, args.snr
     )
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_pretrained_"))
     work.mkdir(parents=True, exist_ok=True)
