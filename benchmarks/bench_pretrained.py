@@ -51,6 +51,7 @@ sys.path.insert(0, str(REPO / "src"))
 from bolus import paths  # noqa: E402
 
 ACQUISITION = {"n_timepoints": 50, "tr_s": 1.6, "snr": 30.0, "aif_peak_r2s": (55.0, 65.0)}
+PATHOLOGIES = ("stroke", "healthy", "tumour")  # subject n is PATHOLOGIES[(n − 1) % 3]
 
 
 def cohort_record(
@@ -76,7 +77,7 @@ def simulate(work: Path, record: dict) -> Path:
     unseen = isinstance(acquisition, dict)
     participants = simulate_cohort(
         work / "cohort", record["subjects"], record["seed"],
-        pathologies=("stroke", "healthy", "tumour"), modality=record["modality"], jobs=2,
+        pathologies=PATHOLOGIES, modality=record["modality"], jobs=2,
         **(acquisition if unseen else {}),
     )  # fmt: skip
     (work / "cohort.json").write_text(json.dumps(record))
