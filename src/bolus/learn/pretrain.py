@@ -82,17 +82,6 @@ RECIPES: dict[str, dict] = {
             "relative_loss": "log",
         },  # fmt: skip
     },
-    "talebi_truncated": {
-        "data": "cohort",
-        "size": 80,
-        "params": {
-            "epochs": 20,
-            "slices_per_batch": 8,
-            "lr": 0.001,
-            "patience": 5,
-            "relative_loss": "log",
-        },  # fmt: skip
-    },
     # ST-Net reads the 1 s × 120 grid as 2 s × 60 (frame_pool 2): its two encoders cost per
     # frame, and at 120 frames it predicts a subject about 2.3× slower. 16 epochs of 4-slice
     # steps (2,560 steps): Tmax's timing head learns with the step count (README, "stnet":
@@ -110,6 +99,8 @@ RECIPES: dict[str, dict] = {
         },  # fmt: skip
     },
 }
+# talebi_truncated is talebi's network fed the first 40 frames: the same recipe
+RECIPES["talebi_truncated"] = RECIPES["talebi"]
 
 
 def write_pretraining_data(data_dir, n_voxels: int, seed: int = SEED, *, chunk=8192) -> Path:
